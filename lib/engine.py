@@ -1,0 +1,222 @@
+"""Fast yes/no scoring: one forward pass per prompt, batched, with the image prefix shared.
+
+The answer to a prompt is read from the next-token distribution after the prompt (never
+`generate()`): p_yes = P(yes) / (P(yes) + P(no)), where P(yes) sums the probabilities of every
+single-token spelling of yes (yes, Yes, YES, with and without a leading space) and likewise
+for no. `yes_no_mass` = P(yes) + P(no) says how much of the distribution the answer covers.
+
+Image prefix sharing: the chat formats of LLaVA and Gemma 3 put the image before the question,
+so every prompt of a sample starts with the same tokens (template start + image tokens). The
+engine runs that prefix, vision tower included, once per image, repeats its KV cache across the
+sample's prompts (any number per sample) and runs only the question suffixes. Suffixes are
+left-padded; padded positions are masked and the position ids continue after the prefix, so in
+float32 every p_yes equals the one-prompt-at-a-time forward. Where the format does not allow it
+(question before the image, or a tokenizer that merges across the cut) the engine says why in
+`fallback_reason` and uses plain batching of full prompts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from . import prompts as prompting
+
+CONDITION_IMAGE = "image"
+CONDITION_TEXT_ONLY = "text_only"
+IMAGE_REMOVAL_MODES = ("none", "blank")
+BLANK_GREY = (128, 128, 128)
+
+
+@dataclass
+class Item:
+    """One sample ready to score: its image (RGB) and its prompt set (original first)."""
+
+    sample_id: str
+    image: Image.Image
+    prompts: tuple[str, ...]
+
+
+def yes_probability(logits: torch.Tensor, yes_ids, no_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p_yes renormalised over yes+no, yes_no_mass) from next-token logits of shape (N, V)."""
+    logits = logits.float()
+    lse_yes = torch.logsumexp(logits[:, yes_ids], dim=-1)
+    lse_no = torch.logsumexp(logits[:, no_ids], dim=-1)
+    lse_all = torch.logsumexp(logits, dim=-1)
+    p_yes = torch.sigmoid(lse_yes - lse_no)
+    mass = torch.exp(torch.logaddexp(lse_yes, lse_no) - lse_all)
+    return p_yes, mass
+
+
+def blank_like(image: Image.Image) -> Image.Image:
+    """The `blank` image removal: a uniform grey image of the same size."""
+    return Image.new("RGB", image.size, BLANK_GREY)
+
+
+class Engine:
+    """Scores batches of samples with and without the image.
+
+    `batch_size` samples are scored together; within a batch the prompts are grouped by token
+    length into forward passes of at most `max_rows` prompts each.
+    """
+
+    def __init__(self, lm, image_removal: str = "none", prefix_sharing: bool = True,
+                 batch_size: int = 16, max_rows: int = 64):
+        if image_removal not in IMAGE_REMOVAL_MODES:
+            raise ValueError(f"image_removal must be one of {IMAGE_REMOVAL_MODES}, got {image_removal!r}")
+        self.lm = lm
+        self.image_removal = image_removal
+        self.batch_size = batch_size
+        self.max_rows = max_rows
+        self.prefix_sharing = prefix_sharing
+        self.fallback_reason = None if prefix_sharing else "prefix_sharing disabled by params"
+        self._checked = not prefix_sharing
+        lm.tokenizer.padding_side = "left"
+
+    @property
+    def mode(self) -> str:
+        return "prefix_sharing" if self.prefix_sharing else "batched"
+
+    def score(self, items: list[Item]) -> list[dict]:
+        """Rows (sample_id, prompt_id, condition, prompt, p_yes, yes_no_mass) for the items."""
+        rows = []
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start:start + self.batch_size]
+            rows += self.score_image(batch)
+            rows += self.score_text_only(batch)
+        return rows
+
+    def score_image(self, items: list[Item]) -> list[dict]:
+        if not self._checked:
+            self._decide_sharing(items[0])
+        jobs = [(it, pid, q) for it in items for pid, q in enumerate(it.prompts)]
+        if self.prefix_sharing:
+            p_yes, mass = self._shared_prefix_scores(items, jobs)
+        else:
+            p_yes, mass = self._full_prompt_scores([(it.image, q) for it, _, q in jobs], True)
+        return [
+            record(it.sample_id, pid, CONDITION_IMAGE, q, p, m)
+            for (it, pid, q), p, m in zip(jobs, p_yes, mass)
+        ]
+
+    def score_text_only(self, items: list[Item]) -> list[dict]:
+        """The original question without the image (no image tokens), or with a blank image."""
+        with_image = self.image_removal == "blank"
+        pairs = [(blank_like(it.image) if with_image else None, it.prompts[0]) for it in items]
+        p_yes, mass = self._full_prompt_scores(pairs, with_image)
+        return [
+            record(it.sample_id, 0, CONDITION_TEXT_ONLY, it.prompts[0], p, m)
+            for it, p, m in zip(items, p_yes, mass)
+        ]
+
+    # -- forward passes ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _full_prompt_scores(self, pairs: list[tuple[Image.Image | None, str]], with_image: bool):
+        """Plain batching: every prompt is a full forward, grouped by text length."""
+        processor = self.lm.processor
+        texts = [prompting.chat_text(processor, q, with_image) for _, q in pairs]
+        out_p = [0.0] * len(pairs)
+        out_m = [0.0] * len(pairs)
+        for chunk in self._length_chunks([len(t) for t in texts]):
+            kwargs = {"images": [[pairs[i][0]] for i in chunk]} if with_image else {}
+            enc = processor(text=[texts[i] for i in chunk], padding=True, return_tensors="pt", **kwargs)
+            logits = self._forward(enc)
+            self._scatter(chunk, logits, out_p, out_m)
+        return out_p, out_m
+
+    @torch.inference_mode()
+    def _shared_prefix_scores(self, items: list[Item], jobs):
+        """Prefix (template start + image) once per image; suffixes reuse its KV cache."""
+        processor, tokenizer = self.lm.processor, self.lm.tokenizer
+        prefix = prompting.split_at_image(processor, items[0].prompts[0]).prefix
+        enc = processor(text=[prefix] * len(items), images=[[it.image] for it in items],
+                        return_tensors="pt")
+        prefix_len = enc["input_ids"].shape[1]
+        prefix_out = self._run(enc, use_cache=True)
+        suffixes = [prompting.split_at_image(processor, q).suffix for _, _, q in jobs]
+        owner = {id(it): n for n, it in enumerate(items)}
+        out_p = [0.0] * len(jobs)
+        out_m = [0.0] * len(jobs)
+        lengths = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in suffixes]
+        for chunk in self._length_chunks(lengths):
+            cache = clone_cache(prefix_out.cache)
+            cache.batch_select_indices(torch.tensor([owner[id(jobs[i][0])] for i in chunk],
+                                                    device=self.lm.device))
+            suf = tokenizer([suffixes[i] for i in chunk], add_special_tokens=False,
+                            padding=True, return_tensors="pt")
+            mask = suf["attention_mask"]
+            positions = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
+            full_mask = torch.cat([torch.ones(len(chunk), prefix_len, dtype=mask.dtype), mask], -1)
+            logits = self._forward({
+                "input_ids": suf["input_ids"], "attention_mask": full_mask,
+                "position_ids": positions, "cache": cache,
+            })
+            self._scatter(chunk, logits, out_p, out_m)
+        return out_p, out_m
+
+    def _run(self, inputs: dict, use_cache: bool = False):
+        moved = {k: self._to_device(v) for k, v in inputs.items()}
+        return self.lm.model(**moved, use_cache=use_cache, logits_to_keep=1)
+
+    def _forward(self, inputs: dict) -> torch.Tensor:
+        return self._run(inputs).logits[:, -1, :]
+
+    def _to_device(self, value):
+        if not torch.is_tensor(value):
+            return value
+        if value.is_floating_point():
+            return value.to(self.lm.device, dtype=self.lm.dtype)
+        return value.to(self.lm.device)
+
+    def _scatter(self, chunk, logits, out_p, out_m):
+        p_yes, mass = yes_probability(logits, self.lm.yes_ids, self.lm.no_ids)
+        for i, p, m in zip(chunk, p_yes.tolist(), mass.tolist()):
+            out_p[i], out_m[i] = p, m
+
+    def _length_chunks(self, lengths: list[int]) -> list[list[int]]:
+        """Indices sorted by length, cut into forwards of at most max_rows (less padding)."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        return [order[i:i + self.max_rows] for i in range(0, len(order), self.max_rows)]
+
+    # -- can this format share the image prefix? ---------------------------------------------
+
+    def _decide_sharing(self, item: Item) -> None:
+        """Share only if prefix + suffix tokens equal the full prompt's tokens exactly."""
+        self._checked = True
+        reason = sharing_problem(self.lm.processor, item)
+        if reason:
+            self.prefix_sharing = False
+            self.fallback_reason = reason
+
+
+def sharing_problem(processor, item: Item) -> str | None:
+    """Why the image prefix cannot be shared for this format, or None when it can."""
+    splits = [prompting.split_at_image(processor, q) for q in item.prompts]
+    if any(s is None for s in splits):
+        return "the chat format does not put the image before the question"
+    if len({s.prefix for s in splits}) != 1:
+        return "the text before the image differs between prompts"
+    question = item.prompts[0]
+    full = processor(text=[prompting.chat_text(processor, question, True)], images=[[item.image]],
+                     return_tensors="pt")["input_ids"][0].tolist()
+    head = processor(text=[splits[0].prefix], images=[[item.image]], return_tensors="pt")
+    tail = processor.tokenizer(splits[0].suffix, add_special_tokens=False)["input_ids"]
+    if head["input_ids"][0].tolist() + list(tail) != full:
+        return "the tokenizer merges tokens across the image/question cut"
+    return None
+
+
+def clone_cache(cache):
+    """A copy of a DynamicCache whose rows can be selected without touching the original."""
+    import copy
+
+    return copy.deepcopy(cache)
+
+
+def record(sample_id, prompt_id, condition, prompt, p_yes, mass) -> dict:
+    return {
+        "sample_id": sample_id, "prompt_id": prompt_id, "condition": condition,
+        "prompt": prompt, "p_yes": float(p_yes), "yes_no_mass": float(mass),
+    }

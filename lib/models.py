@@ -1,0 +1,141 @@
+"""Model loading and the tokens that mean yes and no.
+
+A configuration is a checkpoint (local directory or hub id) loaded with the transformers auto
+classes (`AutoModelForImageTextToText` + `AutoProcessor`), optionally a peft LoRA adapter on
+top, optionally quantised to 4-bit nf4 with bitsandbytes. The same loader reads the offline
+default models and real checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Spellings whose next-token probabilities are summed into p(yes) / p(no). Only spellings that
+# the tokenizer encodes as ONE token count: a multi-token spelling has no next-token probability.
+YES_SPELLINGS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+NO_SPELLINGS = ("no", "No", "NO", " no", " No", " NO")
+
+# Modules kept in full precision under 4-bit: the vision side is small and precision-critical,
+# and the output head must give exact yes/no logits.
+SKIP_QUANTIZATION = ["vision_tower", "vision_model", "multi_modal_projector", "lm_head", "visual"]
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-score model with its processor and the ids of the yes/no answer tokens."""
+
+    model: torch.nn.Module
+    processor: object
+    yes_ids: list[int]
+    no_ids: list[int]
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on CUDA and float32 on CPU (CPU bf16 matmuls are slow and inexact)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def answer_token_ids(tokenizer, spellings) -> list[int]:
+    """Ids of the spellings that are single tokens; fails if none is (no way to read answers)."""
+    ids = []
+    for text in spellings:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoded) == 1 and encoded[0] not in ids:
+            ids.append(encoded[0])
+    if not ids:
+        raise ValueError(f"none of {spellings} is a single token of this tokenizer")
+    return ids
+
+
+def quantization_config(quantization: str, dtype: torch.dtype):
+    """bitsandbytes nf4 with double quantisation; compute in the run's dtype."""
+    if quantization == "none":
+        return None
+    if quantization != "4bit":
+        raise ValueError(f"quantization must be 'none' or '4bit', got {quantization!r}")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        llm_int8_skip_modules=SKIP_QUANTIZATION,
+    )
+
+
+def check_model_exists(model: str) -> None:
+    """A path-like model id must exist; hub ids (org/name) are left to the hub cache."""
+    path = Path(model)
+    looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") != 1
+    if looks_local and not path.exists():
+        raise FileNotFoundError(f"model directory not found: {model}")
+
+
+def load_model(
+    model: str,
+    adapter: str | None = None,
+    quantization: str = "none",
+    dtype: str = "auto",
+    device: str = "auto",
+    merge_adapter: bool = False,
+    trust_remote_code: bool = False,
+    allow_unsafe_weights: bool = False,
+) -> LoadedModel:
+    """Load checkpoint + processor (+ LoRA adapter, + 4-bit), in eval mode on one device.
+
+    Weights are read from safetensors only unless `allow_unsafe_weights` (pickle files can run
+    code); `trust_remote_code` stays off unless asked for.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    check_model_exists(model)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    common = {"trust_remote_code": trust_remote_code}
+    processor = AutoProcessor.from_pretrained(model, **common)
+    net = AutoModelForImageTextToText.from_pretrained(
+        model,
+        dtype=torch_dtype,
+        use_safetensors=None if allow_unsafe_weights else True,
+        quantization_config=quantization_config(quantization, torch_dtype),
+        device_map={"": torch_device.index or 0} if torch_device.type == "cuda" else {"": "cpu"},
+        **common,
+    )
+    if adapter:
+        net = attach_adapter(net, adapter, merge_adapter and quantization == "none")
+    net.eval()
+    tokenizer = processor.tokenizer
+    return LoadedModel(
+        model=net,
+        processor=processor,
+        yes_ids=answer_token_ids(tokenizer, YES_SPELLINGS),
+        no_ids=answer_token_ids(tokenizer, NO_SPELLINGS),
+        device=torch_device,
+        dtype=torch_dtype,
+    )
+
+
+def attach_adapter(net, adapter: str, merge: bool):
+    """Wrap with a peft LoRA adapter (directory or hub id); merged weights score identically."""
+    from peft import PeftModel
+
+    check_model_exists(adapter)
+    wrapped = PeftModel.from_pretrained(net, adapter)
+    return wrapped.merge_and_unload() if merge else wrapped
