@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import collections
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -100,8 +99,9 @@ def split_of_patient(patient_id: str) -> str:
 def iter_samples(dataset: str, data_root, findings=tuple(FINDINGS), split: str = "test",
                  label_policy: LabelPolicy = LabelPolicy(),
                  skipped: collections.Counter | None = None) -> Iterator[Sample]:
-    """Stream the samples of one dataset split: image order as in the official file, then ``findings``
-    in the order given, so all questions about one image come consecutively.
+    """Stream the samples of one dataset split: images in the order of the official file (MIMIC: the
+    metadata file), each with ``findings`` in the order given, so all questions about one image come
+    consecutively.
 
     Arguments are checked now (ValueError for an unknown dataset / finding / split,
     FileNotFoundError naming the expected path); the CSVs are read on the first ``next()``. Images
@@ -134,6 +134,7 @@ def _find_csv(root: Path, name: str) -> Path:
 
 
 def _iter_mimic(root, chexpert_csv, metadata_csv, split_csv, findings, split, policy, skipped):
+    """MIMIC-CXR-JPG samples: frontal images of ``split`` joined with their study's CheXpert row."""
     meta = pd.read_csv(metadata_csv, usecols=["dicom_id", "subject_id", "study_id", "ViewPosition"],
                        dtype={"dicom_id": str})
     splits = pd.read_csv(split_csv, usecols=["dicom_id", "split"], dtype={"dicom_id": str})
@@ -178,12 +179,13 @@ def _chexpert_label(value: float, policy: LabelPolicy, skipped: collections.Coun
 
 
 def _iter_padchest(root, csv, findings, split, skipped):
+    """PadChest samples: frontal images of patients hashed into ``split``, labelled from ``Labels``."""
     table = pd.read_csv(csv, usecols=["ImageID", "ImageDir", "PatientID", "Projection", "Labels"],
                         dtype=str)
     table = table[table["Projection"].isin(PADCHEST_FRONTAL)]
     table = table[table["PatientID"].map(split_of_patient) == split]
     for image_id, image_dir, labels in zip(table["ImageID"], table["ImageDir"], table["Labels"]):
-        path = root / image_dir / image_id
+        path = root / str(image_dir) / str(image_id)
         if not path.is_file():
             skipped["image_missing"] += len(findings)
             continue

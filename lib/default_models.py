@@ -16,7 +16,7 @@ import torch
 
 FAMILIES = ("llava", "gemma3")
 IMAGE_SIZE = 64
-PATCH_SIZE = 8
+PATCH_SIZE = 16
 
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -182,3 +182,72 @@ def save(model, processor, out_dir) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     return out
+
+
+# -- building the offline default world ------------------------------------------------------
+
+def question_corpus() -> list[str]:
+    """Every built-in question: the tokenizer is trained on exactly what will be asked."""
+    from .questions import BUILTIN_QUESTIONS
+
+    return [q for prompts in BUILTIN_QUESTIONS.values() for q in prompts]
+
+
+def training_examples(data_roots: dict, split: str = "train", datasets=None):
+    """Examples (image, prompt set, label) of the given split of the synthetic datasets."""
+    from . import data, questions
+    from .training import Example
+
+    sets = questions.load_question_sets()
+    examples, images = [], {}
+    for dataset in datasets or data_roots:
+        for sample in data.iter_samples(dataset, data_roots[dataset], split=split):
+            if sample.image_id not in images:
+                loaded = data.load_image(sample)
+                images[sample.image_id] = loaded.convert("RGB") if loaded else None
+            if images[sample.image_id] is None:
+                continue
+            examples.append(Example(images[sample.image_id], sample.finding,
+                                    questions.prompts_for(sample.finding, sets), sample.label))
+    return examples, {i for i, im in images.items() if im is not None}
+
+
+def finding_matrix(examples):
+    """Images with all four finding labels known, and their (n_images, 4) 0/1 label matrix."""
+    from .data import FINDINGS
+
+    labels: dict[int, dict] = {}
+    images = {}
+    for ex in examples:
+        images[id(ex.image)] = ex.image
+        labels.setdefault(id(ex.image), {})[ex.finding] = ex.label == "yes"
+    keys = [k for k, v in labels.items() if len(v) == len(FINDINGS)]
+    matrix = torch.tensor([[labels[k][f] for f in FINDINGS] for k in keys], dtype=torch.long)
+    return [images[k] for k in keys], matrix
+
+
+def train_base(family: str, examples, seed: int, vision_steps: int, epochs: float, lr: float,
+               batch_size: int, prompt_pool: int):
+    """Build a family's model from random weights and train it to answer from the pixels.
+
+    Stage 1 teaches the vision side the findings (`training.pretrain_vision`); stage 2 trains
+    the whole model on the yes/no answer. Only the first `prompt_pool` prompts of each question
+    set are seen in training: the other paraphrases are new to the model at evaluation, as in
+    real paraphrase benchmarks. Returns the model, its processor and both loss logs.
+    """
+    from functools import partial
+
+    from . import models as loading
+    from .training import Encoder, base_step, pretrain_vision, train
+
+    model, processor = build_untrained(family, question_corpus(), seed)
+    encoder = Encoder(processor)
+    images, labels = finding_matrix(examples)
+    vision_log = pretrain_vision(model, encoder, images, labels, steps=vision_steps, lr=lr,
+                                 batch_size=batch_size, seed=seed)
+    ids = (loading.answer_token_ids(processor.tokenizer, ["yes"])[0],
+           loading.answer_token_ids(processor.tokenizer, ["no"])[0])
+    step = partial(base_step, encoder=encoder, ids=ids, prompt_pool=prompt_pool)
+    log = train(model, lambda m, batch: step(m, examples=batch), examples, epochs=epochs,
+                batch_size=batch_size, lr=lr, seed=seed)
+    return model, processor, vision_log, log

@@ -192,7 +192,15 @@ class Engine:
 
 
 def sharing_problem(processor, item: Item) -> str | None:
-    """Why the image prefix cannot be shared for this format, or None when it can."""
+    """Why the image prefix cannot be shared for this format, or None when it can.
+
+    Besides the text checks, two model-family properties rule sharing out (lib/families.py):
+    image tokens placed on a 2D/3D position grid (Qwen2-VL / Qwen2.5-VL mRoPE: the processor
+    returns `image_grid_thw`, and the text after the image does not continue at prefix length +
+    i, which the shared suffix's 1D position ids assume), and a number of image tokens that
+    depends on the image's size (Qwen dynamic resolution, Idefics3 / SmolVLM image splitting:
+    prefixes of one batch would differ in length).
+    """
     splits = [prompting.split_at_image(processor, q) for q in item.prompts]
     if any(s is None for s in splits):
         return "the chat format does not put the image before the question"
@@ -202,9 +210,18 @@ def sharing_problem(processor, item: Item) -> str | None:
     full = processor(text=[prompting.chat_text(processor, question, True)], images=[[item.image]],
                      return_tensors="pt")["input_ids"][0].tolist()
     head = processor(text=[splits[0].prefix], images=[[item.image]], return_tensors="pt")
+    if "image_grid_thw" in head:
+        return ("image tokens have multi-dimensional (mRoPE) positions, which the shared "
+                "suffix's 1D position ids cannot continue")
     tail = processor.tokenizer(splits[0].suffix, add_special_tokens=False)["input_ids"]
     if head["input_ids"][0].tolist() + list(tail) != full:
         return "the tokenizer merges tokens across the image/question cut"
+    width, height = item.image.size
+    for size in ((3 * width, height), (width, 3 * height)):
+        probe = processor(text=[splits[0].prefix], images=[[item.image.resize(size)]],
+                          return_tensors="pt")
+        if probe["input_ids"].shape[1] != head["input_ids"].shape[1]:
+            return "the number of image tokens depends on the image size"
     return None
 
 

@@ -100,6 +100,12 @@ def gather_runs(runs_dir) -> pd.DataFrame:
     return frame.sort_values(["config", "dataset"], ignore_index=True)
 
 
+def gather_samples(runs_dir) -> dict[str, pd.DataFrame]:
+    """Each pair's per-sample table (``samples.parquet``), keyed by the run folder's name."""
+    paths = sorted(Path(runs_dir).glob("*/samples.parquet"))
+    return {path.parent.name: pd.read_parquet(path) for path in paths}
+
+
 def flip_vs_dangerous(pairs: pd.DataFrame) -> dict:
     """``correlation(flip_rate, frac_Dangerous)`` across pairs, plus ``pairs``: the pair names used."""
     used = pairs.dropna(subset=["flip_rate", "frac_Dangerous"])

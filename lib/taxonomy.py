@@ -89,14 +89,17 @@ def classify_samples(predictions: pd.DataFrame, samples: pd.DataFrame) -> pd.Dat
     """
     _check_predictions(predictions)
     _require_columns(samples, SAMPLE_COLUMNS, "samples")
-    if samples["sample_id"].duplicated().any():
-        raise ValueError(f"samples: duplicate sample_id(s) {_few(samples.loc[samples['sample_id'].duplicated(), 'sample_id'])}")
+    duplicated = samples.loc[samples["sample_id"].duplicated(), "sample_id"]
+    if len(duplicated):
+        raise ValueError(f"samples: duplicate sample_id(s) {_few(duplicated)}")
     bad_labels = samples.loc[~samples["label"].isin(ANSWERS), "sample_id"]
     if len(bad_labels):
         raise ValueError(f"samples: label must be 'yes' or 'no' for sample_id(s) {_few(bad_labels)}")
     unknown = set(predictions["sample_id"]) - set(samples["sample_id"])
     if unknown:
-        raise ValueError(f"predictions name sample_id(s) absent from samples: {_few(sorted(unknown, key=str))}")
+        raise ValueError(
+            f"predictions name sample_id(s) absent from samples: {_few(sorted(unknown, key=str))}"
+        )
 
     image = predictions[predictions["condition"] == "image"]
     original = image[image["prompt_id"] == 0].set_index("sample_id")
@@ -200,6 +203,6 @@ def _check_predictions(predictions: pd.DataFrame) -> None:
     if bad:
         raise ValueError(f"predictions: pred must be 'yes' or 'no', found {sorted(bad, key=str)}")
     key = ["sample_id", "prompt_id", "condition"]
-    dup = predictions[predictions.duplicated(key)]
+    dup = predictions.loc[predictions.duplicated(key), "sample_id"].unique()
     if len(dup):
-        raise ValueError(f"predictions: duplicate (sample_id, prompt_id, condition) rows for sample_id(s) {_few(dup['sample_id'].unique())}")
+        raise ValueError(f"predictions: duplicate (sample_id, prompt_id, condition) rows for sample_id(s) {_few(dup)}")

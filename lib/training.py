@@ -1,0 +1,205 @@
+"""Training on the first answer token: the default models' base training and the consistency LoRA.
+
+Both read the model's answer the way the protocol does (next-token logits of yes and no after
+the chat prompt) and train only that answer:
+- base training: cross-entropy of the yes/no answer, every parameter trained;
+- consistency LoRA (the paper's recipe): cross-entropy on the first answer token of two
+  paraphrases of the same question plus `kl_weight` x the symmetric KL divergence between their
+  yes/no answer distributions; only the LoRA parameters are trained.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import prompts as prompting
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class Example:
+    """One training sample: an image (RGB), its finding, the finding's prompt set, the label."""
+
+    image: object
+    finding: str
+    prompts: tuple[str, ...]
+    label: str
+
+
+class Encoder:
+    """Model inputs for (image, question) pairs, with each image and question processed once.
+
+    Training revisits the same images and questions hundreds of times; the processor's work is
+    cached: pixel values per image, token ids (image tokens expanded) per question. Batches are
+    left-padded so that every prompt ends at the last position.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.pad_id = processor.tokenizer.pad_token_id
+        self._pixels: dict[int, torch.Tensor] = {}
+        self._tokens: dict[str, dict] = {}
+
+    def pixels(self, image) -> torch.Tensor:
+        key = id(image)
+        if key not in self._pixels:
+            out = self.processor.image_processor(images=[image], return_tensors="pt")
+            self._pixels[key] = out["pixel_values"][0]
+        return self._pixels[key]
+
+    def tokens(self, question: str, image) -> dict:
+        if question not in self._tokens:
+            text = prompting.chat_text(self.processor, question, with_image=True)
+            enc = self.processor(text=[text], images=[[image]], return_tensors="pt")
+            self._tokens[question] = {k: v[0] for k, v in enc.items() if k != "pixel_values"}
+        return self._tokens[question]
+
+    def __call__(self, images, questions) -> dict:
+        rows = [self.tokens(q, im) for q, im in zip(questions, images)]
+        width = max(len(r["input_ids"]) for r in rows)
+        batch = {}
+        for key in rows[0]:
+            fill = self.pad_id if key == "input_ids" else 0
+            batch[key] = torch.stack([
+                torch.cat([torch.full((width - len(r[key]),), fill, dtype=r[key].dtype), r[key]])
+                for r in rows
+            ])
+        batch["pixel_values"] = torch.stack([self.pixels(im) for im in images])
+        return batch
+
+
+def answer_logits(model, inputs, yes_id: int, no_id: int) -> torch.Tensor:
+    """(N, 2) logits of [no, yes] for the token after the prompt."""
+    logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
+    return logits[:, [no_id, yes_id]].float()
+
+
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(p_a || p_b) + KL(p_b || p_a), p = softmax of the logits."""
+    log_a = F.log_softmax(logits_a, dim=-1)
+    log_b = F.log_softmax(logits_b, dim=-1)
+    kl_ab = (log_a.exp() * (log_a - log_b)).sum(-1)
+    kl_ba = (log_b.exp() * (log_b - log_a)).sum(-1)
+    return (kl_ab + kl_ba).mean()
+
+
+def targets(examples) -> torch.Tensor:
+    return torch.tensor([1 if ex.label == "yes" else 0 for ex in examples])
+
+
+def base_step(model, encoder, examples, ids, prompt_pool: int) -> dict:
+    """Cross-entropy of the answer to one of the first `prompt_pool` prompts of each example."""
+    questions = [random.choice(ex.prompts[:prompt_pool]) for ex in examples]
+    logits = answer_logits(model, encoder([ex.image for ex in examples], questions), *ids)
+    loss = F.cross_entropy(logits, targets(examples))
+    return {"loss": loss, "ce": loss.detach()}
+
+
+def consistency_step(model, encoder, examples, ids, kl_weight: float) -> dict:
+    """The LoRA recipe on two distinct paraphrases (a, b) of each example's question."""
+    pairs = [random.sample(ex.prompts, 2) for ex in examples]
+    images = [ex.image for ex in examples]
+    batch_a = encoder(images, [a for a, _ in pairs])
+    batch_b = encoder(images, [b for _, b in pairs])
+    logits_a = answer_logits(model, batch_a, *ids)
+    logits_b = answer_logits(model, batch_b, *ids)
+    y = targets(examples)
+    ce = (F.cross_entropy(logits_a, y) + F.cross_entropy(logits_b, y)) / 2
+    kl = symmetric_kl(logits_a, logits_b)
+    return {"loss": ce + kl_weight * kl, "ce": ce.detach(), "kl": kl.detach()}
+
+
+def train(model, step_fn, examples, epochs: float, batch_size: int, lr: float,
+          grad_accum: int = 1, seed: int = 0, log_every: int = 10) -> pd.DataFrame:
+    """AdamW with a cosine schedule over the trainable parameters; returns the loss log."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps = max(1, int(epochs * len(examples) / (batch_size * grad_accum)))
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
+                                                   pct_start=0.1)
+    model.train()
+    log, order = [], []
+    for step in range(steps):
+        terms = []
+        for _ in range(grad_accum):
+            if len(order) < batch_size:
+                order += random.sample(range(len(examples)), len(examples))
+            batch = [examples[i] for i in order[:batch_size]]
+            del order[:batch_size]
+            out = step_fn(model, batch)
+            (out["loss"] / grad_accum).backward()
+            terms.append({k: float(v.detach()) for k, v in out.items()})
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % log_every == 0 or step == steps - 1:
+            log.append({"step": step, **pd.DataFrame(terms).mean().to_dict()})
+    model.eval()
+    return pd.DataFrame(log)
+
+
+def pretrain_vision(model, encoder, images, finding_labels: torch.Tensor, steps: int, lr: float,
+                    batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
+    """Stage 1 of the default models: teach the vision side (tower + projector) the findings.
+
+    A temporary linear probe on the mean- and max-pooled image tokens predicts every finding
+    (multi-label cross-entropy); the probe is thrown away, the vision weights stay. Training the
+    whole VLM from random weights without this stage does not get past chance on CPU budgets.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    width = model.config.get_text_config().hidden_size
+    probe = torch.nn.Linear(2 * width, finding_labels.shape[1])
+    params = [p for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n]
+    optimizer = torch.optim.AdamW(params + list(probe.parameters()), lr=lr)
+    pixels = torch.stack([encoder.pixels(im) for im in images])
+    model.train()
+    log = []
+    for step in range(steps):
+        idx = torch.randint(len(images), (batch_size,), generator=generator)
+        feats = image_tokens(model, pixels[idx])
+        logits = probe(torch.cat([feats.mean(1), feats.amax(1)], -1))
+        loss = F.binary_cross_entropy_with_logits(logits, finding_labels[idx].float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 10 == 0 or step == steps - 1:
+            accuracy = ((logits > 0) == finding_labels[idx].bool()).float().mean().item()
+            log.append({"step": step, "loss": loss.item(), "probe_accuracy": accuracy})
+    model.eval()
+    return pd.DataFrame(log)
+
+
+def image_tokens(model, pixel_values) -> torch.Tensor:
+    """(B, T, H) image features as the language model receives them."""
+    out = model.get_image_features(pixel_values=pixel_values)
+    feats = getattr(out, "pooler_output", out)
+    if isinstance(feats, (list, tuple)):
+        feats = torch.stack(list(feats))
+    return feats
+
+
+def lora_config(r: int, alpha: int, dropout: float, layers, target_modules=LORA_TARGETS):
+    """peft LoRA on the language model's projections of the given decoder layers only.
+
+    The regex keeps the vision tower (whose attention also has q/k/v projections) frozen.
+    """
+    from peft import LoraConfig
+
+    layer_alt = "|".join(str(i) for i in layers)
+    module_alt = "|".join(target_modules)
+    pattern = rf".*language_model\.layers\.({layer_alt})\.(self_attn|mlp)\.({module_alt})"
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern,
+                      bias="none")
+
+
+def decoder_layers(model) -> int:
+    config = model.config.get_text_config()
+    return config.num_hidden_layers

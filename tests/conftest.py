@@ -1,0 +1,23 @@
+"""Shared fixtures: a tiny offline world (synthetic datasets + untrained tiny models)."""
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """Synthetic MIMIC-CXR/PadChest trees (16 images each) and tiny random models of both families."""
+    from lib import default_models, synth
+
+    root = tmp_path_factory.mktemp("world")
+    data_roots = synth.write_default_datasets(root / "data", n_images=16, seed=0)
+    models = {}
+    for family in default_models.FAMILIES:
+        model, processor = default_models.build_untrained(family, default_models.question_corpus(), 0)
+        models[family] = default_models.save(model, processor, root / "models" / family)
+    return {"root": root, "data": data_roots, "models": models}

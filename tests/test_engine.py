@@ -1,0 +1,257 @@
+"""The scoring engine against the plain one-prompt-at-a-time forward (CPU, float32).
+
+Tiny random models of both families (LLaVA, Gemma 3) with their real processors are built once
+per module, saved and loaded through the project's loader. The reference here is written
+independently of lib.engine's batching: one `processor(...)` + one full `model(...)` per prompt,
+the last position's logits, p_yes = P(yes) / (P(yes) + P(no)).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lib import default_models, models, prompts
+from lib.engine import (BLANK_GREY, CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item,
+                        yes_probability)
+from lib.questions import BUILTIN_QUESTIONS
+
+FAMILIES = ("llava", "gemma3")
+TOL = 1e-5
+# A freshly initialised model's logits are nearly flat (every p_yes within 0.01 of 0.5), which
+# would hide errors and make every prediction a coin toss near the threshold. Scaling the output
+# head spreads p_yes over (0, 1) and amplifies any difference between the engine and the
+# reference by the same factor.
+HEAD_SCALE = 30.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: one thread avoids oversubscription (several times faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """family -> directory of a saved tiny random model + processor."""
+    corpus = default_models.question_corpus()
+    dirs = {}
+    for seed, family in enumerate(FAMILIES):
+        model, processor = default_models.build_untrained(family, corpus, seed=seed)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(HEAD_SCALE)
+        dirs[family] = default_models.save(model, processor, tmp_path_factory.mktemp(family))
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_dirs):
+    return {f: models.load_model(str(d), dtype="float32", device="cpu") for f, d in tiny_dirs.items()}
+
+
+def make_items(n: int = 6, seed: int = 0) -> list[Item]:
+    """n samples with different images and 1..6 prompts each (original first)."""
+    rng = np.random.default_rng(seed)
+    sets = list(BUILTIN_QUESTIONS.values())
+    items = []
+    for i in range(n):
+        pixels = rng.integers(0, 256, size=(48 + 8 * i, 40 + 4 * i, 3), dtype=np.uint8)
+        questions = sets[i % len(sets)]
+        count = 1 + i % 6                      # variable paraphrase counts: 1, 2, ..., 6
+        items.append(Item(f"s{i}", Image.fromarray(pixels), tuple(questions[:count])))
+    return items
+
+
+_REFERENCE_CACHE: dict = {}
+
+
+def reference(lm, image, question: str) -> float:
+    """One full forward of one prompt, batch 1: the ground truth for every engine mode.
+
+    Memoised per (model, chat template, image pixels, question): the tests share their samples.
+    """
+    pixels = None if image is None else (image.size, image.tobytes())
+    key = (id(lm.model), lm.processor.chat_template, pixels, question)
+    if key not in _REFERENCE_CACHE:
+        _REFERENCE_CACHE[key] = _reference(lm, image, question)
+    return _REFERENCE_CACHE[key]
+
+
+@torch.inference_mode()
+def _reference(lm, image, question: str) -> float:
+    text = prompts.chat_text(lm.processor, question, image is not None)
+    kwargs = {"images": [[image]]} if image is not None else {}
+    enc = lm.processor(text=[text], return_tensors="pt", **kwargs)
+    logits = lm.model(**enc).logits[:, -1, :]
+    return float(yes_probability(logits, lm.yes_ids, lm.no_ids)[0][0])
+
+
+def by_key(rows) -> dict:
+    return {(r["sample_id"], r["prompt_id"], r["condition"]): r for r in rows}
+
+
+def check_against_reference(lm, items, rows, text_image=None):
+    """Every (sample, prompt) image row and every text-only row equals the reference."""
+    table = by_key(rows)
+    expected = sum(len(it.prompts) for it in items) + len(items)
+    assert len(table) == len(rows) == expected
+    worst = 0.0
+    for it in items:
+        for pid, q in enumerate(it.prompts):
+            row = table[(it.sample_id, pid, CONDITION_IMAGE)]
+            assert row["prompt"] == q
+            worst = max(worst, abs(row["p_yes"] - reference(lm, it.image, q)))
+        row = table[(it.sample_id, 0, CONDITION_TEXT_ONLY)]
+        blank = text_image(it.image) if text_image else None
+        worst = max(worst, abs(row["p_yes"] - reference(lm, blank, it.prompts[0])))
+    assert worst < TOL, f"largest |p_yes - reference| = {worst:.3g}"
+    return worst
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_sharing_equals_one_prompt_forward(loaded, family):
+    lm = loaded[family]
+    items = make_items(6)
+    engine = Engine(lm, batch_size=16)
+    rows = engine.score(items)
+    assert engine.mode == "prefix_sharing", engine.fallback_reason
+    assert engine.fallback_reason is None
+    check_against_reference(lm, items, rows)
+    masses = [r["yes_no_mass"] for r in rows]
+    assert all(0.0 < m <= 1.0 for m in masses)
+    p_yes = [r["p_yes"] for r in rows]
+    assert max(p_yes) - min(p_yes) > 0.05, "p_yes too flat to test anything"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_predictions_do_not_depend_on_batch_size(loaded, family):
+    lm = loaded[family]
+    items = make_items(6)
+    results = {}
+    for batch_size, max_rows in ((1, 64), (16, 3), (16, 64)):
+        engine = Engine(lm, batch_size=batch_size, max_rows=max_rows)
+        results[(batch_size, max_rows)] = by_key(engine.score(items))
+        assert engine.mode == "prefix_sharing"
+    base = results[(1, 64)]
+    for other in results.values():
+        assert other.keys() == base.keys()
+        for key, row in base.items():
+            assert abs(other[key]["p_yes"] - row["p_yes"]) < TOL
+            assert (other[key]["p_yes"] >= 0.5) == (row["p_yes"] >= 0.5), key
+
+
+def capture_forwards(model):
+    """Record the kwargs of every forward of `model`; returns (calls, hook handle)."""
+    calls = []
+
+    def hook(_module, args, kwargs):
+        calls.append({k: v for k, v in kwargs.items() if torch.is_tensor(v)})
+
+    return calls, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def image_token_ids(processor) -> set[int]:
+    tokenizer = processor.tokenizer
+    names = [getattr(processor, a, None) for a in ("image_token", "boi_token", "eoi_token")]
+    return {tokenizer.convert_tokens_to_ids(t) for t in names if t}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_only_rows_have_no_image_tokens(loaded, family):
+    lm = loaded[family]
+    ids = image_token_ids(lm.processor)
+    assert ids and lm.tokenizer.unk_token_id not in ids
+    items = make_items(4)
+    engine = Engine(lm, image_removal="none")
+    calls, handle = capture_forwards(lm.model)
+    try:
+        rows = engine.score_text_only(items)
+    finally:
+        handle.remove()
+    assert calls and all("pixel_values" not in c for c in calls)
+    for c in calls:
+        assert not set(c["input_ids"].flatten().tolist()) & ids
+    assert {r["condition"] for r in rows} == {CONDITION_TEXT_ONLY}
+    assert all(r["prompt_id"] == 0 for r in rows)
+    # The same check through the processor: the rendered text-only prompt has no image token.
+    text = prompts.chat_text(lm.processor, items[0].prompts[0], with_image=False)
+    assert not set(lm.processor(text=[text], return_tensors="pt")["input_ids"][0].tolist()) & ids
+    for it, r in zip(items, rows):
+        assert abs(r["p_yes"] - reference(lm, None, it.prompts[0])) < TOL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blank_mode_uses_a_grey_image(loaded, family):
+    lm = loaded[family]
+    items = make_items(6)
+    engine = Engine(lm, image_removal="blank")
+    calls, handle = capture_forwards(lm.model)
+    try:
+        text_rows = engine.score_text_only(items)
+    finally:
+        handle.remove()
+    grey = lm.processor.image_processor(images=[Image.new("RGB", (64, 64), BLANK_GREY)],
+                                        return_tensors="pt")["pixel_values"]
+    for c in calls:
+        pixels = c["pixel_values"]
+        assert pixels.shape[0] == len(c["input_ids"])
+        assert torch.allclose(pixels, grey[:1].expand_as(pixels), atol=1e-6)
+        assert set(c["input_ids"].flatten().tolist()) & image_token_ids(lm.processor)
+    rows = engine.score(items)
+    assert engine.mode == "prefix_sharing"
+    check_against_reference(lm, items, rows,
+                            text_image=lambda im: Image.new("RGB", im.size, BLANK_GREY))
+    assert by_key(rows).keys() >= by_key(text_rows).keys()
+
+
+TEXT_FIRST_TEMPLATES = {
+    "llava": (
+        "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+        "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}"
+        "{{ c['text'] + ' ' }}{% endfor %}"
+        "{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}"
+        "{{ '<image>\n' }}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    ),
+    "gemma3": (
+        "{{ bos_token }}{% for message in messages %}<start_of_turn>user\n"
+        "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}"
+        "{{ c['text'] | trim }}{% endfor %}"
+        "{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}"
+        "{{ '<start_of_image>' }}{% endfor %}<end_of_turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_falls_back_when_the_question_comes_before_the_image(tiny_dirs, family):
+    lm = models.load_model(str(tiny_dirs[family]), dtype="float32", device="cpu")
+    lm.processor.chat_template = TEXT_FIRST_TEMPLATES[family]
+    items = make_items(3)
+    text = prompts.chat_text(lm.processor, items[0].prompts[0], with_image=True)
+    assert text.index(items[0].prompts[0]) < text.index(prompts.image_placeholder(lm.processor))
+    engine = Engine(lm, batch_size=2, max_rows=4)
+    rows = engine.score(items)
+    assert engine.mode == "batched"
+    assert engine.fallback_reason and "image before the question" in engine.fallback_reason
+    check_against_reference(lm, items, rows)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_disabled_sharing_says_why_and_agrees(loaded, family):
+    lm = loaded[family]
+    items = make_items(6)
+    engine = Engine(lm, prefix_sharing=False, batch_size=16, max_rows=5)
+    rows = engine.score(items)
+    assert engine.mode == "batched" and "disabled" in engine.fallback_reason
+    check_against_reference(lm, items, rows)

@@ -1,0 +1,201 @@
+"""lib.synth: reproducible synthetic trees in the real layouts, readable by lib.data, findings visible."""
+
+import collections
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lib.data import FINDINGS, iter_samples, load_image, parse_padchest_labels, split_of_patient
+from lib.synth import (montage, render_radiograph, write_default_datasets, write_mimic,
+                       write_padchest)
+
+N = 80  # images per dataset: enough studies for the rare label codes to occur
+
+MIMIC_FILES = {
+    "mimic-cxr-2.0.0-chexpert.csv.gz": [
+        "subject_id", "study_id", "Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+        "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion", "Lung Opacity", "No Finding",
+        "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices"],
+    "mimic-cxr-2.0.0-metadata.csv.gz": [
+        "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
+        "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
+        "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"],
+    "mimic-cxr-2.0.0-split.csv.gz": ["dicom_id", "study_id", "subject_id", "split"],
+}
+PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+PADCHEST_COLUMNS = [
+    "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth",
+    "PatientSex_DICOM", "ViewPosition_DICOM", "Projection", "MethodProjection", "Pediatric",
+    "Modality_DICOM", "Manufacturer_DICOM", "PhotometricInterpretation_DICOM",
+    "PixelRepresentation_DICOM", "PixelAspectRatio_DICOM", "SpatialResolution_DICOM",
+    "BitsStored_DICOM", "WindowCenter_DICOM", "WindowWidth_DICOM", "Rows_DICOM", "Columns_DICOM",
+    "XRayTubeCurrent_DICOM", "Exposure_DICOM", "ExposureTime", "RelativeXRayExposure_DICOM",
+    "ReportID", "Report", "MethodLabel", "Labels", "Localizations", "LabelsLocalizationsBySentence",
+    "labelCUIS", "LocalizationsCUIS"]
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    return write_default_datasets(tmp_path_factory.mktemp("synth"), n_images=N, seed=3)
+
+
+def tree_bytes(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("write", [write_mimic, write_padchest])
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, write):
+    first = tree_bytes(write(tmp_path / "a", 12, 3))
+    assert len(first) > 12 and tree_bytes(write(tmp_path / "b", 12, 3)) == first
+    assert tree_bytes(write(tmp_path / "c", 12, 4)) != first
+    for path, data in first.items():  # no gzip timestamp: identical on another day too
+        assert not path.name.endswith(".gz") or data[4:8] == bytes(4)
+
+
+def test_mimic_layout(trees):
+    root = trees["mimic-cxr"]
+    assert sorted(p.name for p in root.iterdir()) == sorted(["files", *MIMIC_FILES])
+    tables = {}
+    for name, columns in MIMIC_FILES.items():
+        with gzip.open(root / name, "rt") as f:
+            tables[name] = pd.read_csv(f)
+        assert list(tables[name].columns) == columns
+    meta = tables["mimic-cxr-2.0.0-metadata.csv.gz"]
+    split = tables["mimic-cxr-2.0.0-split.csv.gz"]
+    assert len(meta) == len(split) == N and set(meta["dicom_id"]) == set(split["dicom_id"])
+    assert set(meta["ViewPosition"]) <= {"PA", "AP", "LATERAL"} and "LATERAL" in set(meta["ViewPosition"])
+    assert split.groupby("subject_id")["split"].nunique().max() == 1  # subjects never straddle
+    for row in meta.itertuples():
+        subject = str(row.subject_id)
+        path = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{row.study_id}" / f"{row.dicom_id}.jpg"
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.mode == "L"
+        assert 10_000_000 <= row.subject_id < 20_000_000 and str(row.study_id).startswith("5")
+
+
+def test_mimic_chexpert_semantics(trees):
+    with gzip.open(trees["mimic-cxr"] / "mimic-cxr-2.0.0-chexpert.csv.gz", "rt") as f:
+        chexpert = pd.read_csv(f)
+    four = chexpert[[FINDINGS[f]["mimic-cxr"] for f in FINDINGS]]
+    assert set(np.unique(four.fillna(9).to_numpy())) == {-1.0, 0.0, 1.0, 9.0}  # 9: blank
+    anything = (four.isin([1.0, -1.0])).any(axis=1)
+    assert (chexpert["No Finding"][~anything] == 1.0).all()
+    assert chexpert["No Finding"][anything].isna().all()
+
+
+def test_padchest_layout(trees):
+    root = trees["padchest"]
+    table = pd.read_csv(root / PADCHEST_CSV)
+    assert list(table.columns) == PADCHEST_COLUMNS and len(table) == N
+    assert set(table["Projection"]) <= {"PA", "AP", "AP_horizontal", "L"}
+    assert table["ImageID"].str.fullmatch(r"\d{20,}_[a-z0-9]{6}\.png").all()
+    for row in table.itertuples():
+        with Image.open(root / str(row.ImageDir) / row.ImageID) as image:
+            assert image.mode == "I;16"
+            pixels = np.asarray(image)
+        assert 200 <= pixels.min() <= 800 and 2500 <= pixels.max() <= 4095  # 12 bits, own range
+        assert parse_padchest_labels(row.Labels) is not None
+
+
+def test_padchest_labels_have_the_real_quirks(trees):
+    table = pd.read_csv(trees["padchest"] / PADCHEST_CSV)
+    assert (table["Labels"] == "['normal']").any()
+    assert table["Labels"].str.contains("' ").any()  # an entry with a leading space
+    assert table["Labels"].str.contains("''").any()  # an empty entry
+    assert table["Labels"].str.contains("chronic changes|aortic elongation|kyphosis|scoliosis").any()
+    test_share = (table["PatientID"].astype(str).map(split_of_patient) == "test").mean()
+    assert 0.1 < test_share < 0.35
+
+
+@pytest.mark.parametrize("dataset", ["mimic-cxr", "padchest"])
+def test_readers_read_the_synthetic_trees(trees, dataset):
+    for split in ("train", "test"):
+        skipped = collections.Counter()
+        samples = list(iter_samples(dataset, trees[dataset], split=split, skipped=skipped))
+        assert samples and "image_missing" not in skipped
+        assert {s.label for s in samples} <= {"yes", "no"}
+        for sample in samples[::len(FINDINGS)]:
+            image = load_image(sample)
+            assert image.mode == "L" and image.size == (256, 256)
+
+
+def test_montage_pairs_each_finding_without_and_with(trees):
+    images, titles = montage(trees["mimic-cxr"])
+    assert titles == [f"{f}: {label}" for f in FINDINGS for label in ("no", "yes") * 2]
+    assert all(image.shape == (256, 256) for image in images)
+
+
+# ----------------------------------------------------------------------------------------------
+# the images
+
+
+def small(pixels):
+    """What a 64-px model sees."""
+    return np.asarray(Image.fromarray(pixels.astype(np.float32)).resize((64, 64), Image.BILINEAR))
+
+
+def paired(finding, seed, size=256):
+    """The same anatomy rendered without and with one finding."""
+    return (render_radiograph(np.random.default_rng(seed), {}, size),
+            render_radiograph(np.random.default_rng(seed), {finding: True}, size))
+
+
+def test_render_contract():
+    image = render_radiograph(np.random.default_rng(0), {"nodule": True})
+    assert image.shape == (256, 256) and np.issubdtype(image.dtype, np.floating)
+    assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.1
+    assert np.array_equal(image, render_radiograph(np.random.default_rng(0), {"nodule": True}))
+    assert render_radiograph(np.random.default_rng(0), {}, size=64).shape == (64, 64)
+    with pytest.raises(ValueError, match="effusion"):
+        render_radiograph(np.random.default_rng(0), {"effusion": True})
+
+
+def test_lungs_dark_mediastinum_bright():
+    for seed in range(10):
+        x = small(render_radiograph(np.random.default_rng(seed), {}))
+        lungs = (x[20:40, 12:22].mean() + x[20:40, 42:52].mean()) / 2
+        assert x[20:40, 29:35].mean() > lungs + 0.15
+
+
+SEEDS = range(20)
+
+
+def test_effusion_brightens_the_lung_base():
+    # independent images: the lower lung band is brighter with effusion than without
+    def base(x):
+        return x[38:50, 8:56].mean() - x[14:26, 8:56].mean()
+    with_fluid = [base(small(render_radiograph(np.random.default_rng(100 + s), {"pleural effusion": True})))
+                  for s in SEEDS]
+    without = [base(small(render_radiograph(np.random.default_rng(200 + s), {}))) for s in SEEDS]
+    assert np.mean(with_fluid) > np.mean(without) + 0.05
+    for s in SEEDS:  # and on the same anatomy it only ever adds density, low in the chest
+        before, after = map(small, paired("pleural effusion", s))
+        assert (after - before)[32:60].mean() > 0.01 and np.abs(after - before)[:16].max() < 1e-3
+
+
+def test_cardiomegaly_widens_the_heart():
+    for s in SEEDS:
+        before, after = map(small, paired("cardiomegaly", s))
+        wider = (after - before) > 0.1  # lung pixels that became heart
+        assert wider[30:60].sum() >= 30 and not wider[:16].any()
+
+
+def test_pneumothorax_darkens_an_apex():
+    for s in SEEDS:
+        before, after = map(small, paired("pneumothorax", s))
+        darker = (after - before) < -0.08
+        assert darker[:32].sum() >= 15  # a visible dark rim in the upper chest
+
+
+def test_nodule_is_a_round_bright_disc():
+    for s in SEEDS:
+        before, after = paired("nodule", s)
+        disc = (after - before) > (after - before).max() / 2  # the disc at half its brightness
+        assert 0.9 * np.pi * (0.05 * 256) ** 2 <= disc.sum() <= 1.1 * np.pi * (0.07 * 256) ** 2
+        rows, cols = np.nonzero(disc)
+        assert max(np.ptp(rows), np.ptp(cols)) <= 2.2 * 0.07 * 256  # one compact blob
+        before, after = map(small, (before, after))
+        assert (after - before).max() > 0.2  # still bright at 64 px
