@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import pickle
 import resource
 import socket
 import subprocess
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,10 +58,6 @@ def import_ray():
     except ImportError as err:
         raise ImportError(f"params 'workers' > 1 or 'ray_address' need Ray; {INSTALL_HINT}") from err
     return ray
-
-
-def wants_ray(params: dict) -> bool:
-    return int(params.get("workers") or 1) > 1 or bool(params.get("ray_address"))
 
 
 # -- the cluster ---------------------------------------------------------------------------------
@@ -96,6 +92,23 @@ def worker_env() -> dict:
     return env
 
 
+def send_auth_token() -> None:
+    """Present the cluster's auth token when this machine has one.
+
+    `ray start --head` enables token authentication and writes ~/.ray/auth_token, but a driver
+    that joins it with RAY_AUTH_MODE unset does not send the token and is refused after ~20 s of
+    retries. This is what Ray itself does before starting a local cluster.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 @contextlib.contextmanager
 def ray_cluster(address: str | None = None, num_cpus: int | None = None):
     """Join the cluster at `address`, else start a local one (shut down again on exit).
@@ -110,10 +123,14 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None):
         return
     kwargs = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": False}
     if address:
+        send_auth_token()
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as err:
-            raise RayAddressError(f"could not join the Ray cluster at ray_address {address!r}: {err}") from err
+            raise RayAddressError(
+                f"could not join the Ray cluster at ray_address {address!r}: {err}. If the cluster "
+                f"uses token authentication (the default of `ray start`), this machine needs its "
+                f"token: ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from err
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     try:
@@ -127,7 +144,7 @@ def use_gpus(ray, params: dict) -> bool:
 
 
 def local_cpus(workers: int, gpu: bool) -> int:
-    """CPUs of a local cluster: one per CPU actor, plus one for a GPU actor's host side."""
+    """CPUs of a local cluster: one per CPU actor; all local cores when the actors use GPUs."""
     return max(int(workers), 1) if not gpu else max(int(workers), os.cpu_count() or 1)
 
 
@@ -181,13 +198,13 @@ class BatchScorer:
         self.node = socket.gethostname()
 
     def __call__(self, rows: dict) -> dict:
-        from . import data, run
+        from . import run
 
         out = {k: [] for k in ("batch_index", "n_samples", "n_scored", "start", "end", "pid", "node",
                                "peak_rss_mb", "model_load_s", "mode", "fallback_reason",
                                "device", "dtype")}
         for index, blob in zip(rows["batch_index"], rows["samples"]):
-            batch = [data.Sample(**s) for s in json.loads(blob)]
+            batch = pickle.loads(blob)  # data.Sample or a subclass (run.QuestionSample)
             start = time.time()
             n = run.score_batch(self.engine, self.store, batch, self.question_sets, self.params)
             values = (int(index), len(batch), n, start, time.time(), self.pid, self.node,
@@ -198,12 +215,16 @@ class BatchScorer:
         return out
 
 
-def batch_rows(params: dict, store, skipped: Counter) -> list[dict]:
-    """One row per batch of the single-process path (same samples, same order): index + JSON."""
+def batch_rows(params: dict, store, skipped: Counter) -> tuple[list[dict], set[str]]:
+    """One row per batch of the single-process path (same samples, same order, same sample
+    classes: the batch is pickled), and the ids of all samples still to do."""
     from . import run
 
-    return [{"batch_index": i, "samples": json.dumps([asdict(s) for s in batch])}
-            for i, batch in enumerate(run.batches_to_score(params, store, skipped))]
+    rows, todo = [], set()
+    for i, batch in enumerate(run.batches_to_score(params, store, skipped)):
+        rows.append({"batch_index": i, "samples": pickle.dumps(batch)})
+        todo.update(s.sample_id for s in batch)
+    return rows, todo
 
 
 def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict:
@@ -221,8 +242,7 @@ def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict
     address = params.get("ray_address") or None
     import_ray()
     check_reachable(address)  # before anything else: a wrong address fails within seconds
-    rows = batch_rows(params, store, skipped)
-    todo = {s["sample_id"] for r in rows for s in json.loads(r["samples"])}
+    rows, todo = batch_rows(params, store, skipped)
     device = models.resolve_device(params["device"]) if params["device"] != "auto" else None
     info = {"mode": "prefix_sharing" if params["prefix_sharing"] else "batched",
             "fallback_reason": None if params["prefix_sharing"] else "prefix_sharing disabled by params",
@@ -272,6 +292,7 @@ def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict
         w["samples"] += r["n_scored"]
         w["model_load_s"] = r["model_load_s"]
         w["peak_rss_mb"] = max(w.get("peak_rss_mb", 0.0), r["peak_rss_mb"])
+        w["busy_s"] = w.get("busy_s", 0.0) + r["end"] - r["start"]
     first = min(results, key=lambda r: r["batch_index"])
     span = max(r["end"] for r in results) - min(r["start"] for r in results)
     info.update(
@@ -279,6 +300,8 @@ def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict
         device=first["device"], dtype=first["dtype"],
         samples_per_second=n_scored / elapsed if n_scored and elapsed > 0 else 0.0,
         steady_samples_per_second=n_scored / span if n_scored and span > 0 else 0.0,
+        scoring_samples_per_second=sum(w["samples"] / w["busy_s"] for w in per_worker.values()
+                                       if w["busy_s"] > 0),
         model_load_s=max(w["model_load_s"] for w in per_worker.values()),
         peak_rss_mb_per_worker=max(w["peak_rss_mb"] for w in per_worker.values()),
         per_worker=per_worker, wall_s=elapsed, n_scored=n_scored,
@@ -296,7 +319,8 @@ def bench_workers(params: dict, workers=(1, 2)) -> list[dict]:
     temporary directory per row, so nothing resumes and nothing is left behind. Returns one dict
     per entry of `workers`: workers, samples, wall_s, samples_per_s (end to end: actor start and
     model load included, cluster start excluded), steady_samples_per_s (first batch start to last
-    batch end), startup_s (dataset start to the first batch: actor process, imports, model load),
+    batch end), scoring_samples_per_s (sum over actors of samples / time inside their batches:
+    the pool's scoring capacity, startup and idle excluded), startup_s (dataset start to the first batch: actor process, imports, model load),
     model_load_s (slowest actor's load_model), batches_per_worker (how the batches were shared),
     peak_rss_mb_per_worker (largest actor), device.
     """
@@ -318,6 +342,7 @@ def bench_workers(params: dict, workers=(1, 2)) -> list[dict]:
                 "workers": n, "samples": info.get("n_scored", 0), "wall_s": round(wall, 2),
                 "samples_per_s": round(info.get("n_scored", 0) / wall, 2) if wall > 0 else 0.0,
                 "steady_samples_per_s": round(info.get("steady_samples_per_second", 0.0), 2),
+                "scoring_samples_per_s": round(info.get("scoring_samples_per_second", 0.0), 2),
                 "startup_s": round(info.get("startup_s", 0.0), 2),
                 "model_load_s": round(info["model_load_s"] or 0.0, 2),
                 "batches_per_worker": sorted((w["batches"] for w in info["per_worker"].values()),

@@ -72,6 +72,9 @@ class Engine:
         self.prefix_sharing = prefix_sharing
         self.fallback_reason = None if prefix_sharing else "prefix_sharing disabled by params"
         self._checked = not prefix_sharing
+        self._texts: dict = {}       # (question, with_image) -> rendered chat text
+        self._splits: dict = {}      # question -> SplitPrompt (None: cannot split)
+        self._suffix_ids: dict = {}  # suffix text -> its token ids
         lm.tokenizer.padding_side = "left"
 
     @property
@@ -116,36 +119,46 @@ class Engine:
     def _full_prompt_scores(self, pairs: list[tuple[Image.Image | None, str]], with_image: bool):
         """Plain batching: every prompt is a full forward, grouped by text length."""
         processor = self.lm.processor
-        texts = [prompting.chat_text(processor, q, with_image) for _, q in pairs]
+        texts = [self._chat_text(q, with_image) for _, q in pairs]
         out_p = [0.0] * len(pairs)
         out_m = [0.0] * len(pairs)
         for chunk in self._length_chunks([len(t) for t in texts]):
             kwargs = {"images": [[pairs[i][0]] for i in chunk]} if with_image else {}
-            enc = processor(text=[texts[i] for i in chunk], padding=True, return_tensors="pt", **kwargs)
+            enc = prompting.encode(processor, [texts[i] for i in chunk], padding=True, **kwargs)
+            if not with_image:
+                drop_trivial_token_types(enc)
             logits = self._forward(enc)
             self._scatter(chunk, logits, out_p, out_m)
         return out_p, out_m
 
     @torch.inference_mode()
     def _shared_prefix_scores(self, items: list[Item], jobs):
-        """Prefix (template start + image) once per image; suffixes reuse its KV cache."""
-        processor, tokenizer = self.lm.processor, self.lm.tokenizer
-        prefix = prompting.split_at_image(processor, items[0].prompts[0]).prefix
-        enc = processor(text=[prefix] * len(items), images=[[it.image] for it in items],
-                        return_tensors="pt")
+        """Prefix (template start + image) once per image; suffixes reuse its KV cache.
+
+        Samples that ask about the same image (same pixels) share one prefix row.
+        """
+        processor = self.lm.processor
+        prefix = self._split(items[0].prompts[0]).prefix
+        rows: dict = {}          # image fingerprint -> prefix row
+        owner, images = {}, []
+        for it in items:
+            key = image_fingerprint(it.image)
+            if key not in rows:
+                rows[key] = len(images)
+                images.append(it.image)
+            owner[id(it)] = rows[key]
+        enc = prompting.encode(processor, [prefix] * len(images), [[im] for im in images])
         prefix_len = enc["input_ids"].shape[1]
         prefix_out = self._run(enc, use_cache=True)
-        suffixes = [prompting.split_at_image(processor, q).suffix for _, _, q in jobs]
-        owner = {id(it): n for n, it in enumerate(items)}
+        suffix_ids = [self._suffix_tokens(self._split(q).suffix) for _, _, q in jobs]
         out_p = [0.0] * len(jobs)
         out_m = [0.0] * len(jobs)
-        lengths = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in suffixes]
+        lengths = [len(ids) for ids in suffix_ids]
         for chunk in self._length_chunks(lengths):
             cache = clone_cache(prefix_out.cache)
             cache.batch_select_indices(torch.tensor([owner[id(jobs[i][0])] for i in chunk],
                                                     device=self.lm.device))
-            suf = tokenizer([suffixes[i] for i in chunk], add_special_tokens=False,
-                            padding=True, return_tensors="pt")
+            suf = self._left_pad([suffix_ids[i] for i in chunk])
             mask = suf["attention_mask"]
             positions = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
             full_mask = torch.cat([torch.ones(len(chunk), prefix_len, dtype=mask.dtype), mask], -1)
@@ -155,6 +168,32 @@ class Engine:
             })
             self._scatter(chunk, logits, out_p, out_m)
         return out_p, out_m
+
+    # -- memoised text work (the same questions recur in every batch) -------------------------
+
+    def _chat_text(self, question: str, with_image: bool) -> str:
+        key = (question, with_image)
+        if key not in self._texts:
+            self._texts[key] = prompting.chat_text(self.lm.processor, question, with_image)
+        return self._texts[key]
+
+    def _split(self, question: str):
+        if question not in self._splits:
+            self._splits[question] = prompting.split_at_image(self.lm.processor, question)
+        return self._splits[question]
+
+    def _suffix_tokens(self, suffix: str) -> list[int]:
+        if suffix not in self._suffix_ids:
+            self._suffix_ids[suffix] = self.lm.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        return self._suffix_ids[suffix]
+
+    def _left_pad(self, rows: list[list[int]]) -> dict:
+        """What tokenizer(..., padding=True) gives with left padding, from cached token ids."""
+        width = max(len(r) for r in rows)
+        pad = self.lm.tokenizer.pad_token_id or 0   # masked out: any id will do
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask}
 
     def _run(self, inputs: dict, use_cache: bool = False):
         moved = {k: self._to_device(v) for k, v in inputs.items()}
@@ -207,9 +246,9 @@ def sharing_problem(processor, item: Item) -> str | None:
     if len({s.prefix for s in splits}) != 1:
         return "the text before the image differs between prompts"
     question = item.prompts[0]
-    full = processor(text=[prompting.chat_text(processor, question, True)], images=[[item.image]],
-                     return_tensors="pt")["input_ids"][0].tolist()
-    head = processor(text=[splits[0].prefix], images=[[item.image]], return_tensors="pt")
+    full = prompting.encode(processor, [prompting.chat_text(processor, question, True)],
+                            [[item.image]])["input_ids"][0].tolist()
+    head = prompting.encode(processor, [splits[0].prefix], [[item.image]])
     if "image_grid_thw" in head:
         return ("image tokens have multi-dimensional (mRoPE) positions, which the shared "
                 "suffix's 1D position ids cannot continue")
@@ -218,11 +257,31 @@ def sharing_problem(processor, item: Item) -> str | None:
         return "the tokenizer merges tokens across the image/question cut"
     width, height = item.image.size
     for size in ((3 * width, height), (width, 3 * height)):
-        probe = processor(text=[splits[0].prefix], images=[[item.image.resize(size)]],
-                          return_tensors="pt")
+        probe = prompting.encode(processor, [splits[0].prefix], [[item.image.resize(size)]])
         if probe["input_ids"].shape[1] != head["input_ids"].shape[1]:
             return "the number of image tokens depends on the image size"
     return None
+
+
+def image_fingerprint(image: Image.Image) -> tuple:
+    """Identifies an image by its pixels (samples of one image are separate PIL objects).
+
+    The raw bytes themselves: a dict compares them on a hash match, so equal keys mean equal
+    pixels, and hashing them is several times cheaper than a cryptographic digest.
+    """
+    return image.mode, image.size, image.tobytes()
+
+
+def drop_trivial_token_types(enc) -> None:
+    """Remove all-zero `token_type_ids` (prompts without image tokens), in place.
+
+    Gemma 3 uses them only to let image tokens attend to each other; when no token is an image
+    token they change nothing, but their presence makes transformers build the attention masks
+    through torch.vmap, which costs more than the whole forward of a small model.
+    """
+    types = enc.get("token_type_ids") if hasattr(enc, "get") else None
+    if torch.is_tensor(types) and not types.any():
+        del enc["token_type_ids"]
 
 
 def clone_cache(cache):

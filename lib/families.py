@@ -432,6 +432,28 @@ def model_problem(location: str | None, what: str) -> str | None:
     return None
 
 
+def adapter_fit_problem(model: str, adapter: str | None) -> str | None:
+    """An adapter saved on the ORIGINAL LLaVA layout over a converted LLaVA-Rad would load as a
+    silent no-op (peft finds none of its weights); say so, with the remapping command."""
+    if not adapter or not (Path(model).expanduser() / "conversion.json").is_file():
+        return None
+    from .convert_llava_rad import adapter_layout
+
+    directory = Path(adapter).expanduser()
+    if not directory.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(adapter, "adapter_model.safetensors")
+        if not isinstance(cached, str):
+            return None
+        directory = Path(cached).parent
+    if adapter_layout(directory) == "original":
+        return (f"adapter {adapter} is saved on the original LLaVA layout (model.layers.*) and would "
+                f"not apply to the converted model {model}; remap it once with "
+                f"`python -m lib.convert_llava_rad adapter {directory} <out_dir>` and use <out_dir>")
+    return None
+
+
 def check_params(files) -> list[str]:
     """One message per problem across the params files (empty when all can run)."""
     from . import config
@@ -443,8 +465,10 @@ def check_params(files) -> list[str]:
         except config.ParamsError as err:
             problems.append(str(err))
             continue
-        for what in ("model", "adapter"):
-            problem = model_problem(params[what], what)
+        found = [model_problem(params[what], what) for what in ("model", "adapter")]
+        problems += [f"{path}: {p}" for p in found if p]
+        if not any(found):
+            problem = adapter_fit_problem(params["model"], params["adapter"])
             if problem:
                 problems.append(f"{path}: {problem}")
         if params["questions"] and not Path(params["questions"]).is_file():

@@ -47,3 +47,17 @@ def split_at_image(processor, question: str) -> SplitPrompt | None:
     if question.strip() in prefix or not suffix:
         return None
     return SplitPrompt(prefix, suffix)
+
+
+def encode(processor, texts: list[str], images=None, **kwargs):
+    """The processor's model inputs for rendered prompts, without a doubled BOS.
+
+    Chat templates such as Gemma 3's write the BOS token themselves; a tokenizer that also adds
+    one would give the model `<bos><bos>`, so special tokens are added only when the rendered
+    text does not already start with BOS (as transformers' own chat path does).
+    """
+    bos = getattr(processor.tokenizer, "bos_token", None)
+    add_special = not (bos and all(t.startswith(bos) for t in texts))
+    if images is not None:
+        kwargs["images"] = images
+    return processor(text=texts, add_special_tokens=add_special, return_tensors="pt", **kwargs)

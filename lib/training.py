@@ -55,7 +55,7 @@ class Encoder:
     def tokens(self, question: str, image) -> dict:
         if question not in self._tokens:
             text = prompting.chat_text(self.processor, question, with_image=True)
-            enc = self.processor(text=[text], images=[[image]], return_tensors="pt")
+            enc = prompting.encode(self.processor, [text], [[image]])
             self._tokens[question] = {k: v[0] for k, v in enc.items() if k != "pixel_values"}
         return self._tokens[question]
 
@@ -150,22 +150,24 @@ def pretrain_vision(model, encoder, images, finding_labels: torch.Tensor, steps:
                     batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Stage 1 of the default models: teach the vision side (tower + projector) the findings.
 
-    A temporary linear probe on the mean- and max-pooled image tokens predicts every finding
-    (multi-label cross-entropy); the probe is thrown away, the vision weights stay. Training the
+    A temporary linear probe on all image tokens (flattened, so where a token sits counts)
+    predicts every finding (multi-label cross-entropy); the probe is thrown away, the vision
+    weights stay. Training the
     whole VLM from random weights without this stage does not get past chance on CPU budgets.
     """
     generator = torch.Generator().manual_seed(seed)
-    width = model.config.get_text_config().hidden_size
-    probe = torch.nn.Linear(2 * width, finding_labels.shape[1])
+    pixels = torch.stack([encoder.pixels(im) for im in images])
+    with torch.no_grad():
+        n_features = image_tokens(model, pixels[:1]).flatten(1).shape[1]
+    probe = torch.nn.Linear(n_features, finding_labels.shape[1])
     params = [p for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n]
     optimizer = torch.optim.AdamW(params + list(probe.parameters()), lr=lr)
-    pixels = torch.stack([encoder.pixels(im) for im in images])
     model.train()
     log = []
     for step in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         feats = image_tokens(model, pixels[idx])
-        logits = probe(torch.cat([feats.mean(1), feats.amax(1)], -1))
+        logits = probe(feats.flatten(1))
         loss = F.binary_cross_entropy_with_logits(logits, finding_labels[idx].float())
         loss.backward()
         optimizer.step()

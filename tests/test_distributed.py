@@ -7,7 +7,9 @@ requirements-ray.txt first).
 """
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import signal
 import threading
 import time
@@ -16,10 +18,12 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
 
+from collections import Counter  # noqa: E402
+
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from lib import config, default_models, distributed, records, run, synth  # noqa: E402
+from lib import config, data, default_models, distributed, records, run, synth  # noqa: E402
 
 KEY = ["sample_id", "prompt_id", "condition"]
 N_SAMPLES = 24
@@ -33,7 +37,8 @@ def world(tmp_path_factory):
         "llava", default_models.question_corpus(), seed=0)
     default_models.save(model, processor, root / "llava")
     base = {"config": "tiny", "model": str(root / "llava"), "dataset": "mimic-cxr",
-            "data_root": str(data_root), "split": "train", "limit": N_SAMPLES, "batch_size": 2}
+            "data_root": str(data_root), "split": "train", "limit": N_SAMPLES, "batch_size": 2,
+            "device": "cpu"}  # CPU actors even where a GPU exists
 
     def params(name, **extra):
         return config.validate({**base, "output_dir": str(root / name), **extra})
@@ -45,7 +50,7 @@ def world(tmp_path_factory):
 def cluster():
     """One local 2-CPU cluster for the module (lib.distributed reuses an initialised Ray)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": distributed.worker_env()})
     yield ray
     ray.shutdown()
@@ -127,6 +132,25 @@ def test_killing_a_worker_mid_run_loses_nothing(world, cluster, reference):
     again = run.evaluate(params)  # nothing left to do: resumes without scoring anything
     assert sorted(store.dir.glob("chunk-*.json")) == chunks
     assert p_yes(again).equals(p_yes(reference))
+
+
+def test_actors_get_exactly_the_single_process_batches(world, tmp_path):
+    """Batches travel pickled: same samples, order and classes (per-image question files too)."""
+    images = list(dict.fromkeys(s.image_id for s in data.iter_samples(
+        "mimic-cxr", world("x")["data_root"], split="train")))[:3]
+    per_image = tmp_path / "questions.jsonl"
+    per_image.write_text("".join(json.dumps({
+        "image_id": im, "label": "yes", "question": "Is there cardiomegaly?",
+        "paraphrases": ["Is the heart enlarged?"]}) + "\n" for im in images))
+    for params in (world("rows"), world("rows-per-image", questions=str(per_image))):
+        store = records.RecordStore(params["output_dir"], config.run_hash(params))
+        rows, todo = distributed.batch_rows(params, store, Counter())
+        expected = list(run.batches_to_score(params, store, Counter()))
+        got = [pickle.loads(r["samples"]) for r in rows]
+        assert got == expected and [r["batch_index"] for r in rows] == list(range(len(expected)))
+        assert [type(s) for b in got for s in b] == [type(s) for b in expected for s in b]
+        assert todo == {s.sample_id for b in expected for s in b}
+    assert type(got[0][0]).__name__ == "QuestionSample"
 
 
 def test_unreachable_ray_address_fails_at_once_naming_it(world):

@@ -255,3 +255,21 @@ def test_disabled_sharing_says_why_and_agrees(loaded, family):
     rows = engine.score(items)
     assert engine.mode == "batched" and "disabled" in engine.fallback_reason
     check_against_reference(lm, items, rows)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_samples_of_one_image_share_one_prefix_row(loaded, family):
+    """Several findings asked about one image (separate PIL objects): one prefix row per image."""
+    lm = loaded[family]
+    base = make_items(3, seed=6)
+    sets = list(BUILTIN_QUESTIONS.values())
+    items = [Item(f"{it.sample_id}/{k}", it.image.copy(), tuple(sets[k][:2 + (k + n) % 5]))
+             for n, it in enumerate(base) for k in range(len(sets))]
+    calls, handle = capture_forwards(lm.model)
+    try:
+        rows = Engine(lm, batch_size=16).score(items)
+    finally:
+        handle.remove()
+    with_pixels = [c for c in calls if "pixel_values" in c]
+    assert len(with_pixels) == 1 and len(with_pixels[0]["input_ids"]) == len(base)
+    check_against_reference(lm, items, rows)

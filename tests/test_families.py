@@ -301,3 +301,57 @@ def test_evaluate_notebook_runs_qwen2_5_vl(checkpoints, mimic_root, tmp_path, re
     summary, predictions, _ = run_notebook(tmp_path, checkpoints("qwen2_5_vl"), mimic_root, removal)
     check_run(summary, predictions, removal, n_samples=8)
     assert summary["engine"]["mode"] == "batched"
+
+
+# -- per-image question files (PSF-Med, lib.questions.import_psf_med) -------------------------
+
+def psf_med_file(tmp_path, mimic_root) -> tuple[Path, list[str]]:
+    """A PSF-Med style CSV converted by import_psf_med; returns (JSONL path, image ids)."""
+    from lib import data, questions
+
+    ids = [s.image_id for s in data.iter_samples("mimic-cxr", mimic_root, findings=("cardiomegaly",))]
+    rows = [
+        (ids[2], "cardiomegaly", "Is there cardiomegaly?", "['Is the heart enlarged?', 'Does this chest X-ray show cardiomegaly?']", "Yes"),
+        (ids[0], "", "Is there a pneumothorax?", "['Is there air in the pleural space?']", "No"),
+        (ids[0], "", "What is the heart size?", "[]", "No"),  # not a yes/no question: dropped
+        (ids[2], "", "Is there a lung nodule?", "[]", "no"),
+        ("0000-not-in-the-dataset", "", "Is there a pneumothorax?", "['Is air present outside the lung?']", "yes"),
+    ]
+    csv = tmp_path / "psf_med.csv"
+    pd.DataFrame(rows, columns=["dicom_id", "finding", "question", "paraphrases", "answer"]).to_csv(csv, index=False)
+    out = tmp_path / "psf_med_mimic.jsonl"
+    counts = questions.import_psf_med(csv, out)
+    assert counts["kept"] == 4 and counts["dropped_not_yes_no"] == 1
+    return out, ids
+
+
+def test_per_image_question_file_is_joined_with_the_images(checkpoints, mimic_root, tmp_path):
+    from lib import config, run
+
+    path, ids = psf_med_file(tmp_path, mimic_root)
+    params = config.validate({
+        "config": "tiny-llava", "model": str(checkpoints("llava")), "dataset": "mimic-cxr",
+        "data_root": str(mimic_root), "questions": str(path), "max_paraphrases": 1,
+        "batch_size": 2, "dtype": "float32", "device": "cpu", "output_dir": str(tmp_path / "run")})
+    result = run.evaluate(params, lm=load(checkpoints("llava")))
+    samples = result.samples.set_index("sample_id").sort_index()
+    # reader order (ids[0] before ids[2]); each image's rows in file order
+    assert sorted(samples.index) == sorted([f"{ids[0]}/q0", f"{ids[2]}/q0", f"{ids[2]}/q1"])
+    assert samples.loc[f"{ids[2]}/q0", "label"] == "yes" and samples.loc[f"{ids[0]}/q0", "label"] == "no"
+    assert samples.loc[f"{ids[2]}/q0", "finding"] == "cardiomegaly"
+    assert pd.isna(samples.loc[f"{ids[0]}/q0", "finding"])
+    image_rows = result.predictions[result.predictions.condition == "image"]
+    prompts_of = image_rows.groupby("sample_id").prompt.apply(list).to_dict()
+    assert prompts_of[f"{ids[2]}/q0"] == ["Is there cardiomegaly?", "Is the heart enlarged?"]  # max_paraphrases 1
+    assert prompts_of[f"{ids[2]}/q1"] == ["Is there a lung nodule?"]
+    text_only = result.predictions[result.predictions.condition == "text_only"].set_index("sample_id").prompt
+    assert text_only[f"{ids[0]}/q0"] == "Is there a pneumothorax?"
+    assert result.summary["n_skipped"] == {"question_image_not_found": 1}
+
+
+def test_per_image_question_file_runs_in_the_notebook(checkpoints, mimic_root, tmp_path):
+    path, _ = psf_med_file(tmp_path, mimic_root)
+    summary, predictions, _ = run_notebook(tmp_path, checkpoints("gemma3"), mimic_root, "none",
+                                           questions=str(path), limit=None)
+    assert summary["n_samples"] == 3
+    assert predictions[predictions.condition == "text_only"].shape[0] == 3
