@@ -17,6 +17,10 @@ import torch
 FAMILIES = ("llava", "gemma3")
 IMAGE_SIZE = 64
 PATCH_SIZE = 16
+# Training defaults (see `train_base`).
+VISION_LR = 2e-3
+VISION_SCALE = 0.1
+WARMUP = 0.1
 
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -226,14 +230,25 @@ def finding_matrix(examples):
     return [images[k] for k in keys], matrix
 
 
+def by_image(examples) -> list[list]:
+    """The examples grouped by image (all the findings asked about one image), in first-seen order."""
+    groups: dict[int, list] = {}
+    for ex in examples:
+        groups.setdefault(id(ex.image), []).append(ex)
+    return list(groups.values())
+
+
 def train_base(family: str, examples, seed: int, vision_steps: int, epochs: float, lr: float,
-               batch_size: int, prompt_pool: int):
+               batch_size: int, prompt_pool: int, vision_lr: float = VISION_LR,
+               vision_scale: float = VISION_SCALE, warmup: float = WARMUP):
     """Build a family's model from random weights and train it to answer from the pixels.
 
-    Stage 1 teaches the vision side the findings (`training.pretrain_vision`); stage 2 trains
-    the whole model on the yes/no answer. Only the first `prompt_pool` prompts of each question
-    set are seen in training: the other paraphrases are new to the model at evaluation, as in
-    real paraphrase benchmarks. Returns the model, its processor and both loss logs.
+    Stage 1 teaches the vision side the findings (`training.pretrain_vision`, `vision_steps`
+    steps at `vision_lr`); stage 2 trains the whole model on the yes/no answers of every finding
+    of `batch_size` // 4 images per step (`training.base_step`), the vision side at
+    `vision_scale` x `lr`. Only the first `prompt_pool` prompts of each question set are seen
+    in training: the other paraphrases are new to the model at evaluation, as in real
+    paraphrase benchmarks. Returns the model, its processor and both loss logs.
     """
     from functools import partial
 
@@ -243,11 +258,19 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
     model, processor = build_untrained(family, question_corpus(), seed)
     encoder = Encoder(processor)
     images, labels = finding_matrix(examples)
-    vision_log = pretrain_vision(model, encoder, images, labels, steps=vision_steps, lr=lr,
+    vision_log = pretrain_vision(model, encoder, images, labels, steps=vision_steps, lr=vision_lr,
                                  batch_size=batch_size, seed=seed)
     ids = (loading.answer_token_ids(processor.tokenizer, ["yes"])[0],
            loading.answer_token_ids(processor.tokenizer, ["no"])[0])
+    groups = by_image(examples)
+    per_image = max(1, round(len(examples) / len(groups)))
     step = partial(base_step, encoder=encoder, ids=ids, prompt_pool=prompt_pool)
-    log = train(model, lambda m, batch: step(m, examples=batch), examples, epochs=epochs,
-                batch_size=batch_size, lr=lr, seed=seed)
+    log = train(model, lambda m, batch: step(m, groups=batch), groups,
+                epochs=epochs, batch_size=max(1, batch_size // per_image), lr=lr, seed=seed,
+                lr_scale=lambda name: 1.0 if is_language(name) else vision_scale, warmup=warmup)
     return model, processor, vision_log, log
+
+
+def is_language(name: str) -> bool:
+    """Whether a parameter belongs to the language model (decoder, embeddings, head)."""
+    return "language_model" in name or "lm_head" in name

@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import data, models, provenance, questions, training
+from . import models, provenance, training
 from .config import ParamsError
+from .default_models import training_examples
 
 DEFAULTS = {
     "name": None, "base_model": None, "dataset": None, "data_root": None, "split": "train",
@@ -52,17 +53,9 @@ def resolve(values: dict, params_file=None) -> dict:
 
 
 def examples_of(spec: dict) -> list[training.Example]:
-    sets = questions.load_question_sets()
-    examples = []
-    samples = data.iter_samples(spec["dataset"], spec["data_root"], split=spec["split"])
-    for n, sample in enumerate(samples):
-        if spec["limit"] is not None and n >= spec["limit"]:
-            break
-        image = data.load_image(sample)
-        if image is not None:
-            examples.append(training.Example(image.convert("RGB"),
-                                             questions.prompts_for(sample.finding, sets), sample.label))
-    return examples
+    """The training split's samples (at most `limit`) with every built-in paraphrase."""
+    examples, _ = training_examples({spec["dataset"]: spec["data_root"]}, split=spec["split"])
+    return examples[:spec["limit"]]
 
 
 def run(spec: dict) -> FinetuneResult:
@@ -78,7 +71,7 @@ def run(spec: dict) -> FinetuneResult:
                                                     layers, spec["target_modules"]))
     examples = examples_of(spec)
     ids = (lm.yes_ids[0], lm.no_ids[0])
-    step = partial(training.consistency_step, processor=lm.processor, ids=ids,
+    step = partial(training.consistency_step, encoder=training.Encoder(lm.processor), ids=ids,
                    kl_weight=spec["kl_weight"])
     log = training.train(net, lambda m, batch: step(m, examples=batch), examples,
                          epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"],

@@ -92,12 +92,20 @@ def targets(examples) -> torch.Tensor:
     return torch.tensor([1 if ex.label == "yes" else 0 for ex in examples])
 
 
-def base_step(model, encoder, examples, ids, prompt_pool: int) -> dict:
-    """Cross-entropy of the answer to one of the first `prompt_pool` prompts of each example."""
+def base_step(model, encoder, groups, ids, prompt_pool: int) -> dict:
+    """Cross-entropy of the answers about every finding of each image in the batch.
+
+    `groups` are lists of the examples of one image (one per finding): asking all of an image's
+    questions in the same batch makes the answer depend on both the question and the pixels.
+    Each question is one of the first `prompt_pool` prompts of its finding.
+    """
+    examples = [ex for group in groups for ex in group]
     questions = [random.choice(ex.prompts[:prompt_pool]) for ex in examples]
     logits = answer_logits(model, encoder([ex.image for ex in examples], questions), *ids)
-    loss = F.cross_entropy(logits, targets(examples))
-    return {"loss": loss, "ce": loss.detach()}
+    y = targets(examples)
+    loss = F.cross_entropy(logits, y)
+    accuracy = (logits.argmax(-1) == y).float().mean()
+    return {"loss": loss, "ce": loss.detach(), "accuracy": accuracy.detach()}
 
 
 def consistency_step(model, encoder, examples, ids, kl_weight: float) -> dict:
@@ -115,15 +123,25 @@ def consistency_step(model, encoder, examples, ids, kl_weight: float) -> dict:
 
 
 def train(model, step_fn, examples, epochs: float, batch_size: int, lr: float,
-          grad_accum: int = 1, seed: int = 0, log_every: int = 10) -> pd.DataFrame:
-    """AdamW with a cosine schedule over the trainable parameters; returns the loss log."""
+          grad_accum: int = 1, seed: int = 0, log_every: int = 10, lr_scale=None,
+          warmup: float = 0.1) -> pd.DataFrame:
+    """AdamW with a one-cycle schedule over the trainable parameters; returns the loss log.
+
+    `lr_scale(name)` (optional) gives a parameter's learning rate as a multiple of `lr`
+    (e.g. a slower vision side); `warmup` is the fraction of steps spent warming up.
+    """
     random.seed(seed)
     torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    scales = sorted({lr_scale(n) for n, _ in named}) if lr_scale else [1.0]
+    groups = [{"params": [p for n, p in named if not lr_scale or lr_scale(n) == k], "lr": lr * k}
+              for k in scales]
+    groups = [g for g in groups if g["params"]]
     steps = max(1, int(epochs * len(examples) / (batch_size * grad_accum)))
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
-                                                   pct_start=0.1)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
+                                                   total_steps=steps, pct_start=warmup)
     model.train()
     log, order = [], []
     for step in range(steps):
@@ -150,16 +168,17 @@ def pretrain_vision(model, encoder, images, finding_labels: torch.Tensor, steps:
                     batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Stage 1 of the default models: teach the vision side (tower + projector) the findings.
 
-    A temporary linear probe on all image tokens (flattened, so where a token sits counts)
-    predicts every finding (multi-label cross-entropy); the probe is thrown away, the vision
-    weights stay. Training the
-    whole VLM from random weights without this stage does not get past chance on CPU budgets.
+    A temporary attention-pooling probe predicts every finding (multi-label cross-entropy): per
+    finding, a learned query attends over the image tokens and a linear readout scores the
+    pooled token. The evidence thus becomes readable the way the language model reads the image
+    (attention from the question's tokens). The probe is thrown away, the vision weights stay. Training the whole VLM from random weights without this stage does not get
+    past chance on CPU budgets.
     """
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.stack([encoder.pixels(im) for im in images])
     with torch.no_grad():
-        n_features = image_tokens(model, pixels[:1]).flatten(1).shape[1]
-    probe = torch.nn.Linear(n_features, finding_labels.shape[1])
+        n_features = image_tokens(model, pixels[:1]).shape[-1]
+    probe = AttentionProbe(n_features, finding_labels.shape[1])
     params = [p for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n]
     optimizer = torch.optim.AdamW(params + list(probe.parameters()), lr=lr)
     model.train()
@@ -167,7 +186,7 @@ def pretrain_vision(model, encoder, images, finding_labels: torch.Tensor, steps:
     for step in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         feats = image_tokens(model, pixels[idx])
-        logits = probe(feats.flatten(1))
+        logits = probe(feats)
         loss = F.binary_cross_entropy_with_logits(logits, finding_labels[idx].float())
         loss.backward()
         optimizer.step()
@@ -177,6 +196,22 @@ def pretrain_vision(model, encoder, images, finding_labels: torch.Tensor, steps:
             log.append({"step": step, "loss": loss.item(), "probe_accuracy": accuracy})
     model.eval()
     return pd.DataFrame(log)
+
+
+class AttentionProbe(torch.nn.Module):
+    """Per-class attention pooling over tokens followed by a per-class linear readout."""
+
+    def __init__(self, width: int, classes: int):
+        super().__init__()
+        self.query = torch.nn.Parameter(torch.zeros(classes, width))
+        self.readout = torch.nn.Parameter(torch.randn(classes, width) / width ** 0.5)
+        self.bias = torch.nn.Parameter(torch.zeros(classes))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, C)
+        weights = torch.softmax(torch.einsum("bth,ch->bct", tokens, self.query)
+                                / tokens.shape[-1] ** 0.5, dim=-1)
+        pooled = torch.einsum("bct,bth->bch", weights, tokens)
+        return (pooled * self.readout).sum(-1) + self.bias
 
 
 def image_tokens(model, pixel_values) -> torch.Tensor:
