@@ -25,7 +25,11 @@ per batch):
   per image, question suffixes, text-only prompts, one lm_head row per prompt, attention
   included) at the matmul rate measured with an 8192^3 bf16 matmul.
 
-Every way includes the processor (image preprocessing, tokenisation). Each is warmed up once, then
+Every way includes the processor (image preprocessing, tokenisation); images are 512 px random
+RGB. The image processor is the torchvision-backed class when torchvision works there, else the
+PIL class (``--image-processor``; the JSON names the class): at 896 px the PIL one costs tens of
+ms per image on the CPU, which the engine pays once per image; ``preprocess_ms_per_sample`` is
+that cost alone (the engine's share of it). Each way is warmed up once, then
 timed up to ``--repeats`` times within ``--budget-s`` seconds (CUDA synchronised), the fastest
 pass counts. Agreement = fraction of prompts whose prediction (p_yes >= 0.5; parsed text for
 naive) equals forward_bs1's (random weights: margins are small, so bf16 noise shows here).
@@ -160,9 +164,9 @@ def build_tokenizer(family: str):
 
 
 def image_processor(family: str, size: int, backend: str):
-    """(image processor, backend used): torchvision (torch ops, much faster at 896 px) or PIL.
-
-    `auto` takes torchvision when it is importable and works, else PIL (the project default).
+    """(image processor, its class name): torchvision-backed (torch ops, much faster at 896 px)
+    or PIL. `auto` takes the torchvision one when it works (transformers itself falls back to
+    the PIL class when torchvision is missing), else PIL (the project default).
     """
     import transformers
 
@@ -177,13 +181,13 @@ def image_processor(family: str, size: int, backend: str):
         try:
             proc = getattr(transformers, names[0])(**kwargs)
             proc(images=[Image.new("RGB", (size, size))], return_tensors="pt")
-            return proc, "torchvision"
+            return proc, type(proc).__name__
         except Exception as err:
             if backend == "torchvision":
                 raise
             print(f"  torchvision image processor unavailable ({type(err).__name__}: {err}); "
                   "using PIL", flush=True)
-    return getattr(transformers, names[1])(**kwargs), "pil"
+    return getattr(transformers, names[1])(**kwargs), names[1]
 
 
 def build(family: str, shapes: dict, device: torch.device, dtype: torch.dtype,
@@ -580,11 +584,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=16, help="samples per batch (and measured)")
     parser.add_argument("--prompts", type=int, default=5, help="image prompts per sample")
     parser.add_argument("--samples-per-image", type=int, default=1)
-    parser.add_argument("--naive-samples", type=int, default=3)
-    parser.add_argument("--bs1-samples", type=int, default=16)
+    parser.add_argument("--naive-samples", type=int, default=None, help="3 (--tiny: 2)")
+    parser.add_argument("--bs1-samples", type=int, default=None, help="16 (--tiny: 8)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget-s", type=float, default=25.0, help="time box per way")
+    parser.add_argument("--repeats", type=int, default=None, help="3 (--tiny: 2)")
+    parser.add_argument("--budget-s", type=float, default=None, help="time box per way: 25 (--tiny: 8)")
     parser.add_argument("--no-nf4", dest="nf4", action="store_false")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--image-processor", default="auto", choices=("auto", "torchvision", "pil"))
@@ -592,6 +596,11 @@ def main(argv=None) -> dict:
                         help="skip what is left (nf4, next model) after this many seconds")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_bench.json)")
     args = parser.parse_args(argv)
+    defaults = {"naive_samples": (3, 2), "bs1_samples": (16, 8), "repeats": (3, 2),
+                "budget_s": (25.0, 8.0)}
+    for key, (full, tiny) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, tiny if args.tiny else full)
 
     check_versions()
     start = args.started = time.perf_counter()
@@ -631,6 +640,9 @@ def main(argv=None) -> dict:
             continue
         print(f"{family}: building and measuring", flush=True)
         report["models"][family] = bench_family(family, args, device, dtype, rate)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         report["total_seconds"] = time.perf_counter() - start
         out.write_text(json.dumps(report, indent=2))      # partial results survive a timeout
     report["total_seconds"] = time.perf_counter() - start

@@ -168,26 +168,31 @@ def pretrain_vision(model, encoder, images, finding_labels: torch.Tensor, steps:
                     batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Stage 1 of the default models: teach the vision side (tower + projector) the findings.
 
-    A temporary attention-pooling probe predicts every finding (multi-label cross-entropy): per
-    finding, a learned query attends over the image tokens and a linear readout scores the
-    pooled token. The evidence thus becomes readable the way the language model reads the image
-    (attention from the question's tokens). The probe is thrown away, the vision weights stay. Training the whole VLM from random weights without this stage does not get
+    Two temporary probes predict every finding (multi-label cross-entropy, summed): a linear
+    probe on all image tokens (flattened, so where a token sits counts: it learns the features
+    fast) and an attention-pooling probe (per finding, a learned query attends over the image
+    tokens and a linear readout scores the pooled token), which makes the evidence readable the
+    way the language model reads the image, by attention from the question's tokens. The probes
+    are thrown away, the vision weights stay. Training the whole VLM from random weights without this stage does not get
     past chance on CPU budgets.
     """
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.stack([encoder.pixels(im) for im in images])
     with torch.no_grad():
-        n_features = image_tokens(model, pixels[:1]).shape[-1]
-    probe = AttentionProbe(n_features, finding_labels.shape[1])
+        _, n_tokens, width = image_tokens(model, pixels[:1]).shape
+    classes = finding_labels.shape[1]
+    flat, probe = torch.nn.Linear(n_tokens * width, classes), AttentionProbe(width, classes)
     params = [p for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n]
-    optimizer = torch.optim.AdamW(params + list(probe.parameters()), lr=lr)
+    optimizer = torch.optim.AdamW(params + list(flat.parameters()) + list(probe.parameters()), lr=lr)
     model.train()
     log = []
     for step in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         feats = image_tokens(model, pixels[idx])
         logits = probe(feats)
-        loss = F.binary_cross_entropy_with_logits(logits, finding_labels[idx].float())
+        target = finding_labels[idx].float()
+        loss = (F.binary_cross_entropy_with_logits(flat(feats.flatten(1)), target)
+                + F.binary_cross_entropy_with_logits(logits, target))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

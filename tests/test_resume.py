@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import config, default_models, records, run, synth
+from lib import config, default_models, questions, records, run, synth
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 24
@@ -165,7 +165,10 @@ def test_killed_run_resumes_to_the_uninterrupted_outputs(world, tmp_path):
     clean = run.evaluate(clean_params).predictions
     assert config.run_hash(clean_params) == config.run_hash(params)
     assert killed["sample_id"].nunique() == LIMIT
-    expected_rows = sum(1 + n for n in clean.groupby("sample_id")["prompt_id"].max() + 1)
+    sets = questions.load_question_sets()
+    findings = pd.read_parquet(Path(params["output_dir"]) / "samples.parquet")["finding"]
+    expected_rows = sum(len(questions.prompts_for(f, sets)) + 1 for f in findings)
+    assert len(findings) == LIMIT
     assert len(killed) == len(clean) == expected_rows
     pd.testing.assert_frame_equal(killed[KEY + ["prompt"]], clean[KEY + ["prompt"]])
     np.testing.assert_allclose(killed["p_yes"], clean["p_yes"], rtol=0, atol=1e-6)
@@ -177,6 +180,7 @@ def test_killed_run_resumes_to_the_uninterrupted_outputs(world, tmp_path):
 
     # 4. Rerunning the finished run scores nothing.
     assert count_scored_samples(lambda: run.evaluate(clean_params)) == []
+
 
 def test_changed_params_never_reuse_records(world, tmp_path):
     params = make_params(world, tmp_path / "out", limit=8)

@@ -201,13 +201,15 @@ Training and evaluation never share an image: the split is written to `split.csv
 out_root = "outputs/default"
 n_images = 400
 seed = 0
-epochs = 12
+vision_steps = 800
+epochs = 8
 lr = 0.002
 batch_size = 32
 prompt_pool = 3
 check_limit = 400""", tags=["parameters"]),
     code("""\
 import json, time
+import matplotlib.pyplot as plt
 import pandas as pd
 import lib.default_models as dm, lib.config, lib.plots, lib.provenance, lib.run, lib.synth
 
@@ -230,15 +232,23 @@ split.to_csv(out / "split.csv", index=False)
 print(f"{len(examples)} training examples from {len(train_ids)} images; {len(test_ids)} held-out images")"""),
     new_markdown_cell("## Train each family from random weights"),
     code("""\
-logs = {}
+logs, vision_logs = {}, {}
 for family in dm.FAMILIES:
     t0 = time.perf_counter()
-    model, processor, logs[family] = dm.train_base(family, examples, seed, epochs, lr, batch_size, prompt_pool)
-    dm.save(model, processor, out / "models" / f"{family}-base")
-    logs[family].to_csv(out / "models" / f"{family}-base" / "train_log.csv", index=False)
-    print(f"{family}: {time.perf_counter() - t0:.0f} s, final loss {logs[family].loss.iloc[-1]:.3f}")
-pd.concat(logs, names=["family"]).reset_index(level=0).pivot(index="step", columns="family", values="loss").plot(
-    logy=True, title="training loss (cross-entropy of the answer)");"""),
+    model, processor, vision_logs[family], logs[family] = dm.train_base(
+        family, examples, seed, vision_steps, epochs, lr, batch_size, prompt_pool)
+    model_dir = dm.save(model, processor, out / "models" / f"{family}-base")
+    vision_logs[family].to_csv(model_dir / "vision_log.csv", index=False)
+    logs[family].to_csv(model_dir / "train_log.csv", index=False)
+    print(f"{family}: {time.perf_counter() - t0:.0f} s, final probe loss {vision_logs[family].loss.iloc[-1]:.3f}, "
+          f"final answer loss {logs[family].loss.iloc[-1]:.3f}")
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+for family in dm.FAMILIES:
+    vision_logs[family].plot(x="step", y="loss", ax=ax1, label=family)
+    logs[family].plot(x="step", y="loss", ax=ax2, label=family)
+ax1.set_title("stage 1: vision side (finding probes, BCE)")
+ax2.set_title("stage 2: whole model (cross-entropy of the answer)")
+ax2.set_yscale("log");"""),
     new_markdown_cell("## Required properties, measured on the held-out split"),
     code("""\
 checks = []
