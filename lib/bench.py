@@ -7,8 +7,9 @@ On each offline default model (llava-base, gemma3-base) and the SAME samples (th
 * ``naive``: the usual research loop: ``model.generate()`` per prompt at batch 1 (greedy,
   ``--max-new-tokens`` 4 by default: enough for a yes/no answer and its punctuation, and half
   of the 8 used in the GPU anchor of PAPER.md, which only makes the loop look faster), the
-  answer parsed from the decoded text: its first word, case-insensitive, ``yes`` or ``no``;
-  anything else is unparseable and counts as a disagreement;
+  answer parsed from the decoded text: its prefix, case-insensitive, ``yes`` or ``no`` (after
+  leading spaces and punctuation; "No." and "nonono" are no); anything else is unparseable and
+  counts as a disagreement;
 * ``forward_bs1``: one forward per prompt at batch 1 (processor + model, last-position logits
   only), answer read from the yes/no logits with ``lib.engine.yes_probability``;
 * ``engine``: ``lib.engine.Engine`` at ``--batch-size`` 16 (prefix sharing on, text-only prompts
@@ -48,7 +49,7 @@ from .engine import CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item, yes_prob
 DEFAULT_MODELS = ("outputs/default/models/llava-base", "outputs/default/models/gemma3-base")
 DEFAULT_DATA = "outputs/default/data"
 TARGET_SPEEDUP = 30.0
-ANSWER = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+ANSWER = re.compile(r"^\W*(yes|no)", re.IGNORECASE)
 WAYS = ("naive", "forward_bs1", "engine")
 
 
@@ -88,7 +89,8 @@ def encode(lm, image, question: str) -> dict:
 
 
 def parse_answer(text: str) -> str | None:
-    """'yes' / 'no' from generated text (first word, any case), None when it is neither."""
+    """'yes' / 'no' when the generated text starts with it (any case, after spaces and
+    punctuation), None when it starts with anything else."""
     match = ANSWER.match(text)
     return match.group(1).lower() if match else None
 

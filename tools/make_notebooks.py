@@ -202,10 +202,10 @@ out_root = "outputs/default"
 n_images = 400
 seed = 0
 vision_steps = 800
-epochs = 8
+epochs = 6
 lr = 0.002
 batch_size = 32
-prompt_pool = 3
+prompt_pool = 4
 check_limit = 400""", tags=["parameters"]),
     code("""\
 import json, time
