@@ -182,6 +182,10 @@ def bench_model(model_dir: str, items: list[Item], batch_size: int, max_new_toke
         "target_met": ms["naive"] / ms["engine"] >= TARGET_SPEEDUP,
         "agreement": agreement,
         "naive_unparseable": sum(a is None for a in naive_answers) / len(keys),
+        "naive_agreement_where_parseable": (
+            sum(results["naive"][k]["answer"] == reference[k] for k in keys
+                if results["naive"][k]["answer"] is not None)
+            / max(1, sum(a is not None for a in naive_answers))),
         "naive_answer_examples": sorted({results["naive"][k]["text"] for k in keys})[:5],
         "max_abs_p_yes_diff_forward_bs1_vs_engine": max(
             abs(results["forward_bs1"][k]["p_yes"] - results["engine"][k]["p_yes"]) for k in keys),

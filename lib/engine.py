@@ -75,6 +75,7 @@ class Engine:
         self._texts: dict = {}       # (question, with_image) -> rendered chat text
         self._splits: dict = {}      # question -> SplitPrompt (None: cannot split)
         self._suffix_ids: dict = {}  # suffix text -> its token ids
+        self._prefix_len: int | None = None
         lm.tokenizer.padding_side = "left"
 
     @property
@@ -94,7 +95,7 @@ class Engine:
         if not self._checked:
             self._decide_sharing(items[0])
         jobs = [(it, pid, q) for it in items for pid, q in enumerate(it.prompts)]
-        if self.prefix_sharing:
+        if self.prefix_sharing and self._fits_window(items):
             p_yes, mass = self._shared_prefix_scores(items, jobs)
         else:
             p_yes, mass = self._full_prompt_scores([(it.image, q) for it, _, q in jobs], True)
@@ -155,9 +156,8 @@ class Engine:
         out_m = [0.0] * len(jobs)
         lengths = [len(ids) for ids in suffix_ids]
         for chunk in self._length_chunks(lengths):
-            cache = clone_cache(prefix_out.cache)
-            cache.batch_select_indices(torch.tensor([owner[id(jobs[i][0])] for i in chunk],
-                                                    device=self.lm.device))
+            cache = select_rows(prefix_out.cache, torch.tensor(
+                [owner[id(jobs[i][0])] for i in chunk], device=self.lm.device))
             suf = self._left_pad([suffix_ids[i] for i in chunk])
             mask = suf["attention_mask"]
             positions = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
@@ -168,6 +168,25 @@ class Engine:
             })
             self._scatter(chunk, logits, out_p, out_m)
         return out_p, out_m
+
+    def _fits_window(self, items: list[Item]) -> bool:
+        """False when a prompt is longer than a sliding attention window.
+
+        The left padding of a suffix sits between the prefix and the question, inside the
+        window's span of cache positions, so a padded row would see fewer real tokens than the
+        full prompt does; such batches use plain batching (left padding there is exact).
+        """
+        window = getattr(self.lm.model.config.get_text_config(), "sliding_window", None)
+        if not window:
+            return True
+        longest = max(len(self._suffix_tokens(self._split(q).suffix)) for it in items for q in it.prompts)
+        return self._prefix_tokens(items[0]) + longest <= window
+
+    def _prefix_tokens(self, item: Item) -> int:
+        if self._prefix_len is None:
+            prefix = self._split(item.prompts[0]).prefix
+            self._prefix_len = prompting.encode(self.lm.processor, [prefix], [[item.image]])["input_ids"].shape[1]
+        return self._prefix_len
 
     # -- memoised text work (the same questions recur in every batch) -------------------------
 
@@ -284,11 +303,23 @@ def drop_trivial_token_types(enc) -> None:
         del enc["token_type_ids"]
 
 
-def clone_cache(cache):
-    """A copy of a DynamicCache whose rows can be selected without touching the original."""
+def select_rows(cache, index: torch.Tensor):
+    """A cache holding rows `index` of `cache` (repeats allowed); `cache` itself is untouched.
+
+    The layers are copied shallowly before the row selection (which builds new tensors), so the
+    prefix cache is never deep-copied: a layer's update rebinds its tensors and never writes into
+    the shared ones. Caches without `layers` are deep-copied first.
+    """
     import copy
 
-    return copy.deepcopy(cache)
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, list):
+        selected = copy.deepcopy(cache)
+    else:
+        selected = copy.copy(cache)
+        selected.layers = [copy.copy(layer) for layer in layers]
+    selected.batch_select_indices(index)
+    return selected
 
 
 def record(sample_id, prompt_id, condition, prompt, p_yes, mass) -> dict:

@@ -239,13 +239,11 @@ def _ids(tokenizer, *tokens) -> list[int]:
 
 
 def _text_kwargs(tokenizer, layers: int) -> dict:
-    """A tiny decoder; out_features are multiples of 64 (bitsandbytes 4-bit works on CPU)."""
-    return dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-    )
+    """The default family's tiny decoder, with grouped-query attention and longer positions."""
+    from .default_models import text_config_kwargs
+
+    return {**text_config_kwargs(tokenizer, layers), "num_key_value_heads": 2,
+            "max_position_embeddings": 2048}
 
 
 def _vision_kwargs() -> dict:

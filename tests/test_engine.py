@@ -31,15 +31,6 @@ TOL = 1e-5
 HEAD_SCALE = 30.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids oversubscription (several times faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """family -> directory of a saved tiny random model + processor."""
@@ -90,7 +81,7 @@ def reference(lm, image, question: str) -> float:
 def _reference(lm, image, question: str) -> float:
     text = prompts.chat_text(lm.processor, question, image is not None)
     kwargs = {"images": [[image]]} if image is not None else {}
-    enc = lm.processor(text=[text], return_tensors="pt", **kwargs)
+    enc = prompts.encode(lm.processor, [text], **kwargs)
     logits = lm.model(**enc).logits[:, -1, :]
     return float(yes_probability(logits, lm.yes_ids, lm.no_ids)[0][0])
 
@@ -272,4 +263,18 @@ def test_samples_of_one_image_share_one_prefix_row(loaded, family):
         handle.remove()
     with_pixels = [c for c in calls if "pixel_values" in c]
     assert len(with_pixels) == 1 and len(with_pixels[0]["input_ids"]) == len(base)
+    check_against_reference(lm, items, rows)
+
+
+def test_prompts_longer_than_a_sliding_window_stay_exact(tiny_dirs):
+    """Gemma 3's sliding window counts cache positions, padding included: the engine must not
+    share the prefix when a prompt outgrows the window (it falls back for that batch)."""
+    lm = models.load_model(str(tiny_dirs["gemma3"]), dtype="float32", device="cpu")
+    text_config = lm.model.config.get_text_config()
+    text_config.sliding_window = 24        # shorter than prefix (16 image tokens + template) + question
+    for layer in lm.model.model.language_model.layers:
+        if layer.self_attn.sliding_window:
+            layer.self_attn.sliding_window = 24
+    items = make_items(4)
+    rows = Engine(lm, batch_size=16).score(items)
     check_against_reference(lm, items, rows)

@@ -48,15 +48,6 @@ run.evaluate(config.validate(json.load(open(params_path))))
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids oversubscription (several times faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(model dir, data root) of a tiny untrained LLaVA and a 12-image synthetic MIMIC-CXR."""
