@@ -66,7 +66,7 @@ $(ANALYSIS): notebooks/analysis.ipynb $(SUMMARIES) $(LIB)
 test: $(STAMP) $(RAY_STAMP) ## run the test suite (unit, readers, notebooks via nbval, bad inputs)
 	$(PY) -m pytest -q
 
-bench: $(STAMP) $(DEFAULT) ## time generate() vs one forward per prompt vs the engine -> outputs/bench/bench.json (GPU=1: 7B/4B shapes on CUDA)
+bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per prompt vs the engine -> outputs/bench/bench.json (GPU=1: 7B/4B shapes on CUDA)
 	mkdir -p outputs/bench
 	if [ "$(GPU)" = 1 ]; then OUT=outputs/bench $(PY) bench/gpu_bench.py; else $(PY) -m lib.bench --out outputs/bench/bench.json; fi
 

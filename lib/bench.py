@@ -206,6 +206,17 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def ray_rows(params_file) -> list[dict] | None:
+    """The same pair with 1 and 2 local Ray workers (`lib.distributed.bench_workers`)."""
+    from . import config, distributed
+
+    try:
+        return distributed.bench_workers(config.load(params_file), workers=(1, 2))
+    except ImportError:
+        print("ray is not installed (requirements-ray.txt): no workers row")
+        return None
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
@@ -219,6 +230,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed passes per way, interleaved; the fastest counts")
+    parser.add_argument("--workers-pair", default="params/llava-base__mimic-cxr.yaml",
+                        help="params file scored with 1 and 2 local Ray workers ('' to skip)")
     parser.add_argument("--out", default="outputs/bench/bench.json")
     args = parser.parse_args(argv)
 
@@ -240,10 +253,15 @@ def main(argv=None) -> dict:
     for model_dir in args.models:
         report["models"][Path(model_dir).name] = bench_model(
             model_dir, items, args.batch_size, args.max_new_tokens, args.repeats)
+    if args.workers_pair:
+        report["ray_workers"] = ray_rows(args.workers_pair)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(table(report))
+    for row in report.get("ray_workers") or []:
+        print(f"ray, {row['workers']} local worker(s): {row['samples_per_s']:.1f} samples/s end to end, "
+              f"{row['scoring_samples_per_s']:.1f} scoring, peak RSS {row['peak_rss_mb_per_worker']:.0f} MiB/worker")
     print(f"wrote {out}")
     return report
 
