@@ -7,6 +7,7 @@ default models and real checkpoints.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +134,19 @@ def load_model(
 
 
 def attach_adapter(net, adapter: str, merge: bool):
-    """Wrap with a peft LoRA adapter (directory or hub id); merged weights score identically."""
+    """Wrap with a peft LoRA adapter (directory or hub id); merged weights score identically.
+
+    peft only warns when the adapter's weights do not match the modules it creates (an adapter
+    saved for another layout), leaving LoRA layers that change nothing: that is an error here.
+    """
     from peft import PeftModel
 
     check_model_exists(adapter)
-    wrapped = PeftModel.from_pretrained(net, adapter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrapped = PeftModel.from_pretrained(net, adapter)
+    for warning in caught:
+        if "missing adapter keys" in str(warning.message):
+            raise ValueError(f"adapter {adapter} does not fit model {net.name_or_path}: {warning.message}")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return wrapped.merge_and_unload() if merge else wrapped

@@ -79,6 +79,19 @@ def test_saved_adapter_reloads_to_identical_logits(tiny_world, lora_llava, tmp_p
         assert torch.allclose(merged.model(**inputs).logits, before, atol=1e-5)
 
 
+def test_adapter_that_does_not_fit_is_an_error(tiny_world, lora_llava, tmp_path):
+    """peft only warns about missing adapter weights; the loader refuses such an adapter."""
+    from safetensors.torch import load_file, save_file
+
+    _, net = lora_llava
+    net.save_pretrained(tmp_path / "adapter")
+    weights_file = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights = load_file(weights_file)
+    save_file({k.replace("layers.1.", "layers.7."): v for k, v in weights.items()}, weights_file)
+    with pytest.raises(ValueError, match="does not fit"):
+        models.load_model(str(tiny_world["models"]["llava"]), adapter=str(tmp_path / "adapter"))
+
+
 def test_finetune_notebook_writes_an_adapter_and_its_loss_curve(tiny_world, tmp_path):
     out = tmp_path / "adapter"
     pm.execute_notebook(
