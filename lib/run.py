@@ -11,7 +11,7 @@ import itertools
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,15 +20,12 @@ from tqdm.auto import tqdm
 from . import config, data, provenance, questions, records, taxonomy
 from .engine import Engine, Item
 
-SKIP_REASONS_FROM_IMAGES = ("image_missing", "image_unreadable")
-
 
 @dataclass
 class RunResult:
     samples: pd.DataFrame
     predictions: pd.DataFrame
     summary: dict
-    skipped_ids: list = field(default_factory=list)
 
 
 def stream_samples(params: dict, skipped: Counter):
@@ -49,7 +46,7 @@ def stream_samples(params: dict, skipped: Counter):
     return itertools.islice(samples, params["limit"])
 
 
-# --- per-image question files (PSF-Med; issue 3, lib/families.py owner) ----------------------
+# --- per-image question files (PSF-Med) ---------------------------------------------------------
 
 @dataclass(frozen=True)
 class QuestionSample(data.Sample):
@@ -229,15 +226,14 @@ def evaluate(params: dict, lm=None) -> RunResult:
     run_hash = config.run_hash(params)
     store = records.RecordStore(params["output_dir"], run_hash)
     question_sets = question_sets_for(params)  # {} for a per-image question file
-    # --- Ray scale-out (issue 6, lib/distributed.py): workers > 1 or ray_address set. The model
-    # loads once per Ray actor, never in this process; records land in the same store. ---
+    # Ray scale-out (workers > 1 or ray_address set): the model loads once per Ray actor, never
+    # in this process; records land in the same store.
     if lm is None and (params["workers"] > 1 or params["ray_address"]):
         from . import distributed
 
         label_skips = Counter()
         engine_info = distributed.score_with_ray(params, store, question_sets, label_skips)
         return finalize(params, run_hash, store, label_skips, engine_info)
-    # --- end Ray scale-out ---
     if lm is None:
         lm = models.load_model(
             params["model"], adapter=params["adapter"], quantization=params["quantization"],
