@@ -27,7 +27,7 @@ def entropy_by_quadrant(samples_table: pd.DataFrame, title: str = ""):
 
 def quadrant_fractions(pairs: pd.DataFrame):
     """Stacked bars: the four quadrant fractions of every pair, side by side."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(pairs)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(pairs)), 5.5))
     bottom = np.zeros(len(pairs))
     for quadrant in QUADRANTS:
         values = pairs[f"frac_{quadrant}"].to_numpy(dtype=float)
@@ -61,7 +61,7 @@ def flip_vs_dangerous(pairs: pd.DataFrame, corr: dict):
 
 def accuracy_by_quadrant(pairs: pd.DataFrame):
     """Grouped bars: accuracy of the original question within each quadrant, per pair."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(pairs)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(pairs)), 5.5))
     width = 0.2
     x = np.arange(len(pairs))
     for k, quadrant in enumerate(QUADRANTS):
