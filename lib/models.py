@@ -7,7 +7,7 @@ default models and real checkpoints.
 """
 from __future__ import annotations
 
-import warnings
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,17 +136,18 @@ def load_model(
 def attach_adapter(net, adapter: str, merge: bool):
     """Wrap with a peft LoRA adapter (directory or hub id); merged weights score identically.
 
-    peft only warns when the adapter's weights do not match the modules it creates (an adapter
-    saved for another layout), leaving LoRA layers that change nothing: that is an error here.
+    peft only warns when the adapter's weights match none of the LoRA modules it creates (an
+    adapter saved for another key layout), leaving an adapter that changes nothing: that is an
+    error here. Partly matching adapters keep peft's warning.
     """
     from peft import PeftModel
+    from peft.utils import load_peft_weights
 
     check_model_exists(adapter)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        wrapped = PeftModel.from_pretrained(net, adapter)
-    for warning in caught:
-        if "missing adapter keys" in str(warning.message):
-            raise ValueError(f"adapter {adapter} does not fit model {net.name_or_path}: {warning.message}")
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    wrapped = PeftModel.from_pretrained(net, adapter)
+    saved = {re.sub(r"\.(lora_[A-Za-z_]+)\.", r".\1.default.", k) for k in load_peft_weights(adapter)}
+    created = {name for name, _ in wrapped.named_parameters() if "lora_" in name}
+    if created and not created & saved:
+        raise ValueError(f"adapter {adapter} does not fit this model: none of its weights match "
+                         f"the LoRA modules it targets (e.g. {sorted(created)[0]})")
     return wrapped.merge_and_unload() if merge else wrapped

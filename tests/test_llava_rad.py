@@ -432,14 +432,16 @@ def test_original_layout_adapter_is_remapped_not_silently_ignored(original, conv
     with torch.no_grad():
         ref_lora = reference_logits({**original, "llama": merged}, ids, pixels)
         ref_base = reference_logits(original, ids, pixels)
-    for path, expected in ((remapped, ref_lora), (adapter, ref_base)):
-        lm = models.load_model(str(converted), adapter=str(path), dtype="float32", device="cpu")
-        image_id = lm.processor.tokenizer.convert_tokens_to_ids("<image>")
-        hf_ids = [t for i in ids for t in ([image_id] * VIT["grid"] ** 2 if i == ORIGINAL_IMAGE_TOKEN else [i])]
-        with torch.no_grad():
-            ours = lm.model(input_ids=torch.tensor([hf_ids]), pixel_values=pixels).logits[0, :, :-1]
-        assert torch.allclose(ours, expected, atol=TOL * 10, rtol=TOL), path.name
+    lm = models.load_model(str(converted), adapter=str(remapped), dtype="float32", device="cpu")
+    image_id = lm.processor.tokenizer.convert_tokens_to_ids("<image>")
+    hf_ids = [t for i in ids for t in ([image_id] * VIT["grid"] ** 2 if i == ORIGINAL_IMAGE_TOKEN else [i])]
+    with torch.no_grad():
+        ours = lm.model(input_ids=torch.tensor([hf_ids]), pixel_values=pixels).logits[0, :, :-1]
+    assert torch.allclose(ours, ref_lora, atol=TOL * 10, rtol=TOL)
     assert not torch.allclose(ref_lora, ref_base, atol=1e-3)
+    # unmapped, the original layout would load as a silent no-op: the loader refuses it
+    with pytest.raises(ValueError, match="does not fit"):
+        models.load_model(str(converted), adapter=str(adapter), dtype="float32", device="cpu")
 
 
 def test_converter_refuses_what_it_cannot_map_exactly(original, tmp_path):

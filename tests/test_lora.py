@@ -80,14 +80,15 @@ def test_saved_adapter_reloads_to_identical_logits(tiny_world, lora_llava, tmp_p
 
 
 def test_adapter_that_does_not_fit_is_an_error(tiny_world, lora_llava, tmp_path):
-    """peft only warns about missing adapter weights; the loader refuses such an adapter."""
+    """peft only warns when no adapter weight fits; the loader refuses such an adapter."""
     from safetensors.torch import load_file, save_file
 
     _, net = lora_llava
     net.save_pretrained(tmp_path / "adapter")
     weights_file = tmp_path / "adapter" / "adapter_model.safetensors"
     weights = load_file(weights_file)
-    save_file({k.replace("layers.1.", "layers.7."): v for k, v in weights.items()}, weights_file)
+    save_file({k.replace("language_model.layers.", "language_model.blocks."): v for k, v in weights.items()},
+              weights_file)
     with pytest.raises(ValueError, match="does not fit"):
         models.load_model(str(tiny_world["models"]["llava"]), adapter=str(tmp_path / "adapter"))
 
