@@ -214,20 +214,21 @@ def _load_csv(path: Path) -> dict[str, QuestionSet]:
 
 def _load_jsonl(path: Path) -> dict[str, QuestionSet]:
     sets = {}
-    for line_no, record in enumerate(_read_jsonl(path), start=1):
+    for line_no, record in _read_jsonl(path):
         missing = [k for k in ("finding", "question", "paraphrases") if k not in record]
         if missing:
-            raise ValueError(f"{path}: record {line_no} is missing key(s) {missing}")
+            raise ValueError(f"{path}: line {line_no} is missing key(s) {missing}")
         finding = _finding_key(record["finding"])
         if finding in sets:
             raise ValueError(f"{path}: finding {finding!r} appears twice (duplicate prompt ids)")
         if not isinstance(record["paraphrases"], list):
-            raise ValueError(f"{path}: record {line_no}: 'paraphrases' must be a list")
+            raise ValueError(f"{path}: line {line_no}: 'paraphrases' must be a list")
         sets[finding] = _question_set(path, finding, [record["question"], *record["paraphrases"]])
     return sets
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; bad JSON fails naming file and line."""
     records = []
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -238,14 +239,39 @@ def _read_jsonl(path: Path) -> list[dict]:
             raise ValueError(f"{path}: line {line_no} is not valid JSON ({err})") from None
         if not isinstance(record, dict):
             raise ValueError(f"{path}: line {line_no} is not a JSON object")
-        records.append(record)
+        records.append((line_no, record))
     return records
+
+
+def load_per_image_questions(path) -> dict[str, list[dict]]:
+    """Rows of a per-image question file (as written by `import_psf_med`) grouped by image_id,
+    in file order: {"finding", "label", "prompts"} each; bad rows fail, naming file and line."""
+    path = Path(path)
+    by_image: dict[str, list[dict]] = {}
+    for line_no, row in _read_jsonl(path):
+        missing = [k for k in ("image_id", "label", "question", "paraphrases") if k not in row]
+        if missing:
+            raise ValueError(f"{path}: line {line_no} is missing key(s) {missing}")
+        label = str(row["label"]).strip().lower()
+        if label not in ("yes", "no"):
+            raise ValueError(f"{path}: line {line_no}: label must be yes or no, got {row['label']!r}")
+        if not isinstance(row["paraphrases"], list):
+            raise ValueError(f"{path}: line {line_no}: 'paraphrases' must be a list")
+        prompts = tuple(str(p).strip() for p in [row["question"], *row["paraphrases"]])
+        if not all(prompts):
+            raise ValueError(f"{path}: line {line_no}: empty question or paraphrase")
+        finding = row.get("finding")
+        by_image.setdefault(str(row["image_id"]).strip(), []).append({
+            "finding": str(finding).strip().lower() if finding else None,
+            "label": label, "prompts": prompts,
+        })
+    return by_image
 
 
 def _read_records(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path)
+        return [record for _, record in _read_jsonl(path)]
     if suffix == ".csv":
         return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
     raise ValueError(f"{path}: unknown PSF-Med file extension {suffix!r} (expected .csv or .jsonl)")

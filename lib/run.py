@@ -76,36 +76,6 @@ def question_sets_for(params: dict) -> dict:
     return questions.load_question_sets(params["questions"])
 
 
-def read_per_image_questions(path) -> dict[str, list[dict]]:
-    """Rows of a per-image question file grouped by image_id, in file order; bad rows fail,
-    naming the file and the line."""
-    by_image: dict[str, list[dict]] = {}
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {line_no} is not valid JSON ({err})") from None
-        missing = [k for k in ("image_id", "label", "question", "paraphrases") if k not in row]
-        if missing:
-            raise ValueError(f"{path}: line {line_no} is missing key(s) {missing}")
-        label = str(row["label"]).strip().lower()
-        if label not in ("yes", "no"):
-            raise ValueError(f"{path}: line {line_no}: label must be yes or no, got {row['label']!r}")
-        if not isinstance(row["paraphrases"], list):
-            raise ValueError(f"{path}: line {line_no}: 'paraphrases' must be a list")
-        prompts = tuple(str(p).strip() for p in [row["question"], *row["paraphrases"]])
-        if not all(prompts):
-            raise ValueError(f"{path}: line {line_no}: empty question or paraphrase")
-        finding = row.get("finding")
-        by_image.setdefault(str(row["image_id"]).strip(), []).append({
-            "finding": str(finding).strip().lower() if finding else None,
-            "label": label, "prompts": prompts,
-        })
-    return by_image
-
-
 def per_image_samples(params: dict, skipped: Counter):
     """One sample per row of the per-image question file whose image the reader yields.
 
@@ -115,7 +85,7 @@ def per_image_samples(params: dict, skipped: Counter):
     apply. Rows whose image is not a readable frontal image of the split are counted as
     `question_image_not_found`.
     """
-    by_image = read_per_image_questions(params["questions"])
+    by_image = questions.load_per_image_questions(params["questions"])
     images = data.iter_samples(
         params["dataset"], params["data_root"], findings=tuple(params["findings"])[:1],
         split=params["split"], label_policy=data.LabelPolicy(uncertain="yes", blank="yes"),
