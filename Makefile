@@ -63,8 +63,8 @@ $(ANALYSIS): notebooks/analysis.ipynb $(SUMMARIES) $(LIB)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb
 
-test: $(STAMP) $(RAY_STAMP) ## run the test suite (unit, readers, notebooks via nbval, bad inputs)
-	$(PY) -m pytest -q
+test: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## run the test suite (unit, readers, notebooks via nbval, bad inputs, the default build's properties)
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per prompt vs the engine -> outputs/bench/bench.json (GPU=1: 7B/4B shapes on CUDA)
 	mkdir -p outputs/bench

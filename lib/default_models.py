@@ -10,6 +10,10 @@ quantise every text Linear layer on CPU.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -17,6 +21,10 @@ import torch
 FAMILIES = ("llava", "gemma3")
 IMAGE_SIZE = 64
 PATCH_SIZE = 16
+# What a base model must show on the held-out split to count as reading the image: accuracy
+# with the image, and how often its text-only answer differs from its image answer.
+MIN_ACCURACY = 0.85
+MIN_TEXT_ONLY_DIFFERS = 0.25
 # Training defaults (see `train_base`).
 VISION_LR = 2e-3
 VISION_SCALE = 0.1
@@ -240,7 +248,7 @@ def by_image(examples) -> list[list]:
 
 def train_base(family: str, examples, seed: int, vision_steps: int, epochs: float, lr: float,
                batch_size: int, prompt_pool: int, vision_lr: float = VISION_LR,
-               vision_scale: float = VISION_SCALE, warmup: float = WARMUP):
+               vision_scale: float = VISION_SCALE, warmup: float = WARMUP, augment: bool = True):
     """Build a family's model from random weights and train it to answer from the pixels.
 
     Stage 1 teaches the vision side the findings (`training.pretrain_vision`, `vision_steps`
@@ -256,10 +264,10 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
     from .training import Encoder, base_step, pretrain_vision, train
 
     model, processor = build_untrained(family, question_corpus(), seed)
-    encoder = Encoder(processor)
+    encoder = Encoder(processor, augment=augment)
     images, labels = finding_matrix(examples)
     vision_log = pretrain_vision(model, encoder, images, labels, steps=vision_steps, lr=vision_lr,
-                                 batch_size=batch_size, seed=seed)
+                                 batch_size=batch_size, seed=seed, warmup=warmup)
     ids = (loading.answer_token_ids(processor.tokenizer, ["yes"])[0],
            loading.answer_token_ids(processor.tokenizer, ["no"])[0])
     groups = by_image(examples)
@@ -274,3 +282,38 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
 def is_language(name: str) -> bool:
     """Whether a parameter belongs to the language model (decoder, embeddings, head)."""
     return "language_model" in name or "lm_head" in name
+
+
+def build_family(family: str, data_roots: dict, model_dir, seed: int, **training) -> dict:
+    """Train one family's base model on the training split and save it with its loss logs.
+
+    Runs on one thread: the result then depends on the seed only, not on how many cores the
+    machine has (the order of float sums changes with the thread count, and training from random
+    weights amplifies such differences). `training` holds `train_base`'s settings.
+    """
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    examples, _ = training_examples(data_roots, split="train")
+    model, processor, vision_log, log = train_base(family, examples, seed, **training)
+    model_dir = save(model, processor, model_dir)
+    vision_log.to_csv(model_dir / "vision_log.csv", index=False)
+    log.to_csv(model_dir / "train_log.csv", index=False)
+    return {"family": family, "model_dir": str(model_dir),
+            "seconds": round(time.perf_counter() - started, 1),
+            "final_probe_loss": float(vision_log.loss.iloc[-1]),
+            "final_answer_loss": float(log.loss.iloc[-1])}
+
+
+def build_families(data_roots: dict, models_root, seed: int, workers: int | None = None,
+                   **training) -> list[dict]:
+    """`build_family` for every family, in parallel processes (one per core, at most one each).
+
+    Every family is trained in a fresh process whatever `workers` is, so that a build gives the
+    same models on one core and on many. Models go to `<models_root>/<family>-base`.
+    """
+    workers = workers or min(len(FAMILIES), os.cpu_count() or 1)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        jobs = [pool.submit(build_family, family, data_roots, Path(models_root) / f"{family}-base",
+                            seed, **training) for family in FAMILIES]
+        return [job.result() for job in jobs]
