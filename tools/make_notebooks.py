@@ -203,7 +203,7 @@ Training and evaluation never share an image: the split is written to `split.csv
 out_root = "outputs/default"
 n_images = 400
 seed = 0
-vision_steps = 2400
+vision_steps = 3600
 epochs = 10
 lr = 0.002
 batch_size = 32
