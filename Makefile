@@ -35,7 +35,7 @@ env: $(STAMP) ## create .venv from the pinned requirements
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -74,7 +74,7 @@ bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per pr
 
 # -- Ray (issue 6): an optional extra; `make all` never needs it, `make test` installs it. -----
 $(RAY_STAMP): requirements-ray.txt | $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -r requirements-ray.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ray.txt
 	touch $@
 
 sweep: $(DEFAULT) $(ADAPTERS) | $(RAY_STAMP) ## every pair as a Ray task, then the analysis (RAY_ADDRESS=host:port joins a cluster)

@@ -256,7 +256,9 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
     of `batch_size` // 4 images per step (`training.base_step`), the vision side at
     `vision_scale` x `lr`. Only the first `prompt_pool` prompts of each question set are seen
     in training: the other paraphrases are new to the model at evaluation, as in real
-    paraphrase benchmarks. Returns the model, its processor and both loss logs.
+    paraphrase benchmarks. With `augment`, both stages see jittered images
+    (`training.augment_pixels`); without it the small ViT memorises where each training nodule
+    was. Returns the model, its processor and both loss logs.
     """
     from functools import partial
 

@@ -204,8 +204,10 @@ def pretrain_vision(model, encoder, images, finding_labels: torch.Tensor, steps:
     fast) and an attention-pooling probe (per finding, a learned query attends over the image
     tokens and a linear readout scores the pooled token), which makes the evidence readable the
     way the language model reads the image, by attention from the question's tokens. The probes
-    are thrown away, the vision weights stay. Training the whole VLM from random weights without this stage does not get
-    past chance on CPU budgets.
+    are thrown away, the vision weights stay. Training the whole VLM from random weights without
+    this stage does not get past chance on CPU budgets. The learning rate follows a one-cycle
+    schedule (`warmup` = fraction of steps warming up); the encoder's `augment` jitters the
+    images here too.
     """
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.stack([encoder.pixels(im) for im in images])
