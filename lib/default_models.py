@@ -263,7 +263,7 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
     from functools import partial
 
     from . import models as loading
-    from .training import Encoder, base_step, pretrain_vision, train
+    from .training import Encoder, base_step, is_language, pretrain_vision, train
 
     model, processor = build_untrained(family, question_corpus(), seed)
     encoder = Encoder(processor, augment=augment)
@@ -279,11 +279,6 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
                 epochs=epochs, batch_size=max(1, batch_size // per_image), lr=lr, seed=seed,
                 lr_scale=lambda name: 1.0 if is_language(name) else vision_scale, warmup=warmup)
     return model, processor, vision_log, log
-
-
-def is_language(name: str) -> bool:
-    """Whether a parameter belongs to the language model (decoder, embeddings, head)."""
-    return "language_model" in name or "lm_head" in name
 
 
 def build_family(family: str, data_roots: dict, model_dir, seed: int, **training) -> dict:

@@ -104,6 +104,11 @@ def augment_pixels(pixels: torch.Tensor, generator=None, shift: float = 0.08,
     return mean + (moved - mean) * (1 + contrast * uniform(n, 1, 1, 1))
 
 
+def is_language(name: str) -> bool:
+    """Whether a parameter belongs to the language model (decoder, embeddings, head)."""
+    return "language_model" in name or "lm_head" in name
+
+
 def answer_logits(model, inputs, yes_id: int, no_id: int) -> torch.Tensor:
     """(N, 2) logits of [no, yes] for the token after the prompt."""
     logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
@@ -215,7 +220,7 @@ def pretrain_vision(model, encoder, images, finding_labels: torch.Tensor, steps:
         _, n_tokens, width = image_tokens(model, pixels[:1]).shape
     classes = finding_labels.shape[1]
     flat, probe = torch.nn.Linear(n_tokens * width, classes), AttentionProbe(width, classes)
-    params = [p for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n]
+    params = [p for n, p in model.named_parameters() if not is_language(n)]
     optimizer = torch.optim.AdamW(params + list(flat.parameters()) + list(probe.parameters()), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
                                                    pct_start=warmup)
