@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-LIB := $(wildcard lib/*.py)
+LIB := $(wildcard lib/*.py lib/*/*.py)
 DEFAULT := outputs/default/build_report.json
 LORA_PARAMS := $(wildcard params/lora/*.yaml)
 ADAPTERS := $(LORA_PARAMS:params/lora/%.yaml=outputs/default/adapters/%/adapter_config.json)
@@ -70,7 +70,7 @@ test: ## run the test suite (unit, readers, notebooks via nbval, bad inputs, the
 
 bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per prompt vs the engine -> outputs/bench/bench.json (GPU=1: 7B/4B shapes on CUDA)
 	mkdir -p outputs/bench
-	if [ "$(GPU)" = 1 ]; then OUT=outputs/bench $(PY) bench/gpu_bench.py; else $(PY) -m lib.bench --out outputs/bench/bench.json; fi
+	if [ "$(GPU)" = 1 ]; then OUT=outputs/bench $(PY) bench/gpu_bench.py; else $(PY) -m lib.bench.ways --out outputs/bench/bench.json; fi
 
 # -- Ray (issue 6): an optional extra; `make all` never needs it, `make test` installs it. -----
 $(RAY_STAMP): requirements-ray.txt | $(STAMP)
@@ -78,12 +78,12 @@ $(RAY_STAMP): requirements-ray.txt | $(STAMP)
 	touch $@
 
 sweep: $(DEFAULT) $(ADAPTERS) | $(RAY_STAMP) ## every pair as a Ray task, then the analysis (RAY_ADDRESS=host:port joins a cluster)
-	$(PY) -m lib.distributed sweep $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(sort $(wildcard params/*.yaml))
+	$(PY) -m lib.scale.ray_scorer sweep $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(sort $(wildcard params/*.yaml))
 
 # -- the study's ten pairs on real data and models (issue 3; docs/real_models.md) -------------
 # Needs MIMIC_CXR_JPG, PADCHEST, LLAVA_RAD_HF and the hub models cached; the check below names
 # whatever is missing before anything runs. PSF-Med questions: PSF_MED_MIMIC / PSF_MED_PADCHEST
-# = per-image JSONL files written by lib.questions.import_psf_med. PAPER_OUT: where runs go.
+# = per-image JSONL files written by lib.protocol.questions.import_psf_med. PAPER_OUT: where runs go.
 PAPER_OUT ?= outputs/paper
 PAPER_PAIRS := $(patsubst params/paper/%.yaml,%,$(wildcard params/paper/*.yaml))
 PAPER_SUMMARIES := $(PAPER_PAIRS:%=$(PAPER_OUT)/runs/%/summary.json)
@@ -92,7 +92,7 @@ paper_questions = $(if $(findstring __mimic-cxr,$(1)),$(PSF_MED_MIMIC),$(PSF_MED
 paper: $(PAPER_OUT)/analysis/correlation.json ## the ten paper pairs on MIMIC-CXR + PadChest, then the analysis (GPU; docs/real_models.md)
 
 paper-check: | $(STAMP)
-	@$(PY) -m lib.families check params/paper
+	@$(PY) -m lib.families.registry check params/paper
 	@for q in $(PSF_MED_MIMIC) $(PSF_MED_PADCHEST); do test -f "$$q" || { echo "NOT READY: PSF-Med question file not found: $$q" >&2; exit 1; }; done
 
 $(PAPER_OUT)/runs/%/summary.json: params/paper/%.yaml notebooks/evaluate.ipynb | paper-check

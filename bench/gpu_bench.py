@@ -16,11 +16,11 @@ per batch):
 * ``naive``: ``generate()`` per prompt at batch 1, exactly ``--max-new-tokens`` (8) new tokens,
   greedy, the answer parsed from the text (only the first ``--naive-samples`` samples: it is slow);
 * ``forward_bs1``: one forward per prompt at batch 1, yes/no read from the last logits;
-* ``batched``: ``lib.engine.Engine(prefix_sharing=False)`` (every prompt a full forward, batched);
-* ``engine``: ``lib.engine.Engine`` (image prefix computed once per image, its KV cache shared);
+* ``batched``: ``lib.protocol.engine.Engine(prefix_sharing=False)`` (every prompt a full forward, batched);
+* ``engine``: ``lib.protocol.engine.Engine`` (image prefix computed once per image, its KV cache shared);
 * ``engine_nf4``: the engine on the same model with its text Linear layers replaced by
   bitsandbytes nf4 (double quantisation, bf16 compute; vision tower, projector and lm_head kept in
-  bf16 as in ``lib.models``); skipped cleanly when bitsandbytes is not importable;
+  bf16 as in ``lib.protocol.models``); skipped cleanly when bitsandbytes is not importable;
 * ``floor``: the matmul FLOPs of the work with sharing (vision tower once per image, prefix once
   per image, question suffixes, text-only prompts, one lm_head row per prompt, attention
   included) at the matmul rate measured with an 8192^3 bf16 matmul.
@@ -63,9 +63,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lib import default_models, models, prompts, questions  # noqa: E402
-from lib.bench import parse_answer  # noqa: E402
-from lib.engine import (CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item,  # noqa: E402
+from lib.offline import default_models  # noqa: E402
+from lib.protocol import models, prompts, questions
+from lib.bench.ways import parse_answer  # noqa: E402
+from lib.protocol.engine import (CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item,  # noqa: E402
                         yes_probability)
 
 MIN_TRANSFORMERS = (5, 24)

@@ -23,7 +23,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """Synthetic MIMIC-CXR/PadChest trees (16 images each) and tiny random models of both families."""
-    from lib import default_models, synth
+    from lib.offline import default_models, synth
 
     root = tmp_path_factory.mktemp("world")
     data_roots = synth.write_default_datasets(root / "data", n_images=16, seed=0)

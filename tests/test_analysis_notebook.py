@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import papermill as pm
 
-from lib import config, run
+from lib.protocol import config, run
 
 ROOT = Path(__file__).resolve().parents[1]
 

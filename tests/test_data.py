@@ -1,4 +1,4 @@
-"""lib.data on small hand-written trees in the official MIMIC-CXR-JPG 2.0.0 and PadChest layouts."""
+"""lib.protocol.data on small hand-written trees in the official MIMIC-CXR-JPG 2.0.0 and PadChest layouts."""
 
 import collections
 import gzip
@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from lib.data import (FINDINGS, LabelPolicy, Sample, iter_samples, load_image,
+from lib.protocol.data import (FINDINGS, LabelPolicy, Sample, iter_samples, load_image,
                       parse_padchest_labels, read_xray, split_of_patient)
 
 CHEXPERT_COLUMNS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema",

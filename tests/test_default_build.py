@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lib import default_models, models
+from lib.offline import default_models
+from lib.protocol import models
 
 ROOT = Path(__file__).resolve().parents[1] / "outputs" / "default"
 CHECKS = [(f, d) for f in default_models.FAMILIES for d in ("mimic-cxr", "padchest")]

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from lib import default_models, training
+from lib.offline import default_models, training
 
 
 def test_training_and_evaluation_never_share_an_image(tmp_path):
-    from lib import synth
+    from lib.offline import synth
 
     roots = synth.write_default_datasets(tmp_path, n_images=60, seed=0)
     _, train_ids = default_models.training_examples(roots, split="train")

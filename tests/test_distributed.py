@@ -1,4 +1,4 @@
-"""Ray scale-out (lib.distributed): same predictions as one process, no loss when a worker dies,
+"""Ray scale-out (lib.scale.ray_scorer): same predictions as one process, no loss when a worker dies,
 a wrong cluster address fails at once.
 
 CPU only: one local Ray cluster of 2 CPUs shared by the module, a tiny untrained LLaVA and a tiny
@@ -23,7 +23,9 @@ from collections import Counter  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from lib import config, data, default_models, distributed, records, run, synth  # noqa: E402
+from lib.protocol import config, data, records, run  # noqa: E402
+from lib.offline import default_models, synth
+from lib.scale import ray_scorer as distributed
 
 KEY = ["sample_id", "prompt_id", "condition"]
 N_SAMPLES = 24
@@ -48,7 +50,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local 2-CPU cluster for the module (lib.distributed reuses an initialised Ray)."""
+    """One local 2-CPU cluster for the module (lib.scale.ray_scorer reuses an initialised Ray)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": distributed.worker_env()})

@@ -2,7 +2,7 @@
 
 Tiny random models of both families (LLaVA, Gemma 3) with their real processors are built once
 per module, saved and loaded through the project's loader. The reference here is written
-independently of lib.engine's batching: one `processor(...)` + one full `model(...)` per prompt,
+independently of lib.protocol.engine's batching: one `processor(...)` + one full `model(...)` per prompt,
 the last position's logits, p_yes = P(yes) / (P(yes) + P(no)).
 """
 from __future__ import annotations
@@ -17,10 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lib import default_models, models, prompts
-from lib.engine import (BLANK_GREY, CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item,
+from lib.offline import default_models
+from lib.protocol import models, prompts
+from lib.protocol.engine import (BLANK_GREY, CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item,
                         yes_probability)
-from lib.questions import BUILTIN_QUESTIONS
+from lib.protocol.questions import BUILTIN_QUESTIONS
 
 FAMILIES = ("llava", "gemma3")
 TOL = 1e-5

@@ -10,7 +10,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from lib import config, taxonomy
+from lib.protocol import config, taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "evaluate.ipynb"
@@ -103,7 +103,7 @@ def test_missing_env_var_is_named(tmp_path, monkeypatch):
 
 
 def test_missing_model_fails_at_once(tiny_world, tmp_path):
-    from lib import run
+    from lib.protocol import run
 
     params = config.validate({"config": "x", "model": str(tmp_path / "no-model"), "dataset": "mimic-cxr",
                               "data_root": str(tiny_world["data"]["mimic-cxr"]), "output_dir": str(tmp_path / "o")})
@@ -115,7 +115,7 @@ def test_bad_images_and_labels_are_skipped_and_counted(tiny_world, tmp_path):
     """A missing image, a corrupt image and an uncertain label leave their samples out, counted."""
     import shutil
 
-    from lib import data, run
+    from lib.protocol import data, run
 
     root = tmp_path / "mimic"
     shutil.copytree(tiny_world["data"]["mimic-cxr"], root)

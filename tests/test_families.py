@@ -1,8 +1,8 @@
 """Every supported model family, end to end, on tiny random checkpoints (CPU, float32, offline).
 
-For each family (lib/families.py): a tiny randomly initialised checkpoint of the SAME model and
+For each family (lib/families/registry.py): a tiny randomly initialised checkpoint of the SAME model and
 processor class as the real ones, with the real chat template, is saved with save_pretrained,
-loaded through `lib.models.load_model`, and
+loaded through `lib.protocol.models.load_model`, and
 1. scored by the engine against one-prompt-at-a-time full forwards (|dp_yes| <= 1e-5), with
    and without the image (image_removal none and blank); families whose format rules out image
    prefix sharing must fall back to plain batching and say why;
@@ -30,8 +30,9 @@ import torch
 import yaml
 from PIL import Image
 
-from lib import families, models, prompts
-from lib.engine import Engine, Item, blank_like, yes_probability
+from lib.families.registry import registry as families
+from lib.protocol import models, prompts
+from lib.protocol.engine import Engine, Item, blank_like, yes_probability
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ("gemma3", "llava", "idefics3")
@@ -306,11 +307,11 @@ def test_evaluate_notebook_runs_qwen2_5_vl(checkpoints, mimic_root, tmp_path, re
     assert summary["engine"]["mode"] == "batched"
 
 
-# -- per-image question files (PSF-Med, lib.questions.import_psf_med) -------------------------
+# -- per-image question files (PSF-Med, lib.protocol.questions.import_psf_med) -------------------------
 
 def psf_med_file(tmp_path, mimic_root) -> tuple[Path, list[str]]:
     """A PSF-Med style CSV converted by import_psf_med; returns (JSONL path, image ids)."""
-    from lib import data, questions
+    from lib.protocol import data, questions
 
     ids = [s.image_id for s in data.iter_samples("mimic-cxr", mimic_root, findings=("cardiomegaly",))]
     rows = [
@@ -329,7 +330,7 @@ def psf_med_file(tmp_path, mimic_root) -> tuple[Path, list[str]]:
 
 
 def test_per_image_question_file_is_joined_with_the_images(checkpoints, mimic_root, tmp_path):
-    from lib import config, run
+    from lib.protocol import config, run
 
     path, ids = psf_med_file(tmp_path, mimic_root)
     params = config.validate({

@@ -1,4 +1,4 @@
-"""LLaVA-Rad conversion (lib/convert_llava_rad.py) against the ORIGINAL architecture, in float32.
+"""LLaVA-Rad conversion (lib/families/llava_rad.py) against the ORIGINAL architecture, in float32.
 
 A small checkpoint is written in the original LLaVA / LLaVA-Rad key layout (Llama
 `model.layers.*`, `model.mm_projector.{0,2}`, an open_clip checkpoint whose `visual.trunk.*` is a
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from lib import models, prompts
-from lib.convert_llava_rad import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ConversionError,
+from lib.protocol import models, prompts
+from lib.families.llava_rad import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ConversionError,
                                    adapter_layout, convert, remap_adapter)
-from lib.engine import Engine, Item, yes_probability
+from lib.protocol.engine import Engine, Item, yes_probability
 
 ORIGINAL_IMAGE_TOKEN = -200  # LLaVA's IMAGE_TOKEN_INDEX
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -45,7 +45,7 @@ def train_llama_tokenizer(out_dir):
     from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from lib.families import question_corpus
+    from lib.families.registry import question_corpus
 
     tok = Tokenizer(tok_models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([

@@ -6,7 +6,8 @@ import papermill as pm
 import pytest
 import torch
 
-from lib import models, training
+from lib.protocol import models
+from lib.offline import training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def lora_llava(tiny_world):
 
 
 def examples(tiny_world, lm, n=4):
-    from lib import data, questions
+    from lib.protocol import data, questions
 
     sets = questions.load_question_sets()
     samples = list(data.iter_samples("mimic-cxr", tiny_world["data"]["mimic-cxr"], split="train"))[:n]

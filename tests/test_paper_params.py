@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import config
+from lib.protocol import config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "params" / "paper"
@@ -82,7 +82,7 @@ def fake_hub_cache(root: Path, repos: dict) -> Path:
 
 def run_check(env_vars: dict) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
-    return subprocess.run([sys.executable, "-m", "lib.families", "check", "params/paper"], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "lib.families.registry", "check", "params/paper"], cwd=ROOT,
                           env={**clean, "HF_HUB_OFFLINE": "1", **env_vars},
                           capture_output=True, text=True, timeout=300)
 
@@ -147,15 +147,15 @@ def test_check_flags_an_original_layout_adapter_over_converted_llava_rad(tmp_pat
     result = run_check({"HF_HUB_CACHE": str(cache), "LLAVA_RAD_HF": str(llava_rad),
                         "MIMIC_CXR_JPG": str(tmp_path / "mimic"), "PADCHEST": str(tmp_path / "padchest")})
     assert result.returncode == 1
-    assert "original LLaVA layout" in result.stderr and "lib.convert_llava_rad adapter" in result.stderr
+    assert "original LLaVA layout" in result.stderr and "lib.families.llava_rad adapter" in result.stderr
 
 
 def test_make_paper_checks_before_running_anything():
     """`make paper` runs the check first; the runs and the analysis go to outputs/paper."""
     dry = subprocess.run(["make", "-n", "paper"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
-    lines = [l for l in dry.stdout.splitlines() if "lib.families check" in l or "papermill" in l]
-    assert "lib.families check params/paper" in lines[0]
+    lines = [l for l in dry.stdout.splitlines() if "lib.families.registry check" in l or "papermill" in l]
+    assert "lib.families.registry check params/paper" in lines[0]
     runs = [l for l in lines if "evaluate.ipynb" in l]
     assert len(runs) == 10 and all("outputs/paper/runs/" in l for l in runs)
     assert "analysis.ipynb" in lines[-1] and "-p runs_dir outputs/paper/runs" in lines[-1]

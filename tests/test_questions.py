@@ -1,10 +1,10 @@
-"""Tests for lib.questions: built-in sets, user files, validation and the PSF-Med importer."""
+"""Tests for lib.protocol.questions: built-in sets, user files, validation and the PSF-Med importer."""
 
 import json
 
 import pytest
 
-from lib import questions as qs
+from lib.protocol import questions as qs
 
 
 def test_builtin_sets_are_valid():

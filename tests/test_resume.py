@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import config, default_models, questions, records, run, synth
+from lib.protocol import config, questions, records, run
+from lib.offline import default_models, synth
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 24
@@ -32,8 +33,8 @@ KEY = ["sample_id", "prompt_id", "condition"]
 # The child: evaluate(params), pausing after every chunk it writes. argv: params.json, pause (s).
 CHILD = r"""
 import json, sys, time
-import lib.run as run
-from lib import config
+import lib.protocol.run as run
+from lib.protocol import config
 
 params_path, pause = sys.argv[1], float(sys.argv[2])
 score_batch = run.score_batch
@@ -95,7 +96,7 @@ def chunk_samples(path: Path) -> list[str]:
 
 
 def count_scored_samples(action) -> list[str]:
-    """Sample ids that lib.run scored while `action()` ran."""
+    """Sample ids that lib.protocol.run scored while `action()` ran."""
     scored = []
     original = run.score_batch
 

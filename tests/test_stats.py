@@ -1,4 +1,4 @@
-"""Known-answer tests for lib.stats."""
+"""Known-answer tests for lib.protocol.stats."""
 
 import json
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import stats
-from lib.stats import PAIR_COLUMNS
+from lib.protocol import stats
+from lib.protocol.stats import PAIR_COLUMNS
 
 
 def fisher_ci(r, n):

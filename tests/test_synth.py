@@ -1,4 +1,4 @@
-"""lib.synth: reproducible synthetic trees in the real layouts, readable by lib.data, findings visible."""
+"""lib.offline.synth: reproducible synthetic trees in the real layouts, readable by lib.protocol.data, findings visible."""
 
 import collections
 import gzip
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lib.data import FINDINGS, iter_samples, load_image, parse_padchest_labels, split_of_patient
-from lib.synth import (montage, render_radiograph, write_default_datasets, write_mimic,
+from lib.protocol.data import FINDINGS, iter_samples, load_image, parse_padchest_labels, split_of_patient
+from lib.offline.synth import (montage, render_radiograph, write_default_datasets, write_mimic,
                        write_padchest)
 
 N = 80  # images per dataset: enough studies for the rare label codes to occur

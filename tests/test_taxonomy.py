@@ -1,4 +1,4 @@
-"""Known-answer tests for lib.taxonomy on a hand-made five-sample run.
+"""Known-answer tests for lib.protocol.taxonomy on a hand-made five-sample run.
 
 Hand-worked table (pred: p_yes >= 0.5 -> yes):
 
@@ -17,7 +17,7 @@ import math
 import pandas as pd
 import pytest
 
-from lib import taxonomy as tx
+from lib.protocol import taxonomy as tx
 
 IMAGE_P = {
     "s1": [0.9, 0.8, 0.7],

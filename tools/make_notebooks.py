@@ -84,13 +84,13 @@ ray_address = None""", tags=["parameters"]),
     code("""\
 import json
 import pandas as pd
-import lib.config, lib.plots, lib.run
+import lib.protocol.config, lib.protocol.plots, lib.protocol.run
 
-params = lib.config.resolve(globals(), params_file)
+params = lib.protocol.config.resolve(globals(), params_file)
 print(json.dumps(params, indent=1))"""),
     new_markdown_cell("Score every sample (resumable: rerunning computes only what is missing)."),
     code("""\
-result = lib.run.evaluate(params)
+result = lib.protocol.run.evaluate(params)
 summary = result.summary
 print(f"{summary['n_samples']} samples scored; engine: {summary['engine']}")"""),
     new_markdown_cell("## The pair at a glance"),
@@ -112,7 +112,7 @@ by_quadrant = pd.DataFrame({
 })
 by_quadrant""", tags=["nbval-check-output"]),
     code("""\
-fig = lib.plots.entropy_by_quadrant(result.samples, title=overview.name)"""),
+fig = lib.protocol.plots.entropy_by_quadrant(result.samples, title=overview.name)"""),
     new_markdown_cell("Quadrants per finding (a model may look at the image for one finding and not for another)."),
     code("""\
 pd.crosstab(result.samples.finding, result.samples.quadrant, normalize="index").round(3)"""),
@@ -123,10 +123,10 @@ pd.Series(summary["n_skipped"], name="samples skipped", dtype="int64").to_frame(
     code("""\
 if show_images:
     shown = result.samples.groupby("quadrant").head(2)
-    images = [lib.run.data.read_xray(p) for p in lib.run.image_paths(params, shown.image_id)]
+    images = [lib.protocol.run.data.read_xray(p) for p in lib.protocol.run.image_paths(params, shown.image_id)]
     titles = [f"{r.quadrant}: {r.finding}? label {r.label}, pred {r.pred}, text-only {r.pred_text_only}"
               for r in shown.itertuples()]
-    fig = lib.plots.sample_grid(images, titles)"""),
+    fig = lib.protocol.plots.sample_grid(images, titles)"""),
     code("""\
 print("outputs:", *sorted(p.name for p in Path(params["output_dir"]).glob("*.*")), sep="\\n  ")"""),
 ]
@@ -145,42 +145,42 @@ analysis_dir = "outputs/analysis\"""", tags=["parameters"]),
     code("""\
 import json
 import pandas as pd
-import lib.plots, lib.stats
+import lib.protocol.plots, lib.protocol.stats
 
 out = Path(analysis_dir)
 out.mkdir(parents=True, exist_ok=True)
-pairs = lib.stats.gather_runs(runs_dir)
+pairs = lib.protocol.stats.gather_runs(runs_dir)
 pairs.to_csv(out / "pairs.csv", index=False)
 pairs.set_index("pair").round(3)"""),
     new_markdown_cell("## Correlation across pairs\nPearson r with two-sided p-value and a 95 % Fisher-z confidence interval, and Spearman rho."),
     code("""\
-corr = lib.stats.flip_vs_dangerous(pairs)
+corr = lib.protocol.stats.flip_vs_dangerous(pairs)
 (out / "correlation.json").write_text(json.dumps(corr, indent=2))
 pd.Series({k: v for k, v in corr.items() if k != "pairs"}).to_frame("flip rate vs Dangerous fraction")"""),
     code("""\
-fig = lib.plots.flip_vs_dangerous(pairs, corr)
+fig = lib.protocol.plots.flip_vs_dangerous(pairs, corr)
 fig.savefig(out / "flip_vs_dangerous.png", dpi=120)"""),
     new_markdown_cell("## Quadrants of each configuration, side by side"),
     code("""\
-fig = lib.plots.quadrant_fractions(pairs)
+fig = lib.protocol.plots.quadrant_fractions(pairs)
 fig.savefig(out / "quadrant_fractions.png", dpi=120)"""),
     new_markdown_cell("## Accuracy within each quadrant\nDangerous samples can be accurate: accuracy does not reveal that the image was ignored."),
     code("""\
-fig = lib.plots.accuracy_by_quadrant(pairs)
+fig = lib.protocol.plots.accuracy_by_quadrant(pairs)
 fig.savefig(out / "accuracy_by_quadrant.png", dpi=120)"""),
     new_markdown_cell("## Entropy per quadrant\nLow entropy on Dangerous samples means confidence screening would not catch them. Explore one pair at a time with the selector (JupyterLab), or read the static figures below for every pair."),
     code("""\
-samples_by_pair = lib.stats.gather_samples(runs_dir)
+samples_by_pair = lib.protocol.stats.gather_samples(runs_dir)
 pd.concat(samples_by_pair, names=["pair"]).groupby(["pair", "quadrant"]).entropy.describe().round(3)"""),
     code("""\
 import ipywidgets as widgets
 
 @widgets.interact(pair=sorted(samples_by_pair))
 def explore(pair):
-    lib.plots.entropy_by_quadrant(samples_by_pair[pair], title=pair)"""),
+    lib.protocol.plots.entropy_by_quadrant(samples_by_pair[pair], title=pair)"""),
     code("""\
 for pair, table in samples_by_pair.items():
-    fig = lib.plots.entropy_by_quadrant(table, title=pair)
+    fig = lib.protocol.plots.entropy_by_quadrant(table, title=pair)
     fig.savefig(out / f"entropy_{pair}.png", dpi=100)"""),
 ]
 
@@ -213,16 +213,16 @@ check_limit = 400""", tags=["parameters"]),
 import json, time
 import matplotlib.pyplot as plt
 import pandas as pd
-import lib.default_models as dm, lib.config, lib.plots, lib.provenance, lib.run, lib.synth
+import lib.offline.default_models as dm, lib.protocol.config, lib.protocol.plots, lib.protocol.provenance, lib.protocol.run, lib.offline.synth
 
-lib.provenance.seed_everything(seed)
+lib.protocol.provenance.seed_everything(seed)
 out = Path(out_root)
 started = time.perf_counter()
-data_roots = lib.synth.write_default_datasets(out / "data", n_images=n_images, seed=seed)
+data_roots = lib.offline.synth.write_default_datasets(out / "data", n_images=n_images, seed=seed)
 {k: str(v) for k, v in data_roots.items()}"""),
     new_markdown_cell("## The synthetic radiographs (one row per finding: without, with)"),
     code("""\
-fig = lib.plots.sample_grid(*lib.synth.montage(data_roots["mimic-cxr"]), columns=4)"""),
+fig = lib.protocol.plots.sample_grid(*lib.offline.synth.montage(data_roots["mimic-cxr"]), columns=4)"""),
     new_markdown_cell("## Training data, and the split"),
     code("""\
 examples, train_ids = dm.training_examples(data_roots, split="train")
@@ -237,7 +237,7 @@ print(f"{len(examples)} training examples from {len(train_ids)} images; {len(tes
 
 Stage 1 teaches the vision side the findings (`vision_steps` steps), stage 2 trains the whole model on the
 yes/no answers (`epochs` epochs); both see jittered images (mirror, shift, zoom, contrast), see
-`lib.default_models.train_base`. The families train in parallel processes, one thread each, so the models do not
+`lib.offline.default_models.train_base`. The families train in parallel processes, one thread each, so the models do not
 depend on the number of cores."""),
     code("""\
 training = dict(vision_steps=vision_steps, epochs=epochs, lr=lr, batch_size=batch_size, prompt_pool=prompt_pool)
@@ -257,25 +257,25 @@ built.drop(columns="model_dir")"""),
 checks = []
 for family in dm.FAMILIES:
     for dataset, root in data_roots.items():
-        params = lib.config.validate({
+        params = lib.protocol.config.validate({
             "config": f"{family}-base", "model": str(out / "models" / f"{family}-base"),
             "dataset": dataset, "data_root": str(root), "limit": check_limit, "seed": seed,
             "output_dir": str(out / "checks" / f"{family}-base__{dataset}")})
-        result = lib.run.evaluate(params)
+        result = lib.protocol.run.evaluate(params)
         s = result.summary
         by_finding = result.samples.groupby("finding").correct.mean()
         checks.append({"family": family, "dataset": dataset, "n": s["n_samples"], "accuracy": s["accuracy"],
                        "text_only_differs": s["image_reliance_rate"], "flip_rate": s["flip_rate"],
                        **{f"accuracy {finding}": v for finding, v in by_finding.items()}})
 checks = pd.DataFrame(checks)
-# The bar for a base model that reads the image (lib.default_models.MIN_ACCURACY, MIN_TEXT_ONLY_DIFFERS).
+# The bar for a base model that reads the image (lib.offline.default_models.MIN_ACCURACY, MIN_TEXT_ONLY_DIFFERS).
 checks["meets_requirements"] = (checks.accuracy >= dm.MIN_ACCURACY) & (checks.text_only_differs >= dm.MIN_TEXT_ONLY_DIFFERS)
 checks"""),
     code("""\
 report = {"seed": seed, "n_images": n_images, "build_seconds": time.perf_counter() - started,
           "checks": checks.to_dict("records"), "requirements_met": bool(checks.meets_requirements.all()),
           "training": training, "n_train_images": len(train_ids),
-          "n_test_images": len(test_ids), **lib.provenance.provenance(seed)}
+          "n_test_images": len(test_ids), **lib.protocol.provenance.provenance(seed)}
 (out / "build_report.json").write_text(json.dumps(report, indent=2, default=str))
 print(f"built in {report['build_seconds']:.0f} s")"""),
 ]
@@ -313,12 +313,12 @@ seed = 0
 output_dir = None""", tags=["parameters"]),
     code("""\
 import json
-import lib.finetune
+import lib.offline.finetune
 
-spec = lib.finetune.resolve(globals(), params_file)
+spec = lib.offline.finetune.resolve(globals(), params_file)
 spec"""),
     code("""\
-result = lib.finetune.run(spec)
+result = lib.offline.finetune.run(spec)
 print(f"{result.n_examples} examples, {result.trainable} trainable parameters "
       f"({result.trainable_fraction:.2%} of the model); adapter saved to {spec['output_dir']}")"""),
     new_markdown_cell("## Loss curve (both terms)"),

@@ -1,7 +1,7 @@
 """Across-pair statistics: collect per-run summaries and correlate flip rate with the Dangerous fraction.
 
 A "pair" is one (model configuration, dataset) run, i.e. one ``<runs_dir>/<run>/summary.json``
-written by the evaluate notebooks (see ``lib.taxonomy.summarize``). The paper reports the
+written by the evaluate notebooks (see ``lib.protocol.taxonomy.summarize``). The paper reports the
 flip-rate / Dangerous-fraction correlation over its 10 pairs (r = -0.89) without naming the
 correlation type or interval; we report Pearson r with a two-sided p-value and a 95 % Fisher-z
 confidence interval, plus Spearman rho as a rank-based check.
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from lib.taxonomy import QUADRANTS
+from .taxonomy import QUADRANTS
 
 SUMMARY_KEYS = (
     "config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "accuracy",

@@ -32,7 +32,7 @@ def stream_samples(params: dict, skipped: Counter):
     """The pair's samples, streamed from the reader, at most `limit` of them.
 
     With a per-image question file (`questions` = JSONL rows with an image_id, as written by
-    `lib.questions.import_psf_med`) the samples are the file's rows joined with the reader's
+    `lib.protocol.questions.import_psf_med`) the samples are the file's rows joined with the reader's
     images instead (see `per_image_samples`).
     """
     if is_per_image_file(params["questions"]):
@@ -199,7 +199,7 @@ def evaluate(params: dict, lm=None) -> RunResult:
     # Ray scale-out (workers > 1 or ray_address set): the model loads once per Ray actor, never
     # in this process; records land in the same store.
     if lm is None and (params["workers"] > 1 or params["ray_address"]):
-        from . import distributed
+        from ..scale import ray_scorer as distributed
 
         label_skips = Counter()
         engine_info = distributed.score_with_ray(params, store, question_sets, label_skips)

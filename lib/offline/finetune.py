@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import models, provenance, training
-from .config import ParamsError
+from ..protocol import models, provenance
+from . import training
+from ..protocol.config import ParamsError
 from .default_models import training_examples
 
 DEFAULTS = {

@@ -43,8 +43,8 @@ Pickle files (.bin/.pt) are read only with --allow-pickle, and then with
 `torch.load(weights_only=True)` (tensors and plain containers only, no code); a checkpoint that
 needs full unpickling is refused unless --trust-pickle.
 
-    python -m lib.convert_llava_rad SRC OUT [--base DIR] [--vision-checkpoint FILE] [--allow-pickle]
-    python -m lib.convert_llava_rad adapter ADAPTER_SRC ADAPTER_OUT   # remap a LoRA adapter
+    python -m lib.families.llava_rad SRC OUT [--base DIR] [--vision-checkpoint FILE] [--allow-pickle]
+    python -m lib.families.llava_rad adapter ADAPTER_SRC ADAPTER_OUT   # remap a LoRA adapter
 
 The second form rewrites a peft LoRA adapter trained on the ORIGINAL LLaVA layout
 (`base_model.model.model.layers.N...`) to this layout (`...model.language_model.layers.N...`);
@@ -285,7 +285,7 @@ def vision_trunk(src: Path, shards: dict, cfg: dict, vision_checkpoint: Path | N
 # -- tokenizer, processor, config ------------------------------------------------------------------
 
 def chat_template(system: bool) -> str:
-    from .families import LLAVA_CHAT_TEMPLATE
+    from .registry import LLAVA_CHAT_TEMPLATE
 
     if not system:
         return LLAVA_CHAT_TEMPLATE
@@ -497,14 +497,14 @@ def remap_adapter(src, out, allow_pickle: bool = False) -> Path:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["adapter"]:
-        parser = argparse.ArgumentParser(prog="python -m lib.convert_llava_rad adapter")
+        parser = argparse.ArgumentParser(prog="python -m lib.families.llava_rad adapter")
         parser.add_argument("src")
         parser.add_argument("out")
         parser.add_argument("--allow-pickle", action="store_true")
         args = parser.parse_args(argv[1:])
         print(remap_adapter(args.src, args.out, args.allow_pickle))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m lib.convert_llava_rad",
+    parser = argparse.ArgumentParser(prog="python -m lib.families.llava_rad",
                                      description="original LLaVA / LLaVA-Rad -> transformers LLaVA")
     parser.add_argument("src", help="original-format checkpoint directory (config.json with mm_* keys)")
     parser.add_argument("out", help="output directory (LlavaForConditionalGeneration + LlavaProcessor)")

@@ -200,14 +200,14 @@ def save(model, processor, out_dir) -> Path:
 
 def question_corpus() -> list[str]:
     """Every built-in question: the tokenizer is trained on exactly what will be asked."""
-    from .questions import BUILTIN_QUESTIONS
+    from ..protocol.questions import BUILTIN_QUESTIONS
 
     return [q for prompts in BUILTIN_QUESTIONS.values() for q in prompts]
 
 
 def training_examples(data_roots: dict, split: str = "train", datasets=None):
     """Examples (image, prompt set, label) of the given split of the synthetic datasets."""
-    from . import data, questions
+    from ..protocol import data, questions
     from .training import Example
 
     sets = questions.load_question_sets()
@@ -226,7 +226,7 @@ def training_examples(data_roots: dict, split: str = "train", datasets=None):
 
 def finding_matrix(examples):
     """Images with all four finding labels known, and their (n_images, 4) 0/1 label matrix."""
-    from .data import FINDINGS
+    from ..protocol.data import FINDINGS
 
     labels: dict[int, dict] = {}
     images = {}
@@ -262,7 +262,7 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
     """
     from functools import partial
 
-    from . import models as loading
+    from ..protocol import models as loading
     from .training import Encoder, base_step, is_language, pretrain_vision, train
 
     model, processor = build_untrained(family, question_corpus(), seed)

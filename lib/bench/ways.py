@@ -2,7 +2,7 @@
 
 On each offline default model (llava-base, gemma3-base) and the SAME samples (the first
 `--n` readable samples of the synthetic test split, each with all its built-in paraphrases from
-`lib.questions`, plus the text-only pass of its original question):
+`lib.protocol.questions`, plus the text-only pass of its original question):
 
 * ``naive``: the usual research loop: ``model.generate()`` per prompt at batch 1 (greedy,
   ``--max-new-tokens`` 4 by default: enough for a yes/no answer and its punctuation, and half
@@ -11,8 +11,8 @@ On each offline default model (llava-base, gemma3-base) and the SAME samples (th
   leading spaces and punctuation; "No." and "nonono" are no); anything else is unparseable and
   counts as a disagreement;
 * ``forward_bs1``: one forward per prompt at batch 1 (processor + model, last-position logits
-  only), answer read from the yes/no logits with ``lib.engine.yes_probability``;
-* ``engine``: ``lib.engine.Engine`` at ``--batch-size`` 16 (prefix sharing on, text-only prompts
+  only), answer read from the yes/no logits with ``lib.protocol.engine.yes_probability``;
+* ``engine``: ``lib.protocol.engine.Engine`` at ``--batch-size`` 16 (prefix sharing on, text-only prompts
   batched separately).
 
 Every way runs the processor itself (image preprocessing and tokenisation are timed); images are
@@ -20,7 +20,7 @@ read from disk once, before any timing. Each way is warmed up once on the first 
 timed over all the samples `--repeats` times (3), the ways interleaved; ``ms_per_sample`` is the
 fastest pass (wall clock; the development machine is shared, so the minimum is the least
 disturbed), ``cpu_ms_per_sample`` the same in CPU time of the process. The
-prediction of a prompt is p_yes >= 0.5 (as in ``lib.taxonomy``) for the two logit ways.
+prediction of a prompt is p_yes >= 0.5 (as in ``lib.protocol.taxonomy``) for the two logit ways.
 ``agreement`` is the fraction of all prompts (image and text-only) whose prediction equals the
 engine's. Torch uses ``--threads`` CPU threads (1 by default: the development machine's 2 cores
 are shared, and more threads than free cores make every way slower and noisier).
@@ -28,8 +28,8 @@ are shared, and more threads than free cores make every way slower and noisier).
 Writes ``outputs/bench/bench.json`` and prints a table. The target (a benchmark, not a test):
 the engine at least 30x faster than the naive loop on CPU.
 
-    python -m lib.bench                          # the defaults below
-    python -m lib.bench --models DIR [DIR ...] --dataset padchest --data-root DIR --n 24
+    python -m lib.bench.ways                          # the defaults below
+    python -m lib.bench.ways --models DIR [DIR ...] --dataset padchest --data-root DIR --n 24
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import torch
 
-from . import data, models, prompts, provenance, questions
-from .engine import CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item, yes_probability
+from ..protocol import data, models, prompts, provenance, questions
+from ..protocol.engine import CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item, yes_probability
 
 DEFAULT_MODELS = ("outputs/default/models/llava-base", "outputs/default/models/gemma3-base")
 DEFAULT_DATA = "outputs/default/data"
@@ -207,8 +207,9 @@ def table(report: dict) -> str:
 
 
 def ray_rows(params_file) -> list[dict] | None:
-    """The same pair with 1 and 2 local Ray workers (`lib.distributed.bench_workers`)."""
-    from . import config, distributed
+    """The same pair with 1 and 2 local Ray workers (`lib.scale.ray_scorer.bench_workers`)."""
+    from ..protocol import config
+    from ..scale import ray_scorer as distributed
 
     try:
         return distributed.bench_workers(config.load(params_file), workers=(1, 2))

@@ -2,7 +2,7 @@
 
 ``render_radiograph`` draws a procedural PA chest phantom (lungs, mediastinum, heart, spine, ribs,
 clavicles, soft tissue, vessel markings, noise; random pose, size and contrast per image) with any of
-the four findings of ``lib.data.FINDINGS`` drawn large enough to be unambiguous at 64 x 64 px:
+the four findings of ``lib.protocol.data.FINDINGS`` drawn large enough to be unambiguous at 64 x 64 px:
 
 * cardiomegaly: cardiothoracic ratio 0.62-0.72 (normal 0.36-0.45);
 * pleural effusion: tissue-dense fluid filling a lung base up to a lateral meniscus, one or both sides;
@@ -10,7 +10,7 @@ the four findings of ``lib.data.FINDINGS`` drawn large enough to be unambiguous 
   apex and lateral side bounded by a bright visceral pleural line;
 * nodule: a bright disc of radius 5-7 % of the image width inside a visible lung field.
 
-``write_mimic`` / ``write_padchest`` write trees that ``lib.data.iter_samples`` reads exactly like the
+``write_mimic`` / ``write_padchest`` write trees that ``lib.protocol.data.iter_samples`` reads exactly like the
 real MIMIC-CXR-JPG 2.0.0 and PadChest releases, with their label quirks. Same seed -> identical bytes.
 ``montage`` picks images of a written tree to show each finding without and with.
 """
@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from lib.data import (FINDINGS, MIMIC_CHEXPERT, MIMIC_METADATA, MIMIC_SPLIT, PADCHEST_CSV, SPLITS,
+from ..protocol.data import (FINDINGS, MIMIC_CHEXPERT, MIMIC_METADATA, MIMIC_SPLIT, PADCHEST_CSV, SPLITS,
                       iter_samples, read_xray)
 
 IMAGE_SIZE = 256
@@ -485,7 +485,7 @@ def _write_csv_gz(frame: pd.DataFrame, path: Path) -> None:
 def montage(data_root, dataset: str = "mimic-cxr", per_label: int = 2) -> tuple[list, list[str]]:
     """Images and titles showing each finding: per finding, ``per_label`` pairs (without, with) of
     frontal images of the tree, read as the evaluation reads them; one row per finding in
-    ``lib.plots.sample_grid(images, titles, columns=2 * per_label)``."""
+    ``lib.protocol.plots.sample_grid(images, titles, columns=2 * per_label)``."""
     picked = {(f, label): [] for f in FINDINGS for label in ("no", "yes")}
     wanted = len(picked) * per_label
     samples = itertools.chain.from_iterable(iter_samples(dataset, data_root, split=split)

@@ -252,7 +252,7 @@ class Engine:
 def sharing_problem(processor, item: Item) -> str | None:
     """Why the image prefix cannot be shared for this format, or None when it can.
 
-    Besides the text checks, two model-family properties rule sharing out (lib/families.py):
+    Besides the text checks, two model-family properties rule sharing out (lib/families/registry.py):
     image tokens placed on a 2D/3D position grid (Qwen2-VL / Qwen2.5-VL mRoPE: the processor
     returns `image_grid_thw`, and the text after the image does not continue at prefix length +
     i, which the shared suffix's 1D position ids assume), and a number of image tokens that

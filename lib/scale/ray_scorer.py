@@ -1,11 +1,11 @@
 """Scale-out on Ray: one pair across many workers, many pairs at once (optional; `requirements-ray.txt`).
 
-One pair across workers (`score_with_ray`, used by `lib.run.evaluate` when params `workers` > 1
+One pair across workers (`score_with_ray`, used by `lib.protocol.run.evaluate` when params `workers` > 1
 or `ray_address` is set): the driver streams the pair's samples that the record store does not
-hold yet, cut into exactly the batches of the single-process path (`lib.run.batches_to_score`),
+hold yet, cut into exactly the batches of the single-process path (`lib.protocol.run.batches_to_score`),
 into a Ray Data pipeline; an actor pool (`workers` actors, one GPU each where the cluster has
 GPUs, else one CPU each) loads the model ONCE per actor and runs the per-batch logic of the
-single-process path (`lib.run.score_batch`: load images, `Engine.score`, one atomic chunk per
+single-process path (`lib.protocol.run.score_batch`: load images, `Engine.score`, one atomic chunk per
 batch in the run's `RecordStore`). So the records are the very rows of a single-process run, a
 lost actor loses only the batches it had not written yet (Ray restarts it and retries its
 block; a batch written twice is deduplicated by key), and a rerun after a crash computes only
@@ -174,8 +174,8 @@ class BatchScorer:
     def __init__(self, params: dict, store_dir: str, question_sets):
         import torch
 
-        from . import models, provenance, records
-        from .engine import Engine
+        from ..protocol import models, provenance, records
+        from ..protocol.engine import Engine
 
         if not torch.cuda.is_available() or params.get("device") == "cpu":
             torch.set_num_threads(1)
@@ -198,7 +198,7 @@ class BatchScorer:
         self.node = socket.gethostname()
 
     def __call__(self, rows: dict) -> dict:
-        from . import run
+        from ..protocol import run
 
         out = {k: [] for k in ("batch_index", "n_samples", "n_scored", "start", "end", "pid", "node",
                                "peak_rss_mb", "model_load_s", "mode", "fallback_reason",
@@ -218,7 +218,7 @@ class BatchScorer:
 def batch_rows(params: dict, store, skipped: Counter) -> tuple[list[dict], set[str]]:
     """One row per batch of the single-process path (same samples, same order, same sample
     classes: the batch is pickled), and the ids of all samples still to do."""
-    from . import run
+    from ..protocol import run
 
     rows, todo = [], set()
     for i, batch in enumerate(run.batches_to_score(params, store, skipped)):
@@ -230,13 +230,13 @@ def batch_rows(params: dict, store, skipped: Counter) -> tuple[list[dict], set[s
 def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict:
     """Score every sample the store lacks on a Ray actor pool; returns the run's engine info.
 
-    `skipped` receives the label skips (as `lib.run.score_all` does). The returned dict has the
+    `skipped` receives the label skips (as `lib.protocol.run.score_all` does). The returned dict has the
     keys of the single-process engine info (mode, fallback_reason, samples_per_second, device,
     dtype) plus workers, ray_address, model_load_s, peak_rss_mb_per_worker and per_worker.
     """
     from tqdm.auto import tqdm
 
-    from . import models
+    from ..protocol import models
 
     workers = max(int(params.get("workers") or 1), 1)
     address = params.get("ray_address") or None
@@ -315,7 +315,7 @@ def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict
 def bench_workers(params: dict, workers=(1, 2)) -> list[dict]:
     """The same pair scored from scratch with each number of local workers, in one local cluster.
 
-    `params` is a validated params dict (`lib.config.load`); its output_dir is replaced by a
+    `params` is a validated params dict (`lib.protocol.config.load`); its output_dir is replaced by a
     temporary directory per row, so nothing resumes and nothing is left behind. Returns one dict
     per entry of `workers`: workers, samples, wall_s, samples_per_s (end to end: actor start and
     model load included, cluster start excluded), steady_samples_per_s (first batch start to last
@@ -324,7 +324,7 @@ def bench_workers(params: dict, workers=(1, 2)) -> list[dict]:
     model_load_s (slowest actor's load_model), batches_per_worker (how the batches were shared),
     peak_rss_mb_per_worker (largest actor), device.
     """
-    from . import config, questions, records
+    from ..protocol import config, questions, records
 
     rows = []
     question_sets = questions.load_question_sets(params["questions"])
@@ -388,7 +388,7 @@ def sweep(params_files, ray_address: str | None = None, runs_dir: str = "outputs
     the analysis runs only when all succeeded (skip it with analysis_dir=None). Returns
     {"pairs": {pair: task result}, "analysis": path or None}.
     """
-    from . import config
+    from ..protocol import config
 
     files = [Path(f) for f in params_files]
     if not files:
@@ -436,7 +436,7 @@ def sweep(params_files, ray_address: str | None = None, runs_dir: str = "outputs
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.distributed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib.scale.ray_scorer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sweep", help="every params file as a Ray task, then the analysis")
     s.add_argument("params_files", nargs="+")
@@ -452,7 +452,7 @@ def main(argv=None) -> int:
     if args.command == "sweep":
         result = sweep(args.params_files, args.address, args.runs_dir, args.analysis_dir)
     else:
-        from . import config
+        from ..protocol import config
 
         params = config.load(args.params_file)
         if args.limit is not None:

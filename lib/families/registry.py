@@ -4,7 +4,7 @@ Each family is the SAME transformers architecture and processor class as its rea
 with the real chat template text; only the sizes are tiny and the tokenizer is a byte-level BPE
 trained here (with the family's special tokens, and the BOS behaviour of the real tokenizer).
 `build_tiny(family, out_dir)` saves one with `save_pretrained` (safetensors), so the project's
-normal loader (`lib.models.load_model`) reads it exactly like a hub checkpoint.
+normal loader (`lib.protocol.models.load_model`) reads it exactly like a hub checkpoint.
 
 | family | real checkpoints | model class | processor class |
 |---|---|---|---|
@@ -18,9 +18,9 @@ video processor is a torchvision class and the processor checks every component'
 on this project's CPU environment (no torchvision) only the model and the engine are exercised,
 with that class check bypassed in memory (`qwen_processor_in_memory`); real Qwen2.5-VL
 checkpoints need `pip install torchvision`. Its 3D mRoPE positions make image-prefix sharing
-wrong, so the engine falls back to plain batching for it (`lib.engine.sharing_problem`).
+wrong, so the engine falls back to plain batching for it (`lib.protocol.engine.sharing_problem`).
 
-`python -m lib.families check params/paper` validates every params file of a directory (the
+`python -m lib.families.registry check params/paper` validates every params file of a directory (the
 environment variables they name, the data directories) and that each model and adapter is
 available (a local directory, or a hub id in the local cache since runs are offline); it exits 1
 with one line per problem, naming the file, the variable or the model.
@@ -156,7 +156,7 @@ FAMILIES: dict[str, Family] = {
         add_bos=True, template_words=("user\n", "model\n", "\n\n"),
     ),
     "llava": Family(
-        "llava", ("llava-hf/llava-1.5-7b-hf", "a converted LLaVA-Rad (lib.convert_llava_rad)"),
+        "llava", ("llava-hf/llava-1.5-7b-hf", "a converted LLaVA-Rad (lib.families.llava_rad)"),
         LLAVA_CHAT_TEMPLATE,
         ("<unk>", "<s>", "</s>", "<image>", "<pad>"),
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
@@ -202,7 +202,7 @@ def processor_problem(family: str) -> str | None:
 # -- tokenizer --------------------------------------------------------------------------------
 
 def question_corpus() -> list[str]:
-    from .questions import BUILTIN_QUESTIONS
+    from ..protocol.questions import BUILTIN_QUESTIONS
 
     return [q for prompts in BUILTIN_QUESTIONS.values() for q in prompts]
 
@@ -240,7 +240,7 @@ def _ids(tokenizer, *tokens) -> list[int]:
 
 def _text_kwargs(tokenizer, layers: int) -> dict:
     """The default family's tiny decoder, with grouped-query attention and longer positions."""
-    from .default_models import text_config_kwargs
+    from ..offline.default_models import text_config_kwargs
 
     return {**text_config_kwargs(tokenizer, layers), "num_key_value_heads": 2,
             "max_position_embeddings": 2048}
@@ -435,7 +435,7 @@ def adapter_fit_problem(model: str, adapter: str | None) -> str | None:
     silent no-op (peft finds none of its weights); say so, with the remapping command."""
     if not adapter or not (Path(model).expanduser() / "conversion.json").is_file():
         return None
-    from .convert_llava_rad import adapter_layout
+    from .llava_rad import adapter_layout
 
     directory = Path(adapter).expanduser()
     if not directory.is_dir():
@@ -448,13 +448,13 @@ def adapter_fit_problem(model: str, adapter: str | None) -> str | None:
     if adapter_layout(directory) == "original":
         return (f"adapter {adapter} is saved on the original LLaVA layout (model.layers.*) and would "
                 f"not apply to the converted model {model}; remap it once with "
-                f"`python -m lib.convert_llava_rad adapter {directory} <out_dir>` and use <out_dir>")
+                f"`python -m lib.families.llava_rad adapter {directory} <out_dir>` and use <out_dir>")
     return None
 
 
 def check_params(files) -> list[str]:
     """One message per problem across the params files (empty when all can run)."""
-    from . import config
+    from ..protocol import config
 
     problems = []
     for path in files:
@@ -475,7 +475,7 @@ def check_params(files) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.families", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib.families.registry", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="check params files (a directory or files) before a run")
     check.add_argument("paths", nargs="+")
