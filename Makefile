@@ -6,6 +6,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PAPERMILL := $(VENV)/bin/papermill --log-level WARNING
+JUPYTEXT := $(VENV)/bin/jupytext
 STAMP := $(VENV)/.installed
 RAY_STAMP := $(VENV)/.ray-installed
 
@@ -16,7 +17,28 @@ export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-LIB := $(wildcard lib/*.py lib/*/*.py)
+# -- what each step runs: its notebook and the lib modules the notebook imports, followed through
+# every import (those inside functions too); a package __init__.py that is only a docstring is left
+# out. tests/test_notebook_pairs.py fails when a list is not exactly that (a module missing, or one
+# no longer imported): after changing a notebook's imports, update the list it names.
+NOTEBOOK_SETUP := lib/front/notebook.py
+# params -> samples, labels, questions, prompts; loading a model (what fine-tuning uses)
+PROTOCOL_LOAD := $(addprefix lib/protocol/,config.py data.py labels.py questions.py prompts.py models.py provenance.py)
+# ... -> the Engine -> records -> quadrants: one run
+PROTOCOL_SCORING := $(PROTOCOL_LOAD) $(addprefix lib/protocol/,engine.py records.py reliance.py taxonomy.py run.py)
+# the default family: tiny checkpoints of the real classes and their chat templates, trained here
+DEFAULT_FAMILY := $(addprefix lib/offline/,default_models.py training.py) $(addprefix lib/families/,tiny.py templates.py)
+# build_default and evaluate also draw figures with lib/protocol/plots.py, but what make tracks
+# (build_report.json, summary.json) never depends on them: a plots-only change reruns the analysis
+# only, and the figures inside outputs/default/build_default.ipynb and outputs/runs/*/evaluate.ipynb
+# are redrawn the next time those steps run (`touch params/*.yaml && make runs` redraws the runs'
+# figures from their saved records, without scoring again).
+DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) lib/offline/synth.py $(DEFAULT_FAMILY) $(PROTOCOL_SCORING)
+ADAPTER_CODE := notebooks/finetune_lora.ipynb $(NOTEBOOK_SETUP) lib/offline/finetune.py $(DEFAULT_FAMILY) $(PROTOCOL_LOAD)
+# the evaluate notebook's session (strict params, preflight, the scorer: in-process or Ray)
+RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py
+ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) $(addprefix lib/protocol/,stats.py plots.py taxonomy.py)
+
 DEFAULT := outputs/default/build_report.json
 LORA_PARAMS := $(wildcard params/lora/*.yaml)
 ADAPTERS := $(LORA_PARAMS:params/lora/%.yaml=outputs/default/adapters/%/adapter_config.json)
@@ -24,10 +46,10 @@ PAIRS := $(patsubst params/%.yaml,%,$(wildcard params/*.yaml))
 SUMMARIES := $(PAIRS:%=outputs/runs/%/summary.json)
 ANALYSIS := outputs/analysis/correlation.json
 
-.PHONY: help all env default adapters runs analysis test notebooks paper bench clean sweep
+.PHONY: help all env default adapters runs analysis test notebooks paper paper-check bench clean sweep
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 all: $(ANALYSIS) ## build the offline default if missing, evaluate every params/*.yaml pair, gather them
 
@@ -41,25 +63,29 @@ $(STAMP): requirements.txt pyproject.toml
 
 default: $(DEFAULT) ## synthetic datasets + trained default models (cached; rebuilt when inputs change)
 
-$(DEFAULT): notebooks/build_default.ipynb $(LIB) | $(STAMP)
+$(DEFAULT): $(DEFAULT_CODE) | $(STAMP)
 	mkdir -p outputs/default
 	$(PAPERMILL) notebooks/build_default.ipynb outputs/default/build_default.ipynb
 
 adapters: $(ADAPTERS) ## consistency LoRA adapters of the default models (params/lora/*.yaml)
 
-outputs/default/adapters/%/adapter_config.json: params/lora/%.yaml notebooks/finetune_lora.ipynb $(DEFAULT) $(LIB)
+outputs/default/adapters/%/adapter_config.json: params/lora/%.yaml $(ADAPTER_CODE) $(DEFAULT)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/finetune_lora.ipynb $(@D)/finetune_lora.ipynb -f $< -p params_file $<
 
 runs: $(SUMMARIES) ## evaluate.ipynb once per params/*.yaml
 
-outputs/runs/%/summary.json: params/%.yaml notebooks/evaluate.ipynb $(DEFAULT) $(ADAPTERS) $(LIB)
+# A pair waits for (and reruns after) the one adapter its params name, if it is one of ours;
+# a base-model pair does not depend on fine-tuning at all.
+adapter_of = $(filter $(ADAPTERS),$(addsuffix /adapter_config.json,$(shell sed -n 's/^adapter:[[:space:]]*//p' $(1) | sed 's/[[:space:]]*\#.*//' | tr -d "\"'")))
+.SECONDEXPANSION:
+outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapter_of,params/$$*.yaml)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $<
 
 analysis: $(ANALYSIS) ## gather all runs: correlation, figures
 
-$(ANALYSIS): notebooks/analysis.ipynb $(SUMMARIES) $(LIB)
+$(ANALYSIS): $(ANALYSIS_CODE) $(SUMMARIES)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb
 
@@ -91,7 +117,7 @@ paper_questions = $(if $(findstring __mimic-cxr,$(1)),$(PSF_MED_MIMIC),$(PSF_MED
 
 paper: $(PAPER_OUT)/analysis/correlation.json ## the ten paper pairs on MIMIC-CXR + PadChest, then the analysis (GPU; docs/real_models.md)
 
-paper-check: | $(STAMP)
+paper-check: | $(STAMP) ## name whatever the paper runs lack (data, models, PSF-Med question files)
 	@$(PY) -m lib.families.registry check params/paper
 	@for q in $(PSF_MED_MIMIC) $(PSF_MED_PADCHEST); do test -f "$$q" || { echo "NOT READY: PSF-Med question file not found: $$q" >&2; exit 1; }; done
 
@@ -99,15 +125,29 @@ $(PAPER_OUT)/runs/%/summary.json: params/paper/%.yaml notebooks/evaluate.ipynb |
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $< -p output_dir $(@D) $(if $(call paper_questions,$*),-p questions $(call paper_questions,$*))
 
-$(PAPER_OUT)/analysis/correlation.json: notebooks/analysis.ipynb $(PAPER_SUMMARIES)
+$(PAPER_OUT)/analysis/correlation.json: $(ANALYSIS_CODE) $(PAPER_SUMMARIES)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb -p runs_dir $(PAPER_OUT)/runs -p analysis_dir $(@D)
 
-.PHONY: paper-check
 # -- end paper ------------------------------------------------------------------------------
 
-notebooks: $(STAMP) ## regenerate the source notebooks from tools/make_notebooks.py
-	$(PY) tools/make_notebooks.py
+# -- notebooks: each is a jupytext pair (jupytext.toml). notebooks/<name>.py is the source people
+# edit and review; notebooks/<name>.ipynb is what papermill runs, committed too. ------------------
+NOTEBOOK_STEMS := $(sort $(basename $(wildcard notebooks/*.py notebooks/*.ipynb)))
+
+notebooks: | $(STAMP) ## sync every notebooks/*.py with its .ipynb (jupytext --sync: the newer side wins)
+	@for nb in $(NOTEBOOK_STEMS); do \
+	  $(JUPYTEXT) --sync $$(test -f $$nb.py && echo $$nb.py || echo $$nb.ipynb); \
+	  touch -r $$nb.ipynb $$nb.py; \
+	done
+
+# A step runs the .ipynb, so an edited .py is synced first. jupytext writes the .ipynb only when its
+# cells changed, and the pair then takes the .ipynb's time: a sync that changed nothing (or
+# `make notebooks`) reruns nothing. Precious: a failed sync never deletes a committed notebook.
+notebooks/%.ipynb: notebooks/%.py | $(STAMP)
+	$(JUPYTEXT) --sync $<
+	touch -r $@ $<
+.PRECIOUS: notebooks/%.ipynb
 
 clean: ## remove all outputs (keeps .venv)
 	rm -rf outputs

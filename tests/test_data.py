@@ -14,8 +14,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from lib.protocol.data import (FINDINGS, LabelPolicy, Sample, iter_samples, load_image,
-                      parse_padchest_labels, read_xray, split_of_patient)
+from lib.protocol.data import (FINDINGS, MIN_IMAGE_SIDE, LabelPolicy, Sample, iter_samples,
+                               load_image, parse_padchest_labels, read_xray, split_of_patient)
 
 CHEXPERT_COLUMNS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
                     "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion", "Lung Opacity",
@@ -60,9 +60,9 @@ def write_csv(frame: pd.DataFrame, path, gz: bool):
         path.write_bytes(data)
 
 
-def write_jpeg(path, value=100):
+def write_jpeg(path, value=100, side=MIN_IMAGE_SIDE):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((16, 16), value, np.uint8)).save(path, quality=95)
+    Image.fromarray(np.full((side, side), value, np.uint8)).save(path, quality=95)
 
 
 def make_mimic(root, gz=True):
@@ -225,7 +225,7 @@ def make_padchest(root, gz=False):
     for stem, folder, _, _, _, exists in rows:
         if exists:
             (root / str(folder)).mkdir(exist_ok=True)
-            Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(root / str(folder) / f"{stem}_x1.png")
+            Image.fromarray(np.full((MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), 1000, np.uint16)).save(root / str(folder) / f"{stem}_x1.png")
     return root
 
 
@@ -343,9 +343,233 @@ def test_load_image_bad_files_return_none_and_are_counted(tmp_path):
     (tmp_path / "garbage.dcm").write_bytes(b"not dicom" * 10)
     skipped = collections.Counter()
     image = load_image(sample_at(tmp_path / "ok.jpg"), skipped)
-    assert image.mode == "L" and image.size == (16, 16)
+    assert image.mode == "L" and image.size == (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)
     for name in ("truncated.jpg", "garbage.png", "garbage.dcm"):
         assert load_image(sample_at(tmp_path / name), skipped) is None
     assert load_image(sample_at(tmp_path / "absent.jpg"), skipped) is None
     assert load_image(sample_at(tmp_path / "absent.jpg")) is None  # counter optional
     assert skipped == {"image_unreadable": 3, "image_missing": 1}
+
+
+# --------------------------------------------------------------------------------------------
+# Label options (issue 15) and bad input (issue 10, reader side)
+
+from lib.protocol import data, labels  # noqa: E402
+
+
+def test_label_policy_from_dict_defaults_and_errors():
+    assert data.LabelPolicy.from_dict(None) == data.LabelPolicy() == data.LabelPolicy.from_dict({})
+    policy = data.LabelPolicy.from_dict({"padchest_method": "physician", "padchest_min_age": 18,
+                                          "mimic_label_file": "negbio", "uncertain": "yes"})
+    assert (policy.padchest_method, policy.padchest_min_age, policy.mimic_label_file) == \
+        ("physician", 18, "negbio")
+    assert data.LabelPolicy.from_dict(policy.as_dict()) == policy
+    cases = [({"uncertian": "skip"}, r"unknown key 'uncertian' \(allowed keys: uncertain, blank"),
+             ({"uncertain": "maybe"}, r"uncertain must be one of \('skip', 'yes', 'no'\), got 'maybe'"),
+             ({"padchest_method": "radiologist"}, r"padchest_method.*'all', 'physician', 'rnn'"),
+             ({"mimic_label_file": "chexbert"}, r"mimic_label_file.*'chexpert', 'negbio'"),
+             ({"padchest_unchanged": "yes"}, r"padchest_unchanged.*\('skip', 'no'\)"),
+             ({"padchest_min_age": "10"}, "padchest_min_age must be a non-negative integer"),
+             ({"padchest_min_age": True}, "padchest_min_age"),
+             ({"padchest_min_age": -1}, "padchest_min_age"),
+             ({"label_map": {"nodule": {"chexpert": "x"}}}, "unknown dataset 'chexpert'"),
+             ({"label_map": {"nodule": {"padchest": "nodule"}}}, "non-empty list of label strings"),
+             ({"label_map": ["nodule"]}, "label_map must map findings"),
+             ("uncertain=skip", "label_policy must be a mapping")]
+    for d, match in cases:
+        with pytest.raises(ValueError, match=match) as err:
+            data.LabelPolicy.from_dict(d)
+        assert "\n" not in str(err.value)
+
+
+def test_label_map_override_and_findings_without_labels(tmp_path):
+    root = make_padchest_cases(tmp_path)
+    with pytest.raises(ValueError, match=r"'lung opacity'.*no padchest labels"):
+        iter_samples("padchest", root, findings=("lung opacity",))
+    policy = LabelPolicy(label_map={"Nodule": {"padchest": ["nodule", "pseudonodule"]},
+                                    "lung opacity": {"padchest": ["infiltrates"]}})
+    assert policy.finding_labels()["nodule"]["mimic-cxr"] == "Lung Lesion"  # untouched key kept
+    got = {s.image_id: s.label for s in iter_samples("padchest", root, findings=("nodule",),
+                                                     label_policy=policy)}
+    assert got["pseudo_x1"] == "yes"
+    assert {s.image_id for s in iter_samples("padchest", root, findings=("lung opacity",),
+                                             label_policy=policy)} >= {"pseudo_x1"}
+
+
+def test_hierarchy_on_padchest_labels():
+    mapping = labels.FINDING_LABELS
+    assert {"loculated pleural effusion", "loculated fissural effusion", "hydropneumothorax"} <= \
+        set(mapping["pleural effusion"]["padchest"])
+    assert "hydropneumothorax" in mapping["pneumothorax"]["padchest"]
+    assert "multiple nodules" in mapping["nodule"]["padchest"]
+    assert "pseudonodule" not in mapping["nodule"]["padchest"]
+    assert "reticulonodular interstitial pattern" not in mapping["nodule"]["padchest"]
+    for finding in FINDINGS:  # the offline default's label is the node of its subtree
+        assert mapping[finding]["padchest"][0] == FINDINGS[finding]["padchest"]
+        assert mapping[finding]["mimic-cxr"] == FINDINGS[finding]["mimic-cxr"]
+    assert set(labels.findings_of("mimic-cxr")) - set(labels.findings_of("padchest")) == \
+        {"lung opacity", "support devices"}
+
+
+PADCHEST_CASES = [  # ImageID stem, Labels, MethodLabel, PatientBirth, StudyDate_DICOM
+    ("loc", "['loculated pleural effusion']", "Physician", "1950.0", "20140915"),
+    ("fis", "['loculated fissural effusion', 'cardiomegaly']", "RNN_model", "1950.0", "20140915"),
+    ("hpx", "['hydropneumothorax']", "RNN_model", "1950.0", "20140915"),
+    ("mul", "['multiple nodules']", "Physician", "2010.0", "20140915"),  # age 4
+    ("pseudo", "['pseudonodule', 'reticulonodular interstitial pattern']", "RNN_model", "1950.0",
+     "20140915"),
+    ("unch", "['unchanged']", "Physician", "1950.0", "20140915"),
+    ("subopt", "['suboptimal study', '']", "RNN_model", "1950.0", "20140915"),
+    ("both", "['unchanged', 'suboptimal study']", "RNN_model", "1950.0", "20140915"),
+    ("subcard", "['suboptimal study', 'cardiomegaly']", "RNN_model", NAN, "20140915"),  # age unknown
+    ("excl", "['exclude', 'pneumothorax']", "Physician", "1950.0", "20140915"),
+]
+
+
+def make_padchest_cases(root, drop_columns=()):
+    root.mkdir(parents=True, exist_ok=True)
+    patient = patients("test", 1)[0]
+    frame = pd.DataFrame([{**dict.fromkeys(PADCHEST_COLUMNS, NAN), "ImageID": f"{stem}_x1.png",
+                           "ImageDir": 0, "PatientID": patient, "Projection": "PA",
+                           "MethodLabel": method, "PatientBirth": birth, "StudyDate_DICOM": date,
+                           "Labels": cell} for stem, cell, method, birth, date in PADCHEST_CASES],
+                         columns=PADCHEST_COLUMNS).drop(columns=list(drop_columns))
+    write_csv(frame, root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", gz=True)
+    (root / "0").mkdir(exist_ok=True)
+    for stem, *_ in PADCHEST_CASES:
+        write_jpeg(root / "0" / f"{stem}_x1.png")
+    return root
+
+
+def padchest_answers(root, policy=LabelPolicy(), findings=ALL):
+    skipped = data.Skips()
+    got = {}
+    for s in iter_samples("padchest", root, findings=findings, label_policy=policy, skipped=skipped):
+        got.setdefault(s.image_id.split("_")[0], {})[s.finding] = s.label
+    return got, skipped
+
+
+def test_padchest_hierarchy_and_default_policy(tmp_path):
+    got, skipped = padchest_answers(make_padchest_cases(tmp_path))
+    yes = {k: {f for f, v in d.items() if v == "yes"} for k, d in got.items()}
+    assert yes == {"loc": {"pleural effusion"}, "fis": {"pleural effusion", "cardiomegaly"},
+                   "hpx": {"pleural effusion", "pneumothorax"}, "mul": {"nodule"}, "pseudo": set(),
+                   "subcard": {"cardiomegaly"}}
+    # unchanged only, suboptimal only, both (counted as unchanged first), exclude: 4 samples each
+    assert skipped == {"label_unchanged_only": 8, "label_suboptimal_only": 4, "label_excluded": 4}
+    assert [(r["item"], r["reason"], r["n"]) for r in skipped.rows] == [
+        ("unch_x1", "label_unchanged_only", 4), ("subopt_x1", "label_suboptimal_only", 4),
+        ("both_x1", "label_unchanged_only", 4), ("excl_x1", "label_excluded", 4)]
+
+
+def test_padchest_no_info_policies(tmp_path):
+    root = make_padchest_cases(tmp_path)
+    keep = LabelPolicy(padchest_unchanged="no", padchest_suboptimal="no", padchest_exclude="no")
+    got, skipped = padchest_answers(root, keep)
+    assert skipped == {} and len(got) == len(PADCHEST_CASES)
+    assert set(got["unch"].values()) == set(got["subopt"].values()) == {"no"}
+    assert got["excl"]["pneumothorax"] == "yes"  # exclude ignored: the other labels decide
+    got, skipped = padchest_answers(root, LabelPolicy(padchest_unchanged="no"))
+    assert "unch" in got and "both" not in got  # both needs padchest_suboptimal="no" too
+    assert skipped == {"label_suboptimal_only": 8, "label_excluded": 4}
+
+
+def test_padchest_method_and_age_filters(tmp_path):
+    root = make_padchest_cases(tmp_path)
+    got, skipped = padchest_answers(root, LabelPolicy(padchest_method="physician"), ("nodule",))
+    assert set(got) == {"loc", "mul"}  # unch, excl: physician but skipped by the no-info policy
+    assert skipped == {"method_excluded": 6, "label_unchanged_only": 1, "label_excluded": 1}
+    got, skipped = padchest_answers(root, LabelPolicy(padchest_method="rnn"), ("nodule",))
+    assert set(got) == {"fis", "hpx", "pseudo", "subcard"}
+    assert skipped["method_excluded"] == 4
+    got, skipped = padchest_answers(root, LabelPolicy(padchest_min_age=10), ("nodule",))
+    assert "mul" not in got and "subcard" not in got
+    assert skipped["age_below_min"] == 1 and skipped["age_unknown"] == 1
+    rows = {r["item"]: r for r in skipped.rows}
+    assert rows["mul_x1"]["detail"] == "age 4"
+    got, _ = padchest_answers(root, LabelPolicy(padchest_min_age=4), ("nodule",))
+    assert "mul" in got
+
+
+def test_check_layout_names_file_and_column(tmp_path):
+    root = make_padchest_cases(tmp_path / "p", drop_columns=["MethodLabel"])
+    assert data.check_layout("padchest", root)["labels"].name.endswith(".csv.gz")
+    with pytest.raises(data.DataLayoutError, match=r"PADCHEST.*csv\.gz: missing column\(s\) "
+                                                   r"\['MethodLabel'\].*padchest_method"):
+        data.check_layout("padchest", root, LabelPolicy(padchest_method="rnn"))
+    root = make_padchest_cases(tmp_path / "q", drop_columns=["Projection"])
+    with pytest.raises(data.DataLayoutError, match=r"missing column\(s\) \['Projection'\]") as err:
+        iter_samples("padchest", root)  # eagerly, before any image
+    assert "\n" not in str(err.value)
+    (tmp_path / "m").mkdir()
+    mimic = make_mimic(tmp_path / "m")
+    assert set(data.check_layout("mimic-cxr", mimic)) == {"labels", "metadata", "split"}
+    with pytest.raises(data.MissingFileError, match="mimic-cxr-2.0.0-negbio.csv"):
+        data.check_layout("mimic-cxr", mimic, LabelPolicy(mimic_label_file="negbio"))
+    frame = pd.read_csv(mimic / "mimic-cxr-2.0.0-chexpert.csv.gz").drop(columns=["Pneumothorax"])
+    write_csv(frame, mimic / "mimic-cxr-2.0.0-chexpert.csv", gz=True)
+    data.check_layout("mimic-cxr", mimic, findings=("cardiomegaly",))  # only asked columns
+    with pytest.raises(data.DataLayoutError, match=r"chexpert\.csv\.gz: missing column\(s\) \['Pneumothorax'\]"):
+        data.check_layout("mimic-cxr", mimic)
+    (mimic / "mimic-cxr-2.0.0-split.csv.gz").write_bytes(b"\x00\xff garbage")
+    with pytest.raises(data.DataLayoutError, match=r"split\.csv\.gz: not a readable CSV"):
+        data.check_layout("mimic-cxr", mimic, findings=("cardiomegaly",))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        data.check_layout("mimic-cxr", tmp_path / "nowhere")
+
+
+def test_mimic_negbio_file_and_invalid_values(tmp_path):
+    root = make_mimic(tmp_path)
+    frame = pd.read_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz")
+    write_csv(frame.assign(Cardiomegaly=0.0), root / "mimic-cxr-2.0.0-negbio.csv", gz=False)
+    negbio = list(iter_samples("mimic-cxr", root, findings=("cardiomegaly",),
+                               label_policy=LabelPolicy(mimic_label_file="negbio", uncertain="yes")))
+    assert answers(negbio) == [("d3", "cardiomegaly", "no"), ("d4", "cardiomegaly", "no")]
+    frame.loc[1, "Pleural Effusion"] = 2.0         # study 50000001 (d3): not a CheXpert value
+    frame["Pneumothorax"] = frame["Pneumothorax"].astype(object)
+    frame.loc[2, "Pneumothorax"] = "present"       # study 50000002 (d4)
+    write_csv(frame, root / "mimic-cxr-2.0.0-chexpert.csv", gz=True)
+    skipped = data.Skips()
+    samples = list(iter_samples("mimic-cxr", root, skipped=skipped))
+    assert ("d3", "pleural effusion", "yes") not in answers(samples)
+    assert skipped["label_invalid"] == 2
+    invalid = [r for r in skipped.rows if r["reason"] == "label_invalid"]
+    assert [r["item"] for r in invalid] == ["mimic-cxr-2.0.0-chexpert.csv.gz:2",
+                                            "mimic-cxr-2.0.0-chexpert.csv.gz:3"]
+    assert "d3/pleural effusion: Pleural Effusion = '2.0'" in invalid[0]["detail"]
+    assert "'present'" in invalid[1]["detail"]
+
+
+def test_skips_is_a_counter_with_rows():
+    skips = data.Skips()
+    skips.add("image_missing", "a", "/x/a.png", n=4)
+    skips.add("label_blank", "b/nodule")
+    skips["image_unreadable"] += 1  # plain Counter use still works (no row)
+    assert skips == {"image_missing": 4, "label_blank": 1, "image_unreadable": 1}
+    assert isinstance(skips, collections.Counter)
+    assert list(skips.table().columns) == ["item", "reason", "detail", "n"]
+    assert skips.rows[0] == {"item": "a", "reason": "image_missing", "detail": "/x/a.png", "n": 4}
+    assert set(data.SKIP_REASONS) >= {"image_too_small", "label_invalid", "method_excluded"}
+
+
+def test_padchest_unparseable_rows_are_listed_with_file_row(tmp_path):
+    root = make_padchest(tmp_path)
+    skipped = data.Skips()
+    list(iter_samples("padchest", root, skipped=skipped))
+    rows = [r for r in skipped.rows if r["reason"] == "label_unparseable"]
+    # d, e, k are data rows 4, 5 and 11 of the file
+    assert [r["item"] for r in rows] == [f"PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv:{i}"
+                                        for i in (4, 5, 11)]
+    assert rows[0]["detail"].startswith("d_x1: Labels = ")
+
+
+def test_load_image_too_small(tmp_path):
+    for side in (1, MIN_IMAGE_SIDE - 1):
+        write_jpeg(tmp_path / f"s{side}.jpg", side=side)
+    Image.fromarray(np.zeros((MIN_IMAGE_SIDE, 400), np.uint8)).save(tmp_path / "wide.png")
+    skipped = data.Skips()
+    assert load_image(sample_at(tmp_path / "s1.jpg"), skipped) is None
+    assert load_image(sample_at(tmp_path / f"s{MIN_IMAGE_SIDE - 1}.jpg"), skipped) is None
+    assert load_image(sample_at(tmp_path / "wide.png"), skipped).size == (400, MIN_IMAGE_SIDE)
+    assert skipped == {"image_too_small": 2}
+    assert skipped.rows[0]["detail"].endswith(f"1x1 px (minimum side {MIN_IMAGE_SIDE})")

@@ -2,12 +2,10 @@
 import pytest
 import torch
 
-from lib.offline import default_models, training
+from lib.offline import default_models, synth, training
 
 
 def test_training_and_evaluation_never_share_an_image(tmp_path):
-    from lib.offline import synth
-
     roots = synth.write_default_datasets(tmp_path, n_images=60, seed=0)
     _, train_ids = default_models.training_examples(roots, split="train")
     _, test_ids = default_models.training_examples(roots, split="test")

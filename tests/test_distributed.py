@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from lib.protocol import config, data, records, run  # noqa: E402
 from lib.offline import default_models, synth
 from lib.scale import ray_scorer as distributed
+from lib.front import session
 
 KEY = ["sample_id", "prompt_id", "condition"]
 N_SAMPLES = 24
@@ -75,7 +76,7 @@ def p_yes(result):
 
 def test_ray_path_gives_exactly_the_single_process_predictions(world, cluster, reference):
     assert reference.summary["n_samples"] == N_SAMPLES
-    result = run.evaluate(world("ray", workers=2))
+    result = session.evaluate(world("ray", workers=2))
     engine = result.summary["engine"]
     assert engine["workers"] == 2 and engine["mode"] == reference.summary["engine"]["mode"]
     assert len(engine["per_worker"]) >= 1 and engine["peak_rss_mb_per_worker"] > 0
@@ -100,7 +101,7 @@ def map_workers():
 
 def test_killing_a_worker_mid_run_loses_nothing(world, cluster, reference):
     params = world("killed", workers=2)
-    store = records.RecordStore(params["output_dir"], config.run_hash(params))
+    store = records.RecordStore(params["output_dir"], config.records_key(params))
     killed, stop = [], threading.Event()
 
     def kill_after_first_chunk():
@@ -115,11 +116,11 @@ def test_killing_a_worker_mid_run_loses_nothing(world, cluster, reference):
     killer = threading.Thread(target=kill_after_first_chunk, daemon=True)
     killer.start()
     try:
-        result = run.evaluate(params)  # Ray restarts the actor and retries its block
+        result = session.evaluate(params)  # Ray restarts the actor and retries its block
         recovered_in_run = True
     except Exception:  # noqa: BLE001 - the contract also holds if Ray gave up: a rerun resumes
         recovered_in_run = False
-        result = run.evaluate(params)
+        result = session.evaluate(params)
     finally:
         stop.set()
         killer.join(5)
@@ -131,7 +132,7 @@ def test_killing_a_worker_mid_run_loses_nothing(world, cluster, reference):
     assert result.summary["n_samples"] == N_SAMPLES
 
     chunks = sorted(store.dir.glob("chunk-*.json"))
-    again = run.evaluate(params)  # nothing left to do: resumes without scoring anything
+    again = session.evaluate(params)  # nothing left to do: resumes without scoring anything
     assert sorted(store.dir.glob("chunk-*.json")) == chunks
     assert p_yes(again).equals(p_yes(reference))
 
@@ -145,7 +146,7 @@ def test_actors_get_exactly_the_single_process_batches(world, tmp_path):
         "image_id": im, "label": "yes", "question": "Is there cardiomegaly?",
         "paraphrases": ["Is the heart enlarged?"]}) + "\n" for im in images))
     for params in (world("rows"), world("rows-per-image", questions=str(per_image))):
-        store = records.RecordStore(params["output_dir"], config.run_hash(params))
+        store = records.RecordStore(params["output_dir"], config.records_key(params))
         rows, todo = distributed.batch_rows(params, store, Counter())
         expected = list(run.batches_to_score(params, store, Counter()))
         got = [pickle.loads(r["samples"]) for r in rows]
@@ -159,7 +160,7 @@ def test_unreachable_ray_address_fails_at_once_naming_it(world):
     params = world("unreachable", workers=2, ray_address="127.0.0.1:1")
     start = time.perf_counter()
     with pytest.raises(distributed.RayAddressError, match="127.0.0.1:1"):
-        run.evaluate(params)
+        session.evaluate(params)
     assert time.perf_counter() - start < 10
 
 

@@ -279,3 +279,125 @@ def test_prompts_longer_than_a_sliding_window_stay_exact(tiny_dirs):
     items = make_items(4)
     rows = Engine(lm, batch_size=16).score(items)
     check_against_reference(lm, items, rows)
+
+
+# -- reliance checks (issue 12): swap, blank, noise on the original question ------------------
+
+from lib.protocol.engine import RELIANCE_CHECKS, blank_like, noise_like  # noqa: E402
+from lib.protocol import taxonomy  # noqa: E402
+
+
+def with_swaps(items: list[Item]) -> list[Item]:
+    """Every item but the last gets the next item's image as its swap image."""
+    out = []
+    for k, it in enumerate(items):
+        if k + 1 < len(items):
+            out.append(Item(it.sample_id, it.image, it.prompts, items[k + 1].image.copy(),
+                            f"img{k + 1}"))
+        else:
+            out.append(it)
+    return out
+
+
+@pytest.mark.parametrize("sharing", (True, False))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reliance_rows_equal_one_prompt_forward(loaded, family, sharing):
+    lm = loaded[family]
+    items = with_swaps(make_items(5))
+    engine = Engine(lm, prefix_sharing=sharing, batch_size=3, max_rows=4,
+                    reliance_checks=RELIANCE_CHECKS, seed=7)
+    rows = engine.score(items)
+    assert engine.mode == ("prefix_sharing" if sharing else "batched")
+    table = by_key(rows)
+    assert len(table) == len(rows)
+    worst = 0.0
+    for k, it in enumerate(items):
+        q0 = it.prompts[0]
+        if it.swap_image is None:
+            assert (it.sample_id, 0, "swap") not in table
+        else:
+            row = table[(it.sample_id, 0, "swap")]
+            assert row["swap_image_id"] == f"img{k + 1}" and row["prompt"] == q0
+            worst = max(worst, abs(row["p_yes"] - reference(lm, it.swap_image, q0)))
+        blank = table[(it.sample_id, 0, "blank")]
+        worst = max(worst, abs(blank["p_yes"] - reference(lm, blank_like(it.image), q0)))
+        noise = table[(it.sample_id, 0, "noise")]
+        worst = max(worst, abs(noise["p_yes"] - reference(lm, noise_like(it.image, 7, it.sample_id), q0)))
+        for condition in ("blank", "noise"):
+            assert "swap_image_id" not in table[(it.sample_id, 0, condition)]
+    assert worst < TOL, f"largest |p_yes - reference| = {worst:.3g}"
+    # reliance rows are prompt 0 only; the other rows are those of a plain engine
+    assert {r["prompt_id"] for r in rows if r["condition"] in RELIANCE_CHECKS} == {0}
+    assert sum(r["condition"] == "swap" for r in rows) == len(items) - 1
+    assert set(RELIANCE_CHECKS) <= set(taxonomy.CONDITIONS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reliance_checks_leave_the_paper_rows_bit_identical(loaded, family):
+    lm = loaded[family]
+    items = with_swaps(make_items(6))
+    plain = Engine(lm, batch_size=4).score(items)
+    assert Engine(lm).reliance_checks == ()
+    assert {r["condition"] for r in plain} == {CONDITION_IMAGE, CONDITION_TEXT_ONLY}
+    assert all("swap_image_id" not in r for r in plain)
+    checked = Engine(lm, batch_size=4, reliance_checks=("noise", "swap")).score(items)
+    paper = [r for r in checked if r["condition"] in (CONDITION_IMAGE, CONDITION_TEXT_ONLY)]
+    assert paper == plain   # same dicts, same order, exactly equal floats
+    assert {r["condition"] for r in checked} == {CONDITION_IMAGE, CONDITION_TEXT_ONLY, "swap", "noise"}
+
+
+def test_noise_like_is_seeded_and_matches_the_image_statistics():
+    rng = np.random.default_rng(3)
+    grey = rng.normal(100, 30, size=(64, 48)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(np.stack([grey] * 3, -1))
+    a, b = noise_like(image, 0, "s1"), noise_like(image, 0, "s1")
+    assert a.size == image.size and a.mode == "RGB"
+    assert a.tobytes() == b.tobytes()                            # same seed and key: same pixels
+    assert noise_like(image, 1, "s1").tobytes() != a.tobytes()   # another seed
+    assert noise_like(image, 0, "s2").tobytes() != a.tobytes()   # another sample
+    src, out = np.asarray(image, float), np.asarray(a, float)
+    assert np.all(out[..., 0] == out[..., 1]) and np.all(out[..., 1] == out[..., 2])  # grey in, grey out
+    assert abs(out.mean() - src.mean()) < 2.0 and abs(out.std() - src.std()) < 2.0
+    assert abs(np.corrcoef(out[..., 0].ravel(), src[..., 0].ravel())[0, 1]) < 0.1  # no trace of the image
+    colour = Image.fromarray(rng.integers([0, 100, 200], [50, 150, 255], size=(40, 40, 3)).astype(np.uint8))
+    means = np.asarray(noise_like(colour, 0, "c"), float).mean(axis=(0, 1))
+    assert means == pytest.approx(np.asarray(colour, float).mean(axis=(0, 1)), abs=2.0)
+    assert blank_like(image).getextrema() == ((128, 128),) * 3
+
+
+def test_unknown_reliance_check_is_rejected(loaded):
+    with pytest.raises(ValueError, match="flip"):
+        Engine(loaded["llava"], reliance_checks=("swap", "flip"))
+
+
+def test_swaps_scored_classified_and_summarised_end_to_end(loaded):
+    """choose_swaps -> Items with swap images -> Engine -> taxonomy, as a run wires them."""
+    import json
+
+    import pandas as pd
+
+    from lib.protocol import reliance
+
+    lm = loaded["llava"]
+    base = make_items(6, seed=2)
+    samples = pd.DataFrame({"sample_id": [it.sample_id for it in base],
+                            "image_id": [f"img{k}" for k in range(6)],
+                            "finding": ["cardiomegaly"] * 4 + ["nodule"] * 2,
+                            "label": ["yes", "no", "no", "yes", "yes", "yes"]})
+    swaps = reliance.choose_swaps(samples, seed=0)
+    assert reliance.swap_unavailable(swaps) == 2           # no nodule-negative image
+    image_of = dict(zip(samples.image_id, (it.image for it in base)))
+    items = [Item(it.sample_id, it.image, it.prompts,
+                  image_of[swaps[it.sample_id]] if swaps[it.sample_id] else None, swaps[it.sample_id])
+             for it in base]
+    rows = Engine(lm, batch_size=4, reliance_checks=RELIANCE_CHECKS, seed=0).score(items)
+    predictions = taxonomy.add_answers(pd.DataFrame(rows))
+    table = taxonomy.classify_samples(predictions, samples)
+    assert table["swap_image_id"].tolist()[:4] == [swaps[s] for s in samples.sample_id[:4]]
+    assert table["swap_changes"].isna().tolist() == [False] * 4 + [True] * 2
+    summary = taxonomy.summarize(table, predictions, reliance_checks=list(RELIANCE_CHECKS),
+                                 bootstrap_resamples=50)
+    json.dumps(summary)
+    assert summary["swap_unavailable"] == 2
+    assert summary["reliance_checks"] == list(RELIANCE_CHECKS)
+    assert table["pred_blank"].notna().all() and table["pred_noise"].notna().all()

@@ -1,8 +1,8 @@
 """Every supported model family, end to end, on tiny random checkpoints (CPU, float32, offline).
 
-For each family (lib/families/registry.py): a tiny randomly initialised checkpoint of the SAME model and
-processor class as the real ones, with the real chat template, is saved with save_pretrained,
-loaded through `lib.protocol.models.load_model`, and
+For each family (lib/families/registry.py; builders in tests/tiny_families.py): a tiny randomly
+initialised checkpoint of the SAME model and processor class as the real ones, with the real
+chat template, is saved with save_pretrained, loaded through `lib.protocol.models.load_model`, and
 1. scored by the engine against one-prompt-at-a-time full forwards (|dp_yes| <= 1e-5), with
    and without the image (image_removal none and blank); families whose format rules out image
    prefix sharing must fall back to plain batching and say why;
@@ -30,9 +30,10 @@ import torch
 import yaml
 from PIL import Image
 
-from lib.families.registry import registry as families
-from lib.protocol import models, prompts
+from lib.families import registry
+from lib.protocol import config, data, models, prompts, questions, run
 from lib.protocol.engine import Engine, Item, blank_like, yes_probability
+from tests import tiny_families
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ("gemma3", "llava", "idefics3")
@@ -97,7 +98,7 @@ def checkpoints(tmp_path_factory):
 
     def get(family):
         if family not in cache:
-            model, processor = families.build(family, seed=len(cache))
+            model, processor = tiny_families.build(family, seed=len(cache))
             out = tmp_path_factory.mktemp(family)
             scaled_head(model).save_pretrained(out, safe_serialization=True)
             processor.save_pretrained(out)
@@ -174,12 +175,12 @@ def test_real_loader_reads_the_family(checkpoints, family):
     model_class, processor_class = MODEL_CLASSES[family]
     assert type(lm.model).__name__ == model_class
     assert type(lm.processor).__name__ == processor_class
-    assert lm.processor.chat_template == families.FAMILIES[family].chat_template
+    assert lm.processor.chat_template == registry.FAMILIES[family].chat_template
     assert len(lm.yes_ids) >= 2 and len(lm.no_ids) >= 2
 
 
 def test_gemma3_template_renders_like_medgemma():
-    tokenizer = families.train_tokenizer("gemma3")
+    tokenizer = registry.train_tokenizer("gemma3")
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": " Is there X? "}]}],
         add_generation_prompt=True, tokenize=False)
@@ -210,7 +211,7 @@ def test_engine_equals_one_prompt_forwards(checkpoints, family, removal):
 
 def test_idefics3_shares_the_prefix_when_tiles_are_fixed(checkpoints):
     """Without image splitting Idefics3 has a fixed token count, and sharing is exact."""
-    model, processor = families.build("idefics3", seed=5, image_splitting=False)
+    model, processor = tiny_families.build("idefics3", seed=5, image_splitting=False)
     lm = models.LoadedModel(scaled_head(model), processor,
                             models.answer_token_ids(processor.tokenizer, models.YES_SPELLINGS),
                             models.answer_token_ids(processor.tokenizer, models.NO_SPELLINGS),
@@ -224,7 +225,7 @@ def test_idefics3_shares_the_prefix_when_tiles_are_fixed(checkpoints):
 
 @pytest.fixture(scope="module")
 def qwen():
-    model, processor = families.build("qwen2_5_vl", seed=7)
+    model, processor = tiny_families.build("qwen2_5_vl", seed=7)
     return models.LoadedModel(scaled_head(model), processor,
                               models.answer_token_ids(processor.tokenizer, models.YES_SPELLINGS),
                               models.answer_token_ids(processor.tokenizer, models.NO_SPELLINGS),
@@ -298,7 +299,7 @@ def test_evaluate_notebook_runs_the_family(checkpoints, mimic_root, tmp_path, fa
     assert summary["engine"]["mode"] == expected_mode
 
 
-@pytest.mark.skipif(not families.torchvision_available(),
+@pytest.mark.skipif(not registry.torchvision_available(),
                     reason="Qwen2_5_VLProcessor needs torchvision (transformers 5.24)")
 @pytest.mark.parametrize("removal", ["none", "blank"])
 def test_evaluate_notebook_runs_qwen2_5_vl(checkpoints, mimic_root, tmp_path, removal):
@@ -311,8 +312,6 @@ def test_evaluate_notebook_runs_qwen2_5_vl(checkpoints, mimic_root, tmp_path, re
 
 def psf_med_file(tmp_path, mimic_root) -> tuple[Path, list[str]]:
     """A PSF-Med style CSV converted by import_psf_med; returns (JSONL path, image ids)."""
-    from lib.protocol import data, questions
-
     ids = [s.image_id for s in data.iter_samples("mimic-cxr", mimic_root, findings=("cardiomegaly",))]
     rows = [
         (ids[2], "cardiomegaly", "Is there cardiomegaly?", "['Is the heart enlarged?', 'Does this chest X-ray show cardiomegaly?']", "Yes"),
@@ -330,8 +329,6 @@ def psf_med_file(tmp_path, mimic_root) -> tuple[Path, list[str]]:
 
 
 def test_per_image_question_file_is_joined_with_the_images(checkpoints, mimic_root, tmp_path):
-    from lib.protocol import config, run
-
     path, ids = psf_med_file(tmp_path, mimic_root)
     params = config.validate({
         "config": "tiny-llava", "model": str(checkpoints("llava")), "dataset": "mimic-cxr",

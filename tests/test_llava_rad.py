@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from lib.protocol import models, prompts
 from lib.families.llava_rad import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ConversionError,
                                    adapter_layout, convert, remap_adapter)
+from lib.families.tiny import Vocabulary, train_tokenizer
+from lib.protocol import models, prompts
 from lib.protocol.engine import Engine, Item, yes_probability
 
 ORIGINAL_IMAGE_TOKEN = -200  # LLaVA's IMAGE_TOKEN_INDEX
@@ -40,24 +41,15 @@ TOL = 1e-5
 
 # -- the original-format checkpoint ------------------------------------------------------------
 
+# Llama's tokenizer: <unk> 0, <s> 1, </s> 2, BOS added, no pad, no <image>, no chat template.
+LLAMA_VOCABULARY = Vocabulary(specials=("<unk>", "<s>", "</s>"),
+                              tokens={"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+                              template_words=("USER: ", " ASSISTANT:"), add_bos=True)
+
+
 def train_llama_tokenizer(out_dir):
     """A Llama-like tokenizer (<unk> 0, <s> 1, </s> 2, BOS added, no pad, no <image>)."""
-    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from lib.families.registry import question_corpus
-
-    tok = Tokenizer(tok_models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    answers = ["yes", "no", "Yes", "No", " yes", " no", " Yes", " No"]
-    tok.train_from_iterator(question_corpus() + answers * 50 + ["USER: ", " ASSISTANT:"] * 50, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>")
+    tokenizer = train_tokenizer(LLAMA_VOCABULARY, vocab_size=400)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 

@@ -152,3 +152,115 @@ def test_import_psf_med_errors(tmp_path):
     bad.write_text("")
     with pytest.raises(ValueError, match="extension"):
         qs.import_psf_med(bad, tmp_path / "out.jsonl")
+
+
+# --- built-in collections, kinds, negated paraphrases, file checks (issues 15 and 10) ---------
+
+from lib.protocol import labels  # noqa: E402
+
+
+def test_default_builtin_set_unchanged_and_tagged():
+    sets = qs.load_question_sets()
+    assert {f: s.prompts for f, s in sets.items()} == qs.BUILTIN_QUESTIONS
+    for finding, qset in sets.items():
+        assert qset.kinds == qs.BUILTIN_KINDS[finding] and not any(qset.negated)
+
+
+def test_chexpert_builtin_set_covers_every_finding_with_every_kind():
+    sets = qs.load_question_sets("builtin:chexpert")
+    assert set(sets) == set(labels.FINDING_LABELS)  # 13: every CheXpert column but No Finding
+    for finding, qset in sets.items():
+        assert qset.kinds[0] == "original" and not any(qset.negated)
+        kinds = qset.kinds[1:]
+        assert len(kinds) >= 4 and set(kinds) == set(qs.ANSWER_PRESERVING_KINDS), finding
+        assert all(qs.is_yes_no_question(p) for p in qset.prompts), finding
+        assert len(set(qset.prompts)) == len(qset.prompts)
+        assert not any(" not " in f" {p.lower()} " or "n't" in p for p in qset.prompts)
+    for finding, prompts in qs.BUILTIN_QUESTIONS.items():  # the default texts come first
+        assert sets[finding].prompts[:len(prompts)] == prompts
+    with pytest.raises(ValueError, match=r"unknown built-in question set 'chexbert'.*builtin:chexpert"):
+        qs.load_question_sets("builtin:chexbert")
+
+
+def test_csv_kind_and_negated_columns(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("finding,prompt_id,prompt,kind,negated\n"
+                    "edema,0,Is there edema?,,\n"
+                    "edema,1,Are the lungs clear of fluid?,negation,true\n"
+                    "edema,2,Can edema be seen?,syntactic,false\n")
+    qset = qs.load_question_sets(path)["edema"]
+    assert qset.kinds == ("original", "negation", "syntactic")
+    assert qset.negated == (False, True, False)
+    assert qs.prompt_specs_for("edema", {"edema": qset})[1] == \
+        qs.Prompt("Are the lungs clear of fluid?", "negation", True)
+    assert qs.prompts_for("edema", {"edema": qset}, 1) == ("Is there edema?", "Are the lungs clear of fluid?")
+    assert qs.check_file(path)["negated"] == 1
+
+
+def test_jsonl_paraphrase_objects_and_per_image_negated(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"finding": "edema", "question": "Is there edema?", "paraphrases": [
+        "Can edema be seen?", {"text": "Are the lungs free of edema?", "kind": "negation", "negated": True}]}) + "\n")
+    assert qs.load_question_sets(path)["edema"].negated == (False, False, True)
+    per_image = tmp_path / "per_image.jsonl"
+    per_image.write_text(json.dumps({"image_id": "d1", "label": "yes", "question": "Is there edema?",
+                                     "paraphrases": [{"text": "Are the lungs clear?", "negated": True}]}) + "\n")
+    rows = qs.load_per_image_questions(per_image)["d1"]
+    assert rows[0]["prompts"] == ("Is there edema?", "Are the lungs clear?")
+    assert rows[0]["negated"] == (False, True) and rows[0]["kinds"] == ("original", None)
+    assert qs.is_per_image_file(per_image) and not qs.is_per_image_file(path)
+    info = qs.check_file(per_image)
+    assert info["per_image"] and info["negated"] == 1 and info["prompts"] == 2
+
+
+def test_implied_answer():
+    assert qs.implied_answer("yes", False) == "yes" and qs.implied_answer("yes", True) == "no"
+    assert qs.implied_answer("no", True) == "yes"
+    with pytest.raises(ValueError):
+        qs.implied_answer("maybe", False)
+
+
+def test_import_psf_med_keeps_negated_paraphrases(tmp_path):
+    src = tmp_path / "psf.jsonl"
+    src.write_text(json.dumps({"image_id": "d1", "question": "Is there edema?", "answer": "no",
+                               "paraphrases": ["Can edema be seen?",
+                                               {"text": "Are the lungs clear?", "negated": True}]}) + "\n")
+    qs.import_psf_med(src, tmp_path / "out.jsonl")
+    rows = qs.load_per_image_questions(tmp_path / "out.jsonl")["d1"]
+    assert rows[0]["negated"] == (False, False, True)
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("a.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nedema,1,Is there \xe9d\xe8me?\n",
+     r"a\.csv: line 3: not UTF-8 text \(byte 0xe9\)"),
+    ("b.jsonl", b'{"finding": "edema", "question": "Is there \xff?", "paraphrases": []}\n',
+     r"b\.jsonl: line 1: not UTF-8"),
+    ("c.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nedema,1,Is there fluid, or edema?\n",
+     r"c\.csv: line 3: 4 fields, the header has 3"),
+    ("d.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nedema,x,Can it be seen?\n",
+     r"d\.csv: line 3: prompt_id must be an integer"),
+    ("e.csv", b"finding,prompt_id,prompt,negated\nedema,0,Is there edema?,\nedema,1,Is it clear?,perhaps\n",
+     r"e\.csv: line 3: negated must be true or false, got 'perhaps'"),
+    ("f.csv", b"finding,prompt_id,prompt,negated\nedema,0,Is there edema?,true\n",
+     r"f\.csv: line 2: .*original question cannot be negated"),
+    ("g.csv", b"finding,prompt_id,prompt,kind\nedema,0,Is there edema?,\nedema,1,Is it seen?,synonym\n",
+     r"g\.csv: line 3: kind must be one of"),
+    ("h.jsonl", b'{"finding": "edema", "question": "Is there edema?", "paraphrases": [{"txt": "x"}]}\n',
+     r"h\.jsonl: line 1: a paraphrase object needs a 'text'"),
+    ("i.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nedema,0,Again?\n",
+     r"i\.csv: line 3: finding 'edema' has duplicate prompt_id 0"),
+])
+def test_bad_question_files_give_one_line_errors(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    for check in (qs.check_file, qs.load_question_sets):
+        with pytest.raises(qs.QuestionFileError, match=match) as err:
+            check(path)
+        assert "\n" not in str(err.value)
+
+
+def test_check_file_sources(tmp_path):
+    assert qs.check_file(None)["findings"] == sorted(qs.BUILTIN_QUESTIONS)
+    assert len(qs.check_file("builtin:chexpert")["findings"]) == 13
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        qs.check_file(tmp_path / "nowhere.csv")

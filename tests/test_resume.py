@@ -68,6 +68,7 @@ def make_params(world, output_dir, **overrides) -> dict:
         "data_root": str(data_root), "split": "train", "limit": LIMIT, "batch_size": BATCH,
         "dtype": "float32", "device": "cpu", "output_dir": str(output_dir),
         "label_policy": {"uncertain": "yes", "blank": "no"},
+        "reliance_checks": [],  # the paper's two conditions only: rows counted below
     }
     return config.validate({**raw, **overrides})
 
@@ -88,7 +89,7 @@ def chunk_files(params: dict) -> list[Path]:
 
 
 def records_dir(params: dict) -> Path:
-    return Path(params["output_dir"]) / "records" / config.run_hash(params)
+    return Path(params["output_dir"]) / "records" / config.records_key(params)
 
 
 def chunk_samples(path: Path) -> list[str]:
@@ -189,5 +190,5 @@ def test_changed_params_never_reuse_records(world, tmp_path):
     assert second["prompt_id"].max() == 1 < first["prompt_id"].max()
     # The operational output_dir is not part of the hash; the other params are.
     assert config.run_hash(make_params(world, tmp_path / "elsewhere", limit=8)) == config.run_hash(params)
-    store = records.RecordStore(params["output_dir"], config.run_hash(changed))
+    store = records.RecordStore(params["output_dir"], config.records_key(changed))
     assert {s["sample_id"] for c in store.chunks() for s in c["samples"]} == set(second["sample_id"])

@@ -142,3 +142,171 @@ def test_gather_runs_errors(tmp_path):
     write_runs(tmp_path / "two", {"r1": summary("m", "d", 0.1, 0.8), "r2": summary("m", "d", 0.2, 0.7)})
     with pytest.raises(ValueError, match="m__d"):
         stats.gather_runs(tmp_path / "two")
+
+
+# -- added beside the paper's statistics (issue 12) --------------------------------------------
+
+from lib.protocol import taxonomy  # noqa: E402
+
+
+def test_permutation_p_is_exact_for_four_pairs():
+    # x = ranks 1..4, y = (1, 3, 2, 4): r = 0.8 = 1 - sum(d^2) / 10. Of the 24 re-pairings,
+    # |r| >= 0.8 needs sum d^2 <= 2 (identity, 3 adjacent swaps) or >= 18 (reverse and its 3
+    # adjacent swaps): 8 / 24.
+    assert stats.permutation_p([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 / 3)
+    assert stats.permutation_p([1, 2], [2, 1]) is None
+    assert stats.permutation_p([1, 2, 3], [5, 5, 5]) is None
+    ten = stats.permutation_p(np.arange(10), np.arange(10) ** 2, resamples=2000, seed=1)
+    assert ten < 0.002  # a monotone relation: almost no re-pairing reaches its r
+
+
+def test_independence_r_by_hand():
+    # rho constant: (1 - f)(1 - rho) is a decreasing line in f -> r = -1
+    pairs = pd.DataFrame({"pair": list("abcd"), "flip_rate": [0.1, 0.2, 0.3, 0.4],
+                          "image_reliance_rate": [0.5] * 4})
+    assert stats.independence(pairs)["pearson_r"] == pytest.approx(-1.0)
+    # f = 0, .5, 0, .5 and rho = 0, 0, .5, .5 -> expected = 1, .5, .5, .25:
+    # fc = -.25, .25, -.25, .25; ec = .4375, -.0625, -.0625, -.3125 -> sum fc*ec = -.1875;
+    # sum fc^2 = .25, sum ec^2 = .296875 -> r = -.1875 / sqrt(.25 * .296875) = -0.688247
+    pairs = pd.DataFrame({"pair": list("abcd"), "flip_rate": [0, 0.5, 0, 0.5],
+                          "image_reliance_rate": [0, 0, 0.5, 0.5]})
+    assert stats.independence(pairs)["pearson_r"] == pytest.approx(-0.688247, abs=1e-6)
+    assert stats.independence(pairs.drop(columns="image_reliance_rate"))["pearson_r"] is None
+
+
+def uniform_table(quadrant, n=6, n_images=3, kind=None):
+    """A samples table whose samples are all in one quadrant (and of one dangerous_kind)."""
+    return pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)],
+                         "image_id": [f"i{i % n_images}" for i in range(n)],
+                         "quadrant": quadrant, "consistent": quadrant in ("Ideal", "Dangerous"),
+                         "dangerous_kind": kind})
+
+
+def test_bootstrap_correlation_of_uniform_pairs_has_zero_width():
+    # Every pair's samples are alike, so resampling them never moves a rate: x = (0, 1, 0, 1),
+    # y = (1, 0, 0, 0); xc = +-.5, yc = (.75, -.25, -.25, -.25): r = -.5 / sqrt(1 * .75)
+    tables = [uniform_table("Dangerous"), uniform_table("Worst"), uniform_table("Ideal"),
+              uniform_table("Fragile", n_images=1)]
+    r = -0.5 / math.sqrt(0.75)
+    res = stats.bootstrap_correlation(tables, resamples=200)
+    assert res["ci95"] == pytest.approx([r, r])
+    assert "images" in res["method"]
+    assert stats.bootstrap_correlation(tables[:2])["ci95"] is None  # fewer than 3 pairs
+    with pytest.raises(ValueError, match="bootstrap_resamples"):
+        stats.bootstrap_correlation(tables, resamples=0)
+
+
+def mixed_table(n_images, flip, dangerous, rng):
+    """n_images images x 2 samples; each sample inconsistent with prob flip, else Dangerous with
+    prob dangerous / (1 - flip), else Ideal."""
+    u = rng.random(2 * n_images)
+    quadrant = np.where(u < flip, "Worst", np.where(u < flip + dangerous, "Dangerous", "Ideal"))
+    return pd.DataFrame({"image_id": [f"i{k // 2}" for k in range(2 * n_images)], "quadrant": quadrant,
+                         "consistent": quadrant != "Worst",
+                         "dangerous_kind": np.where(quadrant == "Dangerous", "image-blind", None)})
+
+
+def test_bootstrap_correlation_covers_the_observed_r_and_narrows_with_more_samples():
+    rng = np.random.default_rng(0)
+    rates = [(0.05, 0.9), (0.15, 0.7), (0.3, 0.5), (0.4, 0.3), (0.2, 0.6)]
+    widths = []
+    for n in (40, 400):
+        tables = [mixed_table(n, f, d, rng) for f, d in rates]
+        x = [1 - t.consistent.mean() for t in tables]
+        y = [(t.quadrant == "Dangerous").mean() for t in tables]
+        r = stats.correlation(x, y)["pearson_r"]
+        low, high = stats.bootstrap_correlation(tables, resamples=500, seed=2)["ci95"]
+        assert low <= r <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0]
+
+
+def summary_with_new_keys(config, dataset, flip, dangerous, reliance, blind):
+    s = summary(config, dataset, flip, dangerous, image_reliance_rate=reliance,
+                sensitivity=0.7, specificity=0.9, balanced_accuracy=0.8, swap_change_rate=0.6,
+                swap_unavailable=3,
+                dangerous_breakdown={"image-blind": blind, "prior-coincident": dangerous - blind,
+                                     "undetermined": 0.0, "no_swap": 0.0},
+                screening={"auroc_entropy_dangerous": 0.3, "catch_rate": {}},
+                ci95={"flip_rate": [flip - 0.01, flip + 0.01], "accuracy": [0.7, 0.9],
+                      "balanced_accuracy": None, "swap_change_rate": [0.5, 0.7],
+                      "quadrant_fractions": {"Dangerous": [dangerous - 0.05, dangerous + 0.05]},
+                      "dangerous_breakdown": {"image-blind": [blind / 2, blind * 2]},
+                      "auroc_entropy_dangerous": [0.2, 0.4]})
+    return s
+
+
+def test_gather_runs_reads_the_new_keys_and_tolerates_old_summaries(tmp_path):
+    write_runs(tmp_path, {
+        "new": summary_with_new_keys("m1", "d", 0.1, 0.8, 0.3, 0.2),
+        "old": summary("m2", "d", 0.2, 0.6),
+    })
+    pairs = stats.gather_runs(tmp_path).set_index("run")
+    assert tuple(stats.gather_runs(tmp_path).columns) == PAIR_COLUMNS
+    new, old = pairs.loc["new"], pairs.loc["old"]
+    assert new["image_reliance_rate"] == pytest.approx(0.3) and old["image_reliance_rate"] == pytest.approx(0.2)
+    assert new["frac_image_blind"] == pytest.approx(0.2) and new["frac_prior_coincident"] == pytest.approx(0.6)
+    assert new["auroc_entropy_dangerous"] == pytest.approx(0.3) and new["swap_unavailable"] == 3
+    assert new["frac_Dangerous_low"] == pytest.approx(0.75) and new["frac_Dangerous_high"] == pytest.approx(0.85)
+    assert new["frac_image_blind_low"] == pytest.approx(0.1) and new["auroc_entropy_dangerous_high"] == pytest.approx(0.4)
+    assert math.isnan(new["balanced_accuracy_low"]) and math.isnan(new["frac_prior_coincident_low"])
+    for column in ("frac_image_blind", "balanced_accuracy", "frac_Dangerous_low", "auroc_entropy_dangerous"):
+        assert math.isnan(old[column]), column
+
+
+def test_flip_vs_dangerous_with_samples_tables(tmp_path):
+    rng = np.random.default_rng(4)
+    rates = [(0.05, 0.9, 0.1), (0.15, 0.7, 0.2), (0.3, 0.5, 0.25), (0.4, 0.3, 0.3)]
+    runs, tables = {}, {}
+    for k, (f, d, rho) in enumerate(rates):
+        table = mixed_table(60, f, d, rng)
+        flip = float(1 - table.consistent.mean())
+        dangerous = float((table.quadrant == "Dangerous").mean())
+        runs[f"run{k}"] = summary_with_new_keys(f"m{k}", "d", flip, dangerous, rho, dangerous)
+        tables[f"run{k}"] = table
+    write_runs(tmp_path, runs)
+    pairs = stats.gather_runs(tmp_path)
+    res = stats.flip_vs_dangerous(pairs, tables, bootstrap_resamples=300, seed=0)
+    json.dumps(res)
+    assert res["n"] == 4 and res["pairs"] == list(pairs["pair"])
+    low, high = res["bootstrap_ci95"]
+    assert low <= res["pearson_r"] <= high and "images" in res["bootstrap_method"]
+    assert 0 < res["permutation_p"] <= 1
+    expected = (1 - pairs.flip_rate) * (1 - pairs.image_reliance_rate)
+    assert res["independence_r"] == pytest.approx(np.corrcoef(pairs.flip_rate, expected)[0, 1])
+    # every Dangerous sample of these tables is image-blind: the same correlation and interval
+    blind = res["image_blind"]
+    assert blind["pearson_r"] == pytest.approx(res["pearson_r"])
+    assert blind["bootstrap_ci95"] == pytest.approx(res["bootstrap_ci95"])
+    # the old call still works and leaves the interval out
+    old = stats.flip_vs_dangerous(pairs)
+    assert old["bootstrap_ci95"] is None and old["pearson_r"] == pytest.approx(res["pearson_r"])
+    with pytest.raises(ValueError, match="no samples table"):
+        stats.flip_vs_dangerous(pairs, {"other": tables["run0"]})
+
+
+def classified_run(n, flip_p, seed):
+    """A samples table written by lib.protocol.taxonomy (one sample per image)."""
+    rng = np.random.default_rng(seed)
+    rows, samples = [], []
+    for i in range(n):
+        p0 = rng.random()
+        rows.append(dict(sample_id=f"s{i}", prompt_id=0, condition="image", p_yes=p0))
+        flipped = 1 - p0 if rng.random() < flip_p else p0
+        rows.append(dict(sample_id=f"s{i}", prompt_id=1, condition="image", p_yes=flipped))
+        rows.append(dict(sample_id=f"s{i}", prompt_id=0, condition="text_only", p_yes=rng.random()))
+        samples.append(dict(sample_id=f"s{i}", image_id=f"i{i}", finding="f", label="yes"))
+    preds = taxonomy.add_answers(pd.DataFrame(rows))
+    table = taxonomy.classify_samples(preds, pd.DataFrame(samples))
+    return table, taxonomy.summarize(table, preds, bootstrap_resamples=10)
+
+
+def test_bootstrap_correlation_reads_taxonomy_tables():
+    runs = [classified_run(80, f, k) for k, f in enumerate((0.05, 0.2, 0.4, 0.6))]
+    x = [s["flip_rate"] for _, s in runs]
+    y = [s["quadrant_fractions"]["Dangerous"] for _, s in runs]
+    r = stats.correlation(x, y)["pearson_r"]
+    low, high = stats.bootstrap_correlation([t for t, _ in runs], resamples=300)["ci95"]
+    assert low <= r <= high
+    assert stats.BOOTSTRAP_VARIABLES["frac_image_blind"] == ("dangerous_kind", "image-blind")
+    assert "image-blind" in taxonomy.DANGEROUS_KINDS

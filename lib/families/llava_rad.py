@@ -51,6 +51,8 @@ The second form rewrites a peft LoRA adapter trained on the ORIGINAL LLaVA layou
 without it peft would create the LoRA modules but load none of their weights (a silent no-op).
 Verified by tests/test_llava_rad.py: logits of a converted small checkpoint equal a plain-torch
 reference forward of the original architecture (see docs/real_models.md).
+
+Of the package it imports only `lib.families.templates` (the llava-hf chat template).
 """
 from __future__ import annotations
 
@@ -62,6 +64,12 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import (AutoTokenizer, Dinov2Config, LlamaConfig, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaImageProcessorPil, LlavaProcessor)
+
+from .templates import LLAVA_HF
 
 IMAGE_TOKEN = "<image>"
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -81,8 +89,6 @@ class ConversionError(ValueError):
 def read_weights(path: Path, allow_pickle: bool, trust_pickle: bool = False) -> dict:
     """Tensors of one .safetensors or (with allow_pickle) .bin/.pt file."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     if not allow_pickle:
         raise ConversionError(f"{path} is a pickle file; rerun with --allow-pickle to read it "
@@ -202,8 +208,6 @@ def find_trunk(state: dict) -> dict | None:
 
 def dinov2_config_from_trunk(trunk: dict, num_heads: int | None = None):
     """The Dinov2Config of a timm ViT trunk's tensors (head dim 64 unless num_heads is given)."""
-    from transformers import Dinov2Config
-
     unsupported = [k for k in trunk if k.split(".")[0] in ("norm_pre", "reg_token")
                    or k.startswith("blocks.0.attn.q_norm") or k.startswith("blocks.0.attn.k_norm")]
     if unsupported:
@@ -285,16 +289,12 @@ def vision_trunk(src: Path, shards: dict, cfg: dict, vision_checkpoint: Path | N
 # -- tokenizer, processor, config ------------------------------------------------------------------
 
 def chat_template(system: bool) -> str:
-    from .registry import LLAVA_CHAT_TEMPLATE
-
     if not system:
-        return LLAVA_CHAT_TEMPLATE
-    return "{{ '" + V1_SYSTEM.replace("'", "\\'") + " ' }}" + LLAVA_CHAT_TEMPLATE
+        return LLAVA_HF
+    return "{{ '" + V1_SYSTEM.replace("'", "\\'") + " ' }}" + LLAVA_HF
 
 
 def load_tokenizer(src: Path, base: Path | None):
-    from transformers import AutoTokenizer
-
     for where in (src, base):
         if where is not None and any((where / n).is_file() for n in
                                      ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
@@ -311,8 +311,6 @@ def load_tokenizer(src: Path, base: Path | None):
 
 
 def build_processor(tokenizer, vision_config, cfg: dict, system: bool):
-    from transformers import LlavaImageProcessorPil, LlavaProcessor
-
     size = vision_config.image_size
     image_processor = LlavaImageProcessorPil(
         do_resize=True, size={"shortest_edge": size}, resample=3,  # PIL bicubic
@@ -349,8 +347,6 @@ def check_original_config(cfg: dict, src: Path) -> None:
 
 
 def llava_config(cfg: dict, vision_config, vocab_size: int, image_token_id: int, pad_token_id):
-    from transformers import LlamaConfig, LlavaConfig
-
     text = LlamaConfig(
         vocab_size=vocab_size, hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
@@ -379,8 +375,6 @@ def convert(src, out, base=None, vision_checkpoint=None, allow_pickle: bool = Fa
             trust_pickle: bool = False, system: bool = False, dtype: str | None = None,
             num_heads: int | None = None) -> Path:
     """Write a LlavaForConditionalGeneration checkpoint + LlavaProcessor converted from SRC."""
-    from transformers import LlavaForConditionalGeneration
-
     src, out = Path(src), Path(out)
     base = Path(base) if base else None
     config_path = src / "config.json"
@@ -463,8 +457,6 @@ def adapter_layout(adapter_dir) -> str:
 def adapter_tensor_names(adapter_dir: Path) -> list[str]:
     path = adapter_dir / "adapter_model.safetensors"
     if path.is_file():
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as handle:
             return list(handle.keys())
     return []
@@ -472,8 +464,6 @@ def adapter_tensor_names(adapter_dir: Path) -> list[str]:
 
 def remap_adapter(src, out, allow_pickle: bool = False) -> Path:
     """Rewrite an original-layout LLaVA LoRA adapter for the converted (llava-hf) layout."""
-    from safetensors.torch import save_file
-
     src, out = Path(src), Path(out)
     path = next((p for p in (src / "adapter_model.safetensors", src / "adapter_model.bin") if p.is_file()), None)
     if path is None:

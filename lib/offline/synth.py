@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from ..protocol.config import SYNTHETIC_MARKER
 from ..protocol.data import (FINDINGS, MIMIC_CHEXPERT, MIMIC_METADATA, MIMIC_SPLIT, PADCHEST_CSV, SPLITS,
                       iter_samples, read_xray)
 
@@ -293,8 +294,10 @@ def _finish(img: np.ndarray, p: dict) -> np.ndarray:
 def write_default_datasets(out_root, n_images: int = 400, seed: int = 0) -> dict[str, Path]:
     """Write both synthetic datasets under ``out_root``; returns ``{dataset: its data_root}``."""
     out_root = Path(out_root)
-    return {"mimic-cxr": write_mimic(out_root / "mimic-cxr", n_images, seed),
-            "padchest": write_padchest(out_root / "padchest", n_images, seed)}
+    roots = {"mimic-cxr": write_mimic(out_root / "mimic-cxr", n_images, seed),
+             "padchest": write_padchest(out_root / "padchest", n_images, seed)}
+    mark_synthetic(out_root)
+    return roots
 
 
 def write_mimic(root, n_images: int, seed: int) -> Path:
@@ -408,6 +411,13 @@ def write_padchest(root, n_images: int, seed: int) -> Path:
     frame = pd.DataFrame(rows, columns=list(PADCHEST_COLUMNS))
     (root / PADCHEST_CSV).write_bytes(frame.to_csv(index=False).encode())
     return root
+
+
+def mark_synthetic(out_root: Path) -> None:
+    """Say beside the data roots that their images are synthetic (`show_images` may embed them);
+    the marker sits in their parent folder, so each root keeps exactly the official layout."""
+    (out_root / SYNTHETIC_MARKER).write_text(
+        "Synthetic radiographs written by lib.offline.synth: no patient data.\n")
 
 
 ID_SUFFIX_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -1,10 +1,21 @@
-"""The params schema of one run (one model-dataset pair): defaults, validation, the run's hash.
+"""The params schema of one run (one model-dataset pair): defaults, strict validation, hashes.
 
 A params file is YAML with the keys of DEFAULTS. Values may name environment variables as
 `${NAME}`; a missing variable stops the run with a message naming it and the file.
+
+Validation is strict and happens once, before any model loads (`resolve`, then
+`lib.protocol.preflight.check`). Every key has a type (SCHEMA): booleans accept only booleans
+or the strings "true"/"false" (any case), integers must be integers (`true` is not 1, 1.5 is
+not 1), lists must be lists of the allowed names, `label_policy` must hold known keys only.
+Values that papermill injected with `-p` arrive as strings unless they were exactly
+True/False/None or a number, so a string value from `-p` is read as YAML first (`-p findings
+"[nodule]"`, `-p label_policy "{uncertain: skip}"`). An unknown key is an error whether it
+comes from the file or from `-p`. Every error is a `ParamsError` whose one-line message names
+where the value came from (the file or `-p`), the key, the bad value and what is allowed.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,6 +23,8 @@ import re
 from pathlib import Path
 
 import yaml
+
+from . import data, labels
 
 REQUIRED = ("config", "model", "dataset", "data_root")
 DEFAULTS = {
@@ -30,66 +43,244 @@ DEFAULTS = {
     "max_paraphrases": None,    # cap on paraphrases per sample (None = all)
     "label_policy": {"uncertain": "skip", "blank": "no"},
     "image_removal": "none",    # none = no image tokens at all | blank = uniform grey image
+    "reliance_checks": ["swap", "blank", "noise"],  # extra passes of prompt 0 (see lib.protocol.taxonomy)
+    "answer_instruction": None,  # text appended to every question, e.g. "Answer yes or no."
+    "bootstrap_resamples": 1000,  # cluster bootstrap over images for every ci95
+    "ci_level": 0.95,
     "limit": None,              # max samples (None = all)
     "batch_size": 16,           # samples per engine batch
     "prefix_sharing": True,     # share the image prefix's KV cache across paraphrases
     "seed": 0,
     "output_dir": None,         # None = outputs/runs/<config>__<dataset>
     "show_images": False,       # embed sample images in the executed notebook (synthetic data only)
+    "allow_patient_images": False,  # second flag needed for show_images on non-synthetic data
     "trust_remote_code": False,
     "allow_unsafe_weights": False,  # allow pickle (.bin) weights; safetensors only otherwise
     "workers": 1,               # >1: score through a Ray Data actor pool
     "ray_address": None,        # join this Ray cluster instead of starting a local one
 }
-CHOICES = {
-    "dataset": ("mimic-cxr", "padchest"),
-    "quantization": ("none", "4bit"),
-    "image_removal": ("none", "blank"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-}
 # Keys that change how a run is executed but never its predictions.
-OPERATIONAL = ("output_dir", "workers", "ray_address", "show_images")
+OPERATIONAL = ("output_dir", "workers", "ray_address", "show_images", "allow_patient_images")
+# Keys that change only the summary's intervals, never a record: not part of the records key.
+SUMMARY_ONLY = ("bootstrap_resamples", "ci_level")
 ENV_VAR = re.compile(r"\$\{([^}]+)\}")
+DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+BOOL_STRINGS = {"true": True, "false": False}
+# The folder holding data roots written by lib.offline.synth carries this file: their images are
+# synthetic, so show_images may embed them without allow_patient_images.
+SYNTHETIC_MARKER = "SYNTHETIC_DATASET.txt"
 
 
 class ParamsError(ValueError):
-    """A params file or value that cannot run; the message names the file and the key."""
+    """A params file or value that cannot run; the message names the source and the key.
+
+    IPython (papermill, JupyterLab) shows it as its one-line message, not a traceback.
+    """
+
+    def _render_traceback_(self):
+        return [f"ParamsError: {self}"]
+
+
+# -- the schema: one checker per key ----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """How one key's value is read: its kind and what is allowed."""
+
+    kind: str                      # str, bool, int, float, list, dict
+    nullable: bool = False
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    pattern: re.Pattern | None = None
+    empty: bool = False            # a list may be empty
+
+    def allowed(self) -> str:
+        if self.choices:
+            text = f"one of {', '.join(map(str, self.choices))}"
+            text = f"a list of {text}" if self.kind == "list" else text
+        elif self.kind == "int":
+            text = "an integer" + (f" >= {self.minimum:g}" if self.minimum is not None else "")
+        elif self.kind == "float":
+            text = f"a number in ({self.minimum:g}, {self.maximum:g})"
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.pattern is not None:
+            text = f"a value matching {self.pattern.pattern}"
+        else:
+            text = {"str": "a non-empty string", "dict": "a mapping", "list": "a list"}[self.kind]
+        return text + (" or null" if self.nullable else "")
+
+
+SCHEMA = {
+    "config": Check("str"), "model": Check("str"), "adapter": Check("str", nullable=True),
+    "merge_adapter": Check("bool"),
+    "quantization": Check("str", choices=("none", "4bit")),
+    "dtype": Check("str", choices=("auto", "float32", "bfloat16", "float16")),
+    "device": Check("str", pattern=DEVICE),
+    "dataset": Check("str", choices=data.DATASETS), "data_root": Check("str"),
+    "split": Check("str", choices=tuple(sorted({s for v in data.SPLITS.values() for s in v}))),
+    "findings": Check("list", choices=tuple(labels.FINDING_LABELS)),
+    "questions": Check("str", nullable=True),
+    "max_paraphrases": Check("int", nullable=True, minimum=0),
+    "label_policy": Check("dict"),
+    "image_removal": Check("str", choices=("none", "blank")),  # engine.IMAGE_REMOVAL_MODES
+    "reliance_checks": Check("list", choices=("swap", "blank", "noise"), empty=True),  # engine.RELIANCE_CHECKS
+    "answer_instruction": Check("str", nullable=True),
+    "bootstrap_resamples": Check("int", minimum=1),
+    "ci_level": Check("float", minimum=0, maximum=1),
+    "limit": Check("int", nullable=True, minimum=1),
+    "batch_size": Check("int", minimum=1),
+    "prefix_sharing": Check("bool"),
+    "seed": Check("int", minimum=0),
+    "output_dir": Check("str", nullable=True),
+    "show_images": Check("bool"), "allow_patient_images": Check("bool"),
+    "trust_remote_code": Check("bool"), "allow_unsafe_weights": Check("bool"),
+    "workers": Check("int", minimum=1),
+    "ray_address": Check("str", nullable=True),
+}
+assert set(SCHEMA) == set(DEFAULTS), "every params key has a checker"
+
+
+def from_string(value, check: Check):
+    """A `-p` string read as the key's kind: "false" is False, "[a, b]" a list, "null" None."""
+    if not isinstance(value, str) or check.kind == "str":
+        return None if check.nullable and value in ("null", "None") else value
+    if check.kind == "bool":
+        return BOOL_STRINGS.get(value.strip().lower(), value)
+    if value.strip() in ("null", "None", "none", "~"):
+        return None
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return value if isinstance(parsed, bool) else parsed  # "yes"/"on" stay strings: not booleans
+
+
+def check_value(key: str, value, check: Check, where: str):
+    """The value if it fits the key's kind and range; else a ParamsError naming all of it."""
+    def fail(extra=""):
+        raise ParamsError(f"{where}: key {key!r}: got {value!r}{extra}; allowed: {check.allowed()}")
+
+    if value is None:
+        if check.nullable or key in REQUIRED:
+            return value
+        fail()
+    if check.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in BOOL_STRINGS:
+            return BOOL_STRINGS[value.strip().lower()]
+        fail()
+    if check.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        if check.minimum is not None and value < check.minimum:
+            fail()
+        return value
+    if check.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        if not check.minimum < value < check.maximum:
+            fail()
+        return float(value)
+    if check.kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            fail()
+        if check.choices and value not in check.choices:
+            fail()
+        if check.pattern is not None and not check.pattern.match(value):
+            fail()
+        return value
+    if check.kind == "list":
+        if not isinstance(value, list) or not (value or check.empty) or not all(isinstance(v, str) for v in value):
+            fail(" (a list is written [a, b])")
+        bad = [v for v in value if check.choices and v not in check.choices]
+        if bad:
+            fail(f" ({bad[0]!r} is not known)")
+        if len(set(value)) != len(value):
+            fail(" (an entry is repeated)")
+        return list(value)
+    if not isinstance(value, dict):
+        fail()
+    return value
+
+
+def check_label_policy(policy: dict, where: str) -> dict:
+    """`label_policy` holds the fields of `data.LabelPolicy` only, with allowed values."""
+    try:
+        return dataclasses.asdict(data.LabelPolicy.from_dict(policy))
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"{where}: key 'label_policy': {err}") from None
+
+
+# -- reading params --------------------------------------------------------------------------
+
+def read_file(path) -> dict:
+    """The raw mapping of a params file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0]
+        raise ParamsError(f"{path}: not a readable YAML file ({reason})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys to values")
+    return raw
 
 
 def load(path) -> dict:
     """Read, check and complete a params file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"params file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of keys to values")
-    return validate(raw, source=str(path))
+    return validate(read_file(path), source=str(path))
 
 
-def validate(raw: dict, source: str = "<params>") -> dict:
-    """Unknown or missing keys and bad values fail at once, naming `source` and the key."""
+def validate(raw: dict, source: str = "<params>", sources: dict | None = None) -> dict:
+    """Unknown or missing keys and bad values fail at once, naming the source and the key.
+
+    `sources` maps a key to where its value came from when that is not `source` (e.g. "-p").
+    Values from "-p" may be strings of the key's kind (see `from_string`).
+    """
+    sources = sources or {}
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
-        raise ParamsError(f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(DEFAULTS)})")
-    params = {**DEFAULTS, **raw}
+        where = sources.get(unknown[0], source)
+        raise ParamsError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(DEFAULTS)})")
+    params = {}
+    for key, default in DEFAULTS.items():
+        where = sources.get(key, source)
+        value = raw.get(key, default)
+        if where == "-p":
+            value = from_string(value, SCHEMA[key])
+        value = expand_env(value, key, where)
+        params[key] = check_value(key, value, SCHEMA[key], where)
     for key in REQUIRED:
         if params[key] in (None, ""):
-            raise ParamsError(f"{source}: key {key!r} is required")
-    for key, choices in CHOICES.items():
-        if params[key] not in choices:
-            raise ParamsError(f"{source}: key {key!r} must be one of {choices}, got {params[key]!r}")
-    params = {k: expand_env(v, k, source) for k, v in params.items()}
-    for key in ("limit", "max_paraphrases"):
-        if params[key] is not None and (not isinstance(params[key], int) or params[key] < 0):
-            raise ParamsError(f"{source}: key {key!r} must be a non-negative integer or null")
-    if not isinstance(params["batch_size"], int) or params["batch_size"] < 1:
-        raise ParamsError(f"{source}: key 'batch_size' must be a positive integer")
+            raise ParamsError(f"{sources.get(key, source)}: key {key!r} is required")
+    params["label_policy"] = check_label_policy(params["label_policy"], sources.get("label_policy", source))
+    if params["split"] not in data.SPLITS[params["dataset"]]:
+        raise ParamsError(f"{sources.get('split', source)}: key 'split': got {params['split']!r}; "
+                          f"allowed for {params['dataset']}: {', '.join(data.SPLITS[params['dataset']])}")
     if not Path(params["data_root"]).is_dir():
-        raise ParamsError(f"{source}: key 'data_root': directory not found: {params['data_root']}")
+        raise ParamsError(f"{sources.get('data_root', source)}: key 'data_root': directory not found: "
+                          f"{params['data_root']}")
     if params["output_dir"] is None:
         params["output_dir"] = f"outputs/runs/{params['config']}__{params['dataset']}"
+    check_show_images(params, sources.get("show_images", source))
     return params
+
+
+def check_show_images(params: dict, where: str) -> None:
+    """Images are embedded only from synthetic data, or with a second explicit flag."""
+    if not params["show_images"] or params["allow_patient_images"]:
+        return
+    root = Path(params["data_root"])
+    if not (root / SYNTHETIC_MARKER).is_file() and not (root.parent / SYNTHETIC_MARKER).is_file():
+        raise ParamsError(
+            f"{where}: key 'show_images' is true but {params['data_root']} is not a synthetic dataset "
+            f"(no {SYNTHETIC_MARKER}): executed notebooks would embed patient images; set "
+            f"allow_patient_images: true as well if that is really wanted")
 
 
 def expand_env(value, key: str, source: str):
@@ -106,36 +297,68 @@ def expand_env(value, key: str, source: str):
     return ENV_VAR.sub(lookup, value)
 
 
-def run_hash(params: dict) -> str:
-    """Hash of everything that can change predictions, the model's weight files included.
+def resolve(values: dict, params_file=None, injected: dict | None = None) -> dict:
+    """Validate the parameters a notebook received, naming where each came from.
 
-    Records of a run are reused only under the same hash, so changed params (or a retrained
-    local model) never reuse old records.
+    `injected` is what papermill injected (`-f` file keys and `-p` values merged; see
+    `lib.front.notebook.injected_parameters`); a key that is not in `params_file` or whose value
+    differs from the file's came from `-p`. Unknown injected keys are errors (papermill itself
+    only warns). Without `injected`, `values` (the notebook's globals) are taken as they are.
     """
-    keyed = {k: v for k, v in params.items() if k not in OPERATIONAL}
-    keyed["model_files"] = files_fingerprint(params["model"])
-    keyed["adapter_files"] = files_fingerprint(params["adapter"])
-    blob = json.dumps(keyed, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    file_values = read_file(params_file) if params_file else {}
+    where_file = str(params_file) if params_file else "notebook parameters"
+    injected = {k: v for k, v in (injected or {}).items() if k != "params_file"}
+    sources = {k: "-p" for k, v in injected.items() if k not in file_values or file_values[k] != v}
+    raw = {**file_values, **{k: values[k] for k in DEFAULTS if k in values and k not in file_values}}
+    raw.update(injected)
+    for key in set(raw) - set(file_values) - set(injected):
+        if raw[key] == DEFAULTS.get(key):
+            raw.pop(key)  # the parameters cell's own default
+    return validate(raw, source=where_file, sources=sources)
+
+
+# -- what a run's records are keyed by ---------------------------------------------------------
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def files_fingerprint(location) -> list | None:
-    """Names, sizes and mtimes of a local checkpoint's files (None for hub ids)."""
+    """Names, sizes and mtimes (ns) of a local checkpoint's files; None for hub ids.
+
+    Weights are fingerprinted by size + mtime, not hashed: a 7B checkpoint is 15 GB, and any
+    rewrite of a file (a retrained model, a new download) changes its mtime.
+    """
     if not location or not Path(location).is_dir():
         return None
     return sorted(
-        (p.name, p.stat().st_size, int(p.stat().st_mtime))
-        for p in Path(location).iterdir() if p.is_file()
+        (str(p.relative_to(location)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in Path(location).rglob("*") if p.is_file()
     )
 
 
-def resolve(values: dict, params_file=None) -> dict:
-    """Validate the values a notebook received; a params file is also checked for unknown keys.
-
-    Papermill injects a file's keys as variables (and drops unknown ones with a warning), so the
-    file itself is read once more to catch a misspelt key.
+def records_key(params: dict) -> str:
+    """The key of a run's record store: its params (but the operational ones) and the model's
+    and adapter's files. Within the store each sample's record also carries the fingerprint of
+    its image file and prompts (`run.Job.fingerprint`), so an edited question file or a
+    repaired image rescores exactly the samples it touches; labels are never part of a record.
     """
-    if params_file:
-        load(params_file)
-    return validate({k: values.get(k, DEFAULTS[k]) for k in DEFAULTS},
-                    source=str(params_file or "notebook parameters"))
+    keyed = {k: v for k, v in params.items() if k not in OPERATIONAL + SUMMARY_ONLY}
+    keyed["model_files"] = files_fingerprint(params["model"])
+    keyed["adapter_files"] = files_fingerprint(params["adapter"])
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_hash(params: dict, inputs: dict | None = None) -> str:
+    """Hash of everything the run's results depend on: its params and the fingerprints of
+    every file they name (`inputs`: question file, label files, model and adapter files)."""
+    keyed = {k: v for k, v in params.items() if k not in OPERATIONAL}
+    keyed["model_files"] = files_fingerprint(params["model"])
+    keyed["adapter_files"] = files_fingerprint(params["adapter"])
+    keyed["inputs"] = inputs or {}
+    blob = json.dumps(keyed, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

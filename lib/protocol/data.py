@@ -1,17 +1,29 @@
 """Readers of the official chest X-ray dataset layouts; they yield samples and know nothing of models.
 
-A *sample* is one image x one finding question, with a ground-truth ``label`` of ``"yes"``/``"no"``.
+Owns: reading the official label files into samples (image x finding, ``label`` ``"yes"``/``"no"``)
+under a ``LabelPolicy``, checking a data root's layout without reading images (``check_layout``),
+counting and listing what is skipped (``Skips``) and decoding radiographs (``read_xray``,
+``load_image``). Which dataset labels imply a finding is data in ``lib.protocol.labels``.
 Two layouts are read exactly as published:
 
 * MIMIC-CXR-JPG 2.0.0: ``files/p10/p10000032/s50414267/<dicom_id>.jpg`` plus
-  ``mimic-cxr-2.0.0-{chexpert,metadata,split}.csv.gz`` (or plain ``.csv``) at the root.
+  ``mimic-cxr-2.0.0-{chexpert|negbio,metadata,split}.csv.gz`` (or plain ``.csv``) at the root.
 * PadChest: ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` (or ``.csv.gz``) at the root,
   16-bit PNGs at ``<root>/<ImageDir>/<ImageID>``.
 
-Only frontal views are samples. ``skipped`` counters count *samples* (image x finding) that were
-dropped, by reason: ``label_uncertain``, ``label_blank``, ``label_missing`` (MIMIC study without a
-CheXpert row), ``label_unparseable`` and ``label_excluded`` (PadChest), ``image_missing``,
-``image_unreadable``.
+Only frontal views are samples (MIMIC ``ViewPosition`` PA/AP; PadChest ``Projection`` PA, AP,
+AP_horizontal). Skipped counts count *samples* (image x finding), by reason (``SKIP_REASONS``), in
+this order of checks:
+
+* PadChest filters: ``method_excluded`` (``MethodLabel`` not the chosen ``padchest_method``),
+  ``age_unknown`` / ``age_below_min`` (with ``padchest_min_age`` set);
+* ``image_missing``;
+* labels: ``label_missing`` (MIMIC study without a label row), ``label_uncertain`` / ``label_blank``
+  (MIMIC -1.0 / empty cell under a ``"skip"`` policy), ``label_invalid`` (MIMIC cell not 1, 0, -1
+  or blank, e.g. 2.0), ``label_unparseable`` (PadChest ``Labels`` cell not a non-empty list of
+  strings), ``label_excluded`` (PadChest ``exclude``), ``label_unchanged_only`` /
+  ``label_suboptimal_only`` (PadChest labels that are only ``unchanged`` / ``suboptimal study``);
+* at load time: ``image_unreadable``, ``image_too_small`` (shorter side < ``MIN_IMAGE_SIDE``).
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from __future__ import annotations
 import ast
 import collections
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -30,32 +42,93 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from . import labels as label_data
+from .labels import PADCHEST_EXCLUDE, PADCHEST_METHODS, PADCHEST_SUBOPTIMAL, PADCHEST_UNCHANGED
+
 DATASETS = ("mimic-cxr", "padchest")
 
-# canonical finding name -> the label name in each dataset
+# The findings of the offline default (its synthetic images show these four): canonical name ->
+# the one label each dataset uses for it. The full mapping (13 findings, PadChest hierarchy) is
+# ``lib.protocol.labels.FINDING_LABELS``.
 FINDINGS = {
     "cardiomegaly": {"mimic-cxr": "Cardiomegaly", "padchest": "cardiomegaly"},
     "pleural effusion": {"mimic-cxr": "Pleural Effusion", "padchest": "pleural effusion"},
     "pneumothorax": {"mimic-cxr": "Pneumothorax", "padchest": "pneumothorax"},
     "nodule": {"mimic-cxr": "Lung Lesion", "padchest": "nodule"},
 }
+DEFAULT_FINDINGS = tuple(FINDINGS)
 
 SPLITS = {"mimic-cxr": ("train", "validate", "test"), "padchest": ("train", "test")}
 
 MIMIC_CHEXPERT = "mimic-cxr-2.0.0-chexpert.csv"
+MIMIC_NEGBIO = "mimic-cxr-2.0.0-negbio.csv"
+MIMIC_LABEL_FILES = {"chexpert": MIMIC_CHEXPERT, "negbio": MIMIC_NEGBIO}
 MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv"
 MIMIC_SPLIT = "mimic-cxr-2.0.0-split.csv"
 MIMIC_FRONTAL = ("PA", "AP")
+MIMIC_VALUES = (1.0, 0.0, -1.0)  # and blank; anything else is label_invalid
 PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
-# PadChest label meaning "this study was excluded from labelling": its labels are not negatives.
-PADCHEST_EXCLUDE = "exclude"
+
+# Columns each official file must have (label columns of the asked findings come on top).
+REQUIRED_COLUMNS = {
+    MIMIC_METADATA: ("dicom_id", "subject_id", "study_id", "ViewPosition"),
+    MIMIC_SPLIT: ("dicom_id", "split"),
+    "mimic-labels": ("subject_id", "study_id"),
+    PADCHEST_CSV: ("ImageID", "ImageDir", "PatientID", "Projection", "Labels"),
+}
+
+# An image whose shorter side is below this many pixels is skipped (image_too_small): vision
+# towers upsample it to 224-896 px, so it carries no usable detail (a 1x1 image scored as normal).
+MIN_IMAGE_SIDE = 32
+
+SKIP_REASONS = ("method_excluded", "age_unknown", "age_below_min", "image_missing",
+                "label_missing", "label_uncertain", "label_blank", "label_invalid",
+                "label_unparseable", "label_excluded", "label_unchanged_only",
+                "label_suboptimal_only", "image_unreadable", "image_too_small")
 
 LABEL_CHOICES = ("skip", "yes", "no")
+NO_INFO_CHOICES = ("skip", "no")
+METHOD_CHOICES = ("all", "physician", "rnn")
 
 # What a damaged or non-image file raises while being decoded (FileNotFoundError is handled first).
 READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, InvalidDicomError,
                Image.DecompressionBombError)
+
+
+class DataLayoutError(ValueError):
+    """A data root that does not have the official layout; the one-line message names the file and
+    the missing column (or what is allowed)."""
+
+
+class MissingFileError(DataLayoutError, FileNotFoundError):
+    """An official file or the data root itself is absent (also a FileNotFoundError)."""
+
+
+class Skips(collections.Counter):
+    """Skipped samples: counts by reason (a Counter) plus ``rows``, one dict per skipped item:
+    {"item", "reason", "detail", "n"} where item is a sample_id, an image id (n = its samples) or
+    ``"<file>:<row>"`` (1-based data row of an official file) for a bad label cell."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rows: list[dict] = []
+
+    def add(self, reason: str, item: str, detail: str = "", n: int = 1) -> None:
+        self[reason] += n
+        self.rows.append({"item": str(item), "reason": reason, "detail": detail, "n": n})
+
+    def table(self) -> pd.DataFrame:
+        """The rows as a DataFrame (columns item, reason, detail, n), e.g. for skipped.csv."""
+        return pd.DataFrame(self.rows, columns=["item", "reason", "detail", "n"])
+
+
+def _skip(skipped, reason: str, item, n: int = 1, detail: str = "") -> None:
+    """Count a skip in a Skips (listing it) or in a plain Counter."""
+    if isinstance(skipped, Skips):
+        skipped.add(reason, item, detail, n)
+    else:
+        skipped[reason] += n
 
 
 @dataclass(frozen=True)
@@ -65,26 +138,115 @@ class Sample:
     sample_id: str    # f"{image_id}/{finding}"
     image_id: str     # MIMIC dicom_id / PadChest ImageID without ".png"
     image_path: str   # absolute path
-    finding: str      # canonical finding name (key of FINDINGS)
+    finding: str      # canonical finding name (key of labels.FINDING_LABELS)
     label: str        # "yes" or "no"
 
 
 @dataclass(frozen=True)
 class LabelPolicy:
-    """How MIMIC CheXpert labels other than 1.0 / 0.0 become answers.
+    """How dataset labels become answers, and which labelled images are samples.
 
-    ``uncertain`` applies to -1.0 ("may be present"), ``blank`` to an empty cell (not mentioned in the
-    report). Each is ``"skip"`` (drop the sample and count it), ``"yes"`` or ``"no"``.
+    MIMIC: ``uncertain`` applies to -1.0 ("may be present"), ``blank`` to an empty cell (not
+    mentioned in the report); each is ``"skip"`` (drop the sample, count it), ``"yes"`` or ``"no"``.
+    ``mimic_label_file``: ``"chexpert"`` or ``"negbio"`` (the two label files MIMIC-CXR-JPG ships,
+    same layout).
+
+    PadChest: ``padchest_method`` keeps ``"all"`` images, or only those labelled by a
+    ``"physician"`` or by the authors' ``"rnn"`` (column MethodLabel = Physician / RNN_model).
+    ``padchest_min_age`` (None = no floor) drops images of patients younger than that many years
+    (age = StudyDate_DICOM year - PatientBirth year; unknown age is dropped too).
+    ``padchest_unchanged`` / ``padchest_suboptimal`` apply to images whose only label is
+    ``unchanged`` / ``suboptimal study``, ``padchest_exclude`` to images labelled ``exclude``: each
+    ``"skip"`` (counted by reason) or ``"no"`` (the label is ignored: the image's other labels
+    decide, every finding not among them is negative).
+
+    ``label_map`` ({finding: {"mimic-cxr": column, "padchest": [labels]}}) is laid over
+    ``lib.protocol.labels.FINDING_LABELS`` and may add findings.
     """
 
     uncertain: str = "skip"
     blank: str = "no"
+    mimic_label_file: str = "chexpert"
+    padchest_method: str = "all"
+    padchest_min_age: int | None = None
+    padchest_unchanged: str = "skip"
+    padchest_suboptimal: str = "skip"
+    padchest_exclude: str = "skip"
+    label_map: dict | None = None
 
     def __post_init__(self):
-        for name in ("uncertain", "blank"):
-            if getattr(self, name) not in LABEL_CHOICES:
-                raise ValueError(f"LabelPolicy.{name} must be one of {LABEL_CHOICES}, "
+        choices = {"uncertain": LABEL_CHOICES, "blank": LABEL_CHOICES,
+                   "mimic_label_file": tuple(MIMIC_LABEL_FILES), "padchest_method": METHOD_CHOICES,
+                   "padchest_unchanged": NO_INFO_CHOICES, "padchest_suboptimal": NO_INFO_CHOICES,
+                   "padchest_exclude": NO_INFO_CHOICES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"label_policy.{name} must be one of {allowed}, "
                                  f"got {getattr(self, name)!r}")
+        age = self.padchest_min_age
+        if age is not None and (isinstance(age, bool) or not isinstance(age, int) or age < 0):
+            raise ValueError(f"label_policy.padchest_min_age must be a non-negative integer or "
+                             f"null, got {age!r}")
+        object.__setattr__(self, "label_map", _checked_label_map(self.label_map))
+
+    @classmethod
+    def from_dict(cls, d) -> "LabelPolicy":
+        """A policy from a params ``label_policy`` dict (None = defaults); a one-line ValueError
+        names an unknown key (with the allowed keys) or a bad value (with the allowed values)."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise ValueError(f"label_policy must be a mapping of {', '.join(cls.keys())}, "
+                             f"got {d!r}")
+        unknown = [k for k in d if k not in cls.keys()]
+        if unknown:
+            raise ValueError(f"label_policy: unknown key {unknown[0]!r} "
+                             f"(allowed keys: {', '.join(cls.keys())})")
+        return cls(**d)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def finding_labels(self) -> dict[str, dict]:
+        """The finding -> dataset-label mapping in force (built-in, then ``label_map``)."""
+        return label_data.merged_map(self.label_map)
+
+
+def _checked_label_map(label_map) -> dict | None:
+    """``label_map`` normalised (finding keys lower-case), or a one-line ValueError."""
+    if label_map is None:
+        return None
+    where = "label_policy.label_map"
+    if not isinstance(label_map, dict):
+        raise ValueError(f"{where} must map findings to {{dataset: labels}}, got {label_map!r}")
+    out = {}
+    for finding, entry in label_map.items():
+        if not isinstance(finding, str) or not finding.strip():
+            raise ValueError(f"{where}: finding names must be non-empty strings, got {finding!r}")
+        if not isinstance(entry, dict) or not entry:
+            raise ValueError(f"{where}[{finding!r}] must map datasets {DATASETS} to labels, "
+                             f"got {entry!r}")
+        for dataset, value in entry.items():
+            if dataset not in DATASETS:
+                raise ValueError(f"{where}[{finding!r}]: unknown dataset {dataset!r} "
+                                 f"(allowed: {', '.join(DATASETS)})")
+            if value is None:
+                continue
+            if dataset == "mimic-cxr" and not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"{where}[{finding!r}]['mimic-cxr'] must be a column name, "
+                                 f"got {value!r}")
+            if dataset == "padchest" and (
+                    not isinstance(value, (list, tuple)) or not value
+                    or not all(isinstance(x, str) and x.strip() for x in value)):
+                raise ValueError(f"{where}[{finding!r}]['padchest'] must be a non-empty list of "
+                                 f"label strings, got {value!r}")
+        out[finding.strip().lower()] = {k: (list(v) if isinstance(v, tuple) else v)
+                                        for k, v in entry.items()}
+    return out
 
 
 def split_of_patient(patient_id: str) -> str:
@@ -96,33 +258,120 @@ def split_of_patient(patient_id: str) -> str:
     return "test" if int(hashlib.md5(str(patient_id).encode()).hexdigest(), 16) % 5 == 0 else "train"
 
 
-def iter_samples(dataset: str, data_root, findings=tuple(FINDINGS), split: str = "test",
+def _check_arguments(dataset, findings, split, policy: LabelPolicy) -> tuple[str, ...]:
+    """Findings as a tuple, after checking dataset, findings (known, labelled in the dataset)
+    and split (None = every split)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {DATASETS}")
+    if isinstance(findings, str):
+        raise ValueError(f"findings must be a list of finding names, got the string {findings!r}")
+    findings = tuple(findings)
+    mapping = policy.finding_labels()
+    unknown = [f for f in findings if f not in mapping]
+    if unknown:
+        raise ValueError(f"unknown finding(s) {unknown}; valid findings: {tuple(mapping)}")
+    unlabelled = [f for f in findings if not mapping[f].get(dataset)]
+    if unlabelled:
+        raise ValueError(f"finding(s) {unlabelled} have no {dataset} labels; findings of "
+                         f"{dataset}: {label_data.findings_of(dataset, policy.label_map)}")
+    if split is not None and split not in SPLITS[dataset]:
+        raise ValueError(f"unknown split {split!r} for {dataset}; valid splits: {SPLITS[dataset]}")
+    return findings
+
+
+def check_layout(dataset: str, data_root, policy: LabelPolicy = LabelPolicy(),
+                 findings=DEFAULT_FINDINGS) -> dict[str, Path]:
+    """Check a data root without reading images or loading a model: the official files the
+    reader needs exist and have the columns it reads (label columns of ``findings``, and the
+    PadChest columns that ``policy``'s filters read). Returns {role: path} of the files
+    ("labels", "metadata", "split" for MIMIC; "labels" for PadChest).
+
+    Raises ValueError for a bad dataset / finding, ``MissingFileError`` (a DataLayoutError and a
+    FileNotFoundError) for an absent root or file, ``DataLayoutError`` for a missing column or a
+    file that is not a CSV; each message is one line naming the file.
+    """
+    findings = _check_arguments(dataset, findings, None, policy)
+    root = Path(data_root).expanduser().resolve()
+    if not root.is_dir():
+        raise MissingFileError(f"{dataset} data_root {str(root)!r} does not exist")
+    mapping = policy.finding_labels()
+    if dataset == "mimic-cxr":
+        name = MIMIC_LABEL_FILES[policy.mimic_label_file]
+        files = {"labels": _find_csv(root, name), "metadata": _find_csv(root, MIMIC_METADATA),
+                 "split": _find_csv(root, MIMIC_SPLIT)}
+        needs = {"labels": (*REQUIRED_COLUMNS["mimic-labels"],
+                            *dict.fromkeys(mapping[f]["mimic-cxr"] for f in findings)),
+                 "metadata": REQUIRED_COLUMNS[MIMIC_METADATA],
+                 "split": REQUIRED_COLUMNS[MIMIC_SPLIT]}
+    else:
+        files = {"labels": _find_csv(root, PADCHEST_CSV)}
+        needs = {"labels": _padchest_columns(policy)}
+    for role, path in files.items():
+        _check_columns(path, needs[role])
+    return files
+
+
+def _padchest_columns(policy: LabelPolicy) -> tuple[str, ...]:
+    columns = list(REQUIRED_COLUMNS[PADCHEST_CSV])
+    if policy.padchest_method != "all":
+        columns.append("MethodLabel")
+    if policy.padchest_min_age is not None:
+        columns += ["StudyDate_DICOM", "PatientBirth"]
+    return tuple(columns)
+
+
+def _check_columns(path: Path, required) -> None:
+    """Read only the header of ``path``; a missing column or an unreadable CSV is a DataLayoutError."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (ValueError, UnicodeDecodeError, OSError, EOFError) as err:
+        raise DataLayoutError(f"{path}: not a readable CSV file "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                              ) from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        hint = ""
+        if path.name.startswith(PADCHEST_CSV) and set(missing) & {"MethodLabel", "StudyDate_DICOM",
+                                                                   "PatientBirth"}:
+            hint = " (read because of label_policy padchest_method / padchest_min_age)"
+        raise DataLayoutError(f"{path}: missing column(s) {missing}{hint}; required: "
+                              f"{', '.join(dict.fromkeys(required))}")
+
+
+def iter_samples(dataset: str, data_root, findings=DEFAULT_FINDINGS, split: str = "test",
                  label_policy: LabelPolicy = LabelPolicy(),
                  skipped: collections.Counter | None = None) -> Iterator[Sample]:
     """Stream the samples of one dataset split: images in the order of the official file (MIMIC: the
     metadata file), each with ``findings`` in the order given, so all questions about one image come
     consecutively.
 
-    Arguments are checked now (ValueError for an unknown dataset / finding / split,
-    FileNotFoundError naming the expected path); the CSVs are read on the first ``next()``. Images
-    are only checked for existence, never opened. Dropped samples are counted in ``skipped``.
+    Arguments and the layout are checked now (``check_layout``: ValueError for an unknown dataset /
+    finding / split, MissingFileError (a FileNotFoundError) naming the expected path,
+    DataLayoutError for a missing column); the CSVs are read on the first ``next()``. Images are
+    only checked for existence, never opened. Dropped samples are counted in ``skipped`` (a
+    ``Skips`` also lists them).
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {DATASETS}")
-    findings = tuple(findings)
-    unknown = [f for f in findings if f not in FINDINGS]
-    if unknown:
-        raise ValueError(f"unknown finding(s) {unknown}; valid findings: {tuple(FINDINGS)}")
-    if split not in SPLITS[dataset]:
-        raise ValueError(f"unknown split {split!r} for {dataset}; valid splits: {SPLITS[dataset]}")
-    root = Path(data_root).expanduser().resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{dataset} data_root {str(root)!r} does not exist")
+    findings = _check_arguments(dataset, findings, split, label_policy)
+    files = check_layout(dataset, data_root, label_policy, findings)
+    return _iter(dataset, files, findings, split, label_policy, skipped, check_images=True)
+
+
+def iter_labels(dataset: str, data_root, findings=DEFAULT_FINDINGS, split: str | None = None,
+                label_policy: LabelPolicy = LabelPolicy(),
+                skipped: collections.Counter | None = None) -> Iterator[Sample]:
+    """As ``iter_samples`` but without looking for image files (no ``image_missing``) and over
+    every split for ``split=None``: the labels the official files give, e.g. to count them."""
+    findings = _check_arguments(dataset, findings, split, label_policy)
+    files = check_layout(dataset, data_root, label_policy, findings)
+    return _iter(dataset, files, findings, split, label_policy, skipped, check_images=False)
+
+
+def _iter(dataset, files, findings, split, policy, skipped, check_images):
     skipped = collections.Counter() if skipped is None else skipped
+    root = files["labels"].parent
     if dataset == "mimic-cxr":
-        csvs = [_find_csv(root, name) for name in (MIMIC_CHEXPERT, MIMIC_METADATA, MIMIC_SPLIT)]
-        return _iter_mimic(root, *csvs, findings, split, label_policy, skipped)
-    return _iter_padchest(root, _find_csv(root, PADCHEST_CSV), findings, split, skipped)
+        return _iter_mimic(root, files, findings, split, policy, skipped, check_images)
+    return _iter_padchest(root, files["labels"], findings, split, policy, skipped, check_images)
 
 
 def _find_csv(root: Path, name: str) -> Path:
@@ -130,84 +379,151 @@ def _find_csv(root: Path, name: str) -> Path:
     for candidate in (root / f"{name}.gz", root / name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"expected {str(root / name)!r}[.gz] (official file name) in {str(root)!r}")
+    raise MissingFileError(f"expected {str(root / name)!r}[.gz] (official file name) in {str(root)!r}")
 
 
-def _iter_mimic(root, chexpert_csv, metadata_csv, split_csv, findings, split, policy, skipped):
-    """MIMIC-CXR-JPG samples: frontal images of ``split`` joined with their study's CheXpert row."""
-    meta = pd.read_csv(metadata_csv, usecols=["dicom_id", "subject_id", "study_id", "ViewPosition"],
+def _iter_mimic(root, files, findings, split, policy, skipped, check_images):
+    """MIMIC-CXR-JPG samples: frontal images of ``split`` joined with their study's label row."""
+    meta = pd.read_csv(files["metadata"], usecols=list(REQUIRED_COLUMNS[MIMIC_METADATA]),
                        dtype={"dicom_id": str})
-    splits = pd.read_csv(split_csv, usecols=["dicom_id", "split"], dtype={"dicom_id": str})
-    columns = [FINDINGS[f]["mimic-cxr"] for f in findings]
-    labels = pd.read_csv(chexpert_csv, usecols=["subject_id", "study_id", *columns])
+    splits = pd.read_csv(files["split"], usecols=["dicom_id", "split"], dtype={"dicom_id": str})
+    mapping = policy.finding_labels()
+    columns = [mapping[f]["mimic-cxr"] for f in findings]
+    unique = list(dict.fromkeys(columns))
+    labels = pd.read_csv(files["labels"], usecols=["subject_id", "study_id", *unique],
+                         dtype={c: str for c in unique})
+    labels["_row"] = np.arange(1, len(labels) + 1)
     meta = meta[meta["ViewPosition"].isin(MIMIC_FRONTAL)]
-    meta = meta.merge(splits[splits["split"] == split], on="dicom_id")
+    if split is not None:
+        splits = splits[splits["split"] == split]
+    meta = meta.merge(splits[["dicom_id"]], on="dicom_id")
     table = meta.merge(labels, on=["subject_id", "study_id"], how="left", indicator=True)
+    raw = table[columns].to_numpy(dtype=object)
     rows = zip(table["dicom_id"], table["subject_id"], table["study_id"], table["_merge"],
-               table[columns].to_numpy(dtype=float))
-    for dicom_id, subject_id, study_id, merged, values in rows:
+               table["_row"], raw)
+    name = files["labels"].name
+    for dicom_id, subject_id, study_id, merged, row_no, cells in rows:
         subject = str(subject_id)
         path = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study_id}" / f"{dicom_id}.jpg"
-        if not path.is_file():
-            skipped["image_missing"] += len(findings)
+        if check_images and not path.is_file():
+            _skip(skipped, "image_missing", dicom_id, len(findings), str(path))
             continue
         if merged != "both":
-            skipped["label_missing"] += len(findings)
+            _skip(skipped, "label_missing", dicom_id, len(findings),
+                  f"{name}: no row for subject {subject} study {study_id}")
             continue
-        for finding, value in zip(findings, values):
-            label = _chexpert_label(value, policy, skipped)
+        for finding, column, cell in zip(findings, columns, cells):
+            label = _chexpert_label(cell, policy, skipped, f"{dicom_id}/{finding}",
+                                    f"{name}:{int(row_no)}", column)
             if label is not None:
                 yield _sample(dicom_id, path, finding, label)
 
 
-def _chexpert_label(value: float, policy: LabelPolicy, skipped: collections.Counter) -> str | None:
-    """Answer for one CheXpert cell: 1.0 yes, 0.0 no, -1.0 / blank per ``policy`` (None = skipped)."""
-    if value == 1.0:
-        return "yes"
-    if value == 0.0:
-        return "no"
-    if np.isnan(value):
+def _chexpert_label(cell, policy: LabelPolicy, skipped, sample_id: str, where: str,
+                    column: str) -> str | None:
+    """Answer for one CheXpert/NegBio cell: 1.0 yes, 0.0 no, -1.0 / blank per ``policy``; None when
+    skipped (``label_uncertain``, ``label_blank``, or ``label_invalid`` for any other value)."""
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)) or not str(cell).strip():
         answer, reason = policy.blank, "label_blank"
-    elif value == -1.0:
-        answer, reason = policy.uncertain, "label_uncertain"
     else:
-        raise ValueError(f"unexpected CheXpert label value {value!r}")
+        try:
+            value = float(cell)
+        except ValueError:
+            value = None
+        if value == 1.0:
+            return "yes"
+        if value == 0.0:
+            return "no"
+        if value != -1.0:
+            _skip(skipped, "label_invalid", where,
+                  detail=f"{sample_id}: {column} = {cell!r} (allowed: 1.0, 0.0, -1.0, blank)")
+            return None
+        answer, reason = policy.uncertain, "label_uncertain"
     if answer == "skip":
-        skipped[reason] += 1
+        _skip(skipped, reason, sample_id)
         return None
     return answer
 
 
-def _iter_padchest(root, csv, findings, split, skipped):
-    """PadChest samples: frontal images of patients hashed into ``split``, labelled from ``Labels``."""
-    table = pd.read_csv(csv, usecols=["ImageID", "ImageDir", "PatientID", "Projection", "Labels"],
-                        dtype=str)
+def _age(study_date, birth) -> int | None:
+    """Whole years between the birth year (PatientBirth, e.g. "1930.0") and the study year
+    (StudyDate_DICOM, YYYYMMDD); None when either is missing or unparseable."""
+    try:
+        return int(str(study_date).strip()[:4]) - int(float(birth))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _iter_padchest(root, csv, findings, split, policy, skipped, check_images):
+    """PadChest samples: frontal images of patients hashed into ``split`` (None = all), filtered by
+    ``policy`` and labelled through the label hierarchy (``policy.finding_labels()``)."""
+    mapping = policy.finding_labels()
+    implied = [frozenset(mapping[f]["padchest"]) for f in findings]
+    columns = _padchest_columns(policy)
+    table = pd.read_csv(csv, usecols=list(columns), dtype=str)
+    table.index = np.arange(1, len(table) + 1)  # 1-based data row of the file
     table = table[table["Projection"].isin(PADCHEST_FRONTAL)]
-    table = table[table["PatientID"].map(split_of_patient) == split]
-    for image_id, image_dir, labels in zip(table["ImageID"], table["ImageDir"], table["Labels"]):
-        path = root / str(image_dir) / str(image_id)
-        if not path.is_file():
-            skipped["image_missing"] += len(findings)
+    if split is not None:
+        table = table[table["PatientID"].map(split_of_patient) == split]
+    method = PADCHEST_METHODS.get(policy.padchest_method)
+    n, name = len(findings), csv.name
+    for row_no, row in zip(table.index, table.itertuples(index=False)):
+        image_id = Path(str(row.ImageID)).stem
+        if method is not None and row.MethodLabel != method:
+            _skip(skipped, "method_excluded", image_id, n, f"MethodLabel = {row.MethodLabel}")
             continue
-        present = parse_padchest_labels(labels)
+        if policy.padchest_min_age is not None:
+            age = _age(row.StudyDate_DICOM, row.PatientBirth)
+            if age is None:
+                _skip(skipped, "age_unknown", image_id, n,
+                      f"StudyDate_DICOM = {row.StudyDate_DICOM}, PatientBirth = {row.PatientBirth}")
+                continue
+            if age < policy.padchest_min_age:
+                _skip(skipped, "age_below_min", image_id, n, f"age {age}")
+                continue
+        path = root / str(row.ImageDir) / str(row.ImageID)
+        if check_images and not path.is_file():
+            _skip(skipped, "image_missing", image_id, n, str(path))
+            continue
+        present = parse_padchest_labels(row.Labels)
         if present is None:
-            skipped["label_unparseable"] += len(findings)
+            _skip(skipped, "label_unparseable", f"{name}:{row_no}", n,
+                  f"{image_id}: Labels = {str(row.Labels)[:80]!r}")
             continue
-        if PADCHEST_EXCLUDE in present:
-            skipped["label_excluded"] += len(findings)
+        reason = _no_info_reason(present, policy)
+        if reason is not None:
+            _skip(skipped, reason, image_id, n, f"Labels = {sorted(present)}")
             continue
-        for finding in findings:
-            label = "yes" if FINDINGS[finding]["padchest"] in present else "no"
-            yield _sample(Path(image_id).stem, path, finding, label)
+        for finding, labels in zip(findings, implied):
+            yield _sample(image_id, path, finding, "yes" if present & labels else "no")
+
+
+def _no_info_reason(present: frozenset, policy: LabelPolicy) -> str | None:
+    """The skip reason for labels that say nothing about findings under ``policy``, else None.
+
+    ``exclude`` anywhere -> ``padchest_exclude``; labels only ``unchanged`` (possibly with
+    ``suboptimal study``) -> ``padchest_unchanged`` first, then ``padchest_suboptimal``; only
+    ``suboptimal study`` -> ``padchest_suboptimal``.
+    """
+    if PADCHEST_EXCLUDE in present:
+        return "label_excluded" if policy.padchest_exclude == "skip" else None
+    if present <= label_data.NO_INFO_LABELS:
+        if PADCHEST_UNCHANGED in present and policy.padchest_unchanged == "skip":
+            return "label_unchanged_only"
+        if PADCHEST_SUBOPTIMAL in present and policy.padchest_suboptimal == "skip":
+            return "label_suboptimal_only"
+    return None
 
 
 def parse_padchest_labels(text) -> frozenset[str] | None:
     """The set of labels in a PadChest ``Labels`` cell such as ``"['normal', ' cardiomegaly', '']"``.
 
-    Entries are stripped and lower-cased, empty ones dropped. A finding is positive iff its label is
-    in the set, so ``['normal']`` makes every finding negative. Returns None when the cell is not a
-    list of strings (NaN, malformed) or holds no label at all.
+    Entries are stripped and lower-cased, empty ones dropped. A finding is positive iff one of its
+    labels (``lib.protocol.labels``) is in the set, so ``['normal']`` makes every finding negative.
+    Returns None when the cell is not a list of strings (NaN, malformed) or holds no label at all.
     """
+    if not isinstance(text, str):
+        return None
     try:
         parsed = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -270,13 +586,21 @@ def _to_image(scaled: np.ndarray) -> Image.Image:
 
 def load_image(sample: Sample, skipped: collections.Counter | None = None) -> Image.Image | None:
     """The sample's radiograph as an "L" image, or None (counted in ``skipped``) when the file is
-    missing (``image_missing``) or cannot be decoded (``image_unreadable``). Never raises for a bad
-    file."""
+    missing (``image_missing``), cannot be decoded (``image_unreadable``) or its shorter side is
+    below ``MIN_IMAGE_SIDE`` (``image_too_small``). Never raises for a bad file."""
     skipped = collections.Counter() if skipped is None else skipped
     try:
-        return read_xray(sample.image_path)
+        image = read_xray(sample.image_path)
     except FileNotFoundError:
-        skipped["image_missing"] += 1
-    except READ_ERRORS:
-        skipped["image_unreadable"] += 1
-    return None
+        _skip(skipped, "image_missing", sample.sample_id, detail=sample.image_path)
+        return None
+    except READ_ERRORS as err:
+        _skip(skipped, "image_unreadable", sample.sample_id,
+              detail=f"{sample.image_path}: {type(err).__name__}")
+        return None
+    if min(image.size) < MIN_IMAGE_SIDE:
+        _skip(skipped, "image_too_small", sample.sample_id,
+              detail=f"{sample.image_path}: {image.size[0]}x{image.size[1]} px "
+                     f"(minimum side {MIN_IMAGE_SIDE})")
+        return None
+    return image

@@ -13,11 +13,23 @@ left-padded; padded positions are masked and the position ids continue after the
 float32 every p_yes equals the one-prompt-at-a-time forward. Where the format does not allow it
 (question before the image, or a tokenizer that merges across the cut) the engine says why in
 `fallback_reason` and uses plain batching of full prompts.
+
+Reliance checks (`reliance_checks`, default none; definitions in lib.protocol.taxonomy): each adds
+one forward pass per sample of the ORIGINAL question (prompt_id 0), after the paper's image and
+text-only passes of the batch, which they leave untouched. `swap` scores the question with the
+item's `swap_image` (another sample's image, chosen by lib.protocol.reliance.choose_swaps) through
+the same path as the image prompts (shared prefix when the format allows it), and its row carries
+`swap_image_id`; items without a swap image get no swap row. `blank` (uniform grey image of the
+same size, `blank_like`) and `noise` (Gaussian noise with the image's per-channel mean and
+standard deviation, seeded per sample from the engine's `seed`, `noise_like`) are full prompts
+batched together like the blank text-only pass.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -25,17 +37,27 @@ from . import prompts as prompting
 
 CONDITION_IMAGE = "image"
 CONDITION_TEXT_ONLY = "text_only"
+CONDITION_SWAP = "swap"
+CONDITION_BLANK = "blank"
+CONDITION_NOISE = "noise"
+RELIANCE_CHECKS = (CONDITION_SWAP, CONDITION_BLANK, CONDITION_NOISE)
 IMAGE_REMOVAL_MODES = ("none", "blank")
 BLANK_GREY = (128, 128, 128)
 
 
 @dataclass
 class Item:
-    """One sample ready to score: its image (RGB) and its prompt set (original first)."""
+    """One sample ready to score: its image (RGB) and its prompt set (original first).
+
+    `swap_image` / `swap_image_id`: the image (RGB) the `swap` check uses and its image_id;
+    None when the sample has no swap (or the check is off).
+    """
 
     sample_id: str
     image: Image.Image
     prompts: tuple[str, ...]
+    swap_image: Image.Image | None = None
+    swap_image_id: str | None = None
 
 
 def yes_probability(logits: torch.Tensor, yes_ids, no_ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,17 +76,42 @@ def blank_like(image: Image.Image) -> Image.Image:
     return Image.new("RGB", image.size, BLANK_GREY)
 
 
+def noise_like(image: Image.Image, seed: int = 0, key: str = "") -> Image.Image:
+    """The `noise` check: Gaussian noise with the image's per-channel mean and standard deviation.
+
+    One standard-normal field z (the image's height x width) drawn from a generator seeded with
+    (seed, SHA-256 of `key`, the sample_id), every channel c = mean_c + std_c * z, rounded and
+    clipped to 0..255 (a grey image gives grey noise). Same seed and key: same pixels.
+    """
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    mean = pixels.mean(axis=(0, 1))
+    std = pixels.std(axis=(0, 1))
+    digest = hashlib.sha256(str(key).encode()).digest()
+    rng = np.random.default_rng([int(seed), int.from_bytes(digest[:8], "little")])
+    z = rng.standard_normal(pixels.shape[:2])
+    noisy = np.clip(np.rint(mean + std * z[..., None]), 0, 255).astype(np.uint8)
+    return Image.fromarray(noisy, "RGB")
+
+
 class Engine:
     """Scores batches of samples with and without the image.
 
     `batch_size` samples are scored together; within a batch the prompts are grouped by token
-    length into forward passes of at most `max_rows` prompts each.
+    length into forward passes of at most `max_rows` prompts each. `reliance_checks`: any of
+    RELIANCE_CHECKS (module docstring); `seed` seeds the noise images.
     """
 
     def __init__(self, lm, image_removal: str = "none", prefix_sharing: bool = True,
-                 batch_size: int = 16, max_rows: int = 64):
+                 batch_size: int = 16, max_rows: int = 64, reliance_checks=(), seed: int = 0):
         if image_removal not in IMAGE_REMOVAL_MODES:
             raise ValueError(f"image_removal must be one of {IMAGE_REMOVAL_MODES}, got {image_removal!r}")
+        if isinstance(reliance_checks, str):
+            reliance_checks = (reliance_checks,)
+        unknown = [c for c in reliance_checks if c not in RELIANCE_CHECKS]
+        if unknown:
+            raise ValueError(f"reliance_checks: unknown check(s) {unknown}; expected any of {RELIANCE_CHECKS}")
+        self.reliance_checks = tuple(c for c in RELIANCE_CHECKS if c in reliance_checks)
+        self.seed = int(seed)
         self.lm = lm
         self.image_removal = image_removal
         self.batch_size = batch_size
@@ -89,6 +136,8 @@ class Engine:
             batch = items[start:start + self.batch_size]
             rows += self.score_image(batch)
             rows += self.score_text_only(batch)
+            if self.reliance_checks:
+                rows += self.score_reliance(batch)
         return rows
 
     def score_image(self, items: list[Item]) -> list[dict]:
@@ -113,6 +162,35 @@ class Engine:
             record(it.sample_id, 0, CONDITION_TEXT_ONLY, it.prompts[0], p, m)
             for it, p, m in zip(items, p_yes, mass)
         ]
+
+    def score_reliance(self, items: list[Item]) -> list[dict]:
+        """Rows of the engine's reliance checks (prompt_id 0); see the module docstring."""
+        rows = []
+        if CONDITION_SWAP in self.reliance_checks:
+            swapped = [it for it in items if it.swap_image is not None]
+            if swapped:
+                if not self._checked:
+                    self._decide_sharing(swapped[0])
+                proxies = [Item(it.sample_id, it.swap_image, it.prompts[:1]) for it in swapped]
+                jobs = [(proxy, 0, proxy.prompts[0]) for proxy in proxies]
+                if self.prefix_sharing and self._fits_window(proxies):
+                    p_yes, mass = self._shared_prefix_scores(proxies, jobs)
+                else:
+                    p_yes, mass = self._full_prompt_scores(
+                        [(proxy.image, proxy.prompts[0]) for proxy in proxies], True)
+                rows += [record(it.sample_id, 0, CONDITION_SWAP, it.prompts[0], p, m,
+                                swap_image_id=it.swap_image_id)
+                         for it, p, m in zip(swapped, p_yes, mass)]
+        jobs = []
+        if CONDITION_BLANK in self.reliance_checks:
+            jobs += [(it, CONDITION_BLANK, blank_like(it.image)) for it in items]
+        if CONDITION_NOISE in self.reliance_checks:
+            jobs += [(it, CONDITION_NOISE, noise_like(it.image, self.seed, it.sample_id)) for it in items]
+        if jobs:
+            p_yes, mass = self._full_prompt_scores([(image, it.prompts[0]) for it, _, image in jobs], True)
+            rows += [record(it.sample_id, 0, condition, it.prompts[0], p, m)
+                     for (it, condition, _), p, m in zip(jobs, p_yes, mass)]
+        return rows
 
     # -- forward passes ---------------------------------------------------------------------
 
@@ -322,8 +400,9 @@ def select_rows(cache, index: torch.Tensor):
     return selected
 
 
-def record(sample_id, prompt_id, condition, prompt, p_yes, mass) -> dict:
+def record(sample_id, prompt_id, condition, prompt, p_yes, mass, **extra) -> dict:
+    """One prediction row; `extra` (swap rows: swap_image_id) is appended to the keys."""
     return {
         "sample_id": sample_id, "prompt_id": prompt_id, "condition": condition,
-        "prompt": prompt, "p_yes": float(p_yes), "yes_no_mass": float(mass),
+        "prompt": prompt, "p_yes": float(p_yes), "yes_no_mass": float(mass), **extra,
     }

@@ -7,11 +7,14 @@ default models and real checkpoints.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 # Spellings whose next-token probabilities are summed into p(yes) / p(no). Only spellings that
 # the tokenizer encodes as ONE token count: a multi-token spelling has no next-token probability.
@@ -70,8 +73,6 @@ def quantization_config(quantization: str, dtype: torch.dtype):
         return None
     if quantization != "4bit":
         raise ValueError(f"quantization must be 'none' or '4bit', got {quantization!r}")
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -102,10 +103,8 @@ def load_model(
     """Load checkpoint + processor (+ LoRA adapter, + 4-bit), in eval mode on one device.
 
     Weights are read from safetensors only unless `allow_unsafe_weights` (pickle files can run
-    code); `trust_remote_code` stays off unless asked for.
+    code), for the model and the adapter; `trust_remote_code` stays off unless asked for.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     check_model_exists(model)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -120,7 +119,7 @@ def load_model(
         **common,
     )
     if adapter:
-        net = attach_adapter(net, adapter, merge_adapter and quantization == "none")
+        net = attach_adapter(net, adapter, merge_adapter and quantization == "none", allow_unsafe_weights)
     net.eval()
     tokenizer = processor.tokenizer
     return LoadedModel(
@@ -133,17 +132,22 @@ def load_model(
     )
 
 
-def attach_adapter(net, adapter: str, merge: bool):
+def attach_adapter(net, adapter: str, merge: bool, allow_unsafe_weights: bool = False):
     """Wrap with a peft LoRA adapter (directory or hub id); merged weights score identically.
 
     peft only warns when the adapter's weights match none of the LoRA modules it creates (an
     adapter saved for another key layout), leaving an adapter that changes nothing: that is an
-    error here. Partly matching adapters keep peft's warning.
+    error here. Partly matching adapters keep peft's warning. A local adapter saved as pickle
+    (`adapter_model.bin`) loads only with `allow_unsafe_weights`.
     """
+    # peft is needed only when an adapter is given; importing it costs seconds.
     from peft import PeftModel
     from peft.utils import load_peft_weights
 
     check_model_exists(adapter)
+    problem = adapter_weights_problem(adapter, allow_unsafe_weights)
+    if problem:
+        raise ValueError(problem)
     wrapped = PeftModel.from_pretrained(net, adapter)
     saved = {re.sub(r"\.(lora_[A-Za-z_]+)\.", r".\1.default.", k) for k in load_peft_weights(adapter)}
     created = {name for name, _ in wrapped.named_parameters() if "lora_" in name}
@@ -151,3 +155,99 @@ def attach_adapter(net, adapter: str, merge: bool):
         raise ValueError(f"adapter {adapter} does not fit this model: none of its weights match "
                          f"the LoRA modules it targets (e.g. {sorted(created)[0]})")
     return wrapped.merge_and_unload() if merge else wrapped
+
+
+# -- checks that need no model weights (run by lib.protocol.preflight before any model loads) --
+
+SAFE_WEIGHTS = ("*.safetensors",)
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _has(directory: Path, patterns) -> list[str]:
+    return sorted(p.name for pattern in patterns for p in directory.glob(pattern))
+
+
+def weights_problem(directory: Path, allow_unsafe_weights: bool, what: str) -> str | None:
+    """Why a local directory's weights cannot be loaded under the safety flags, or None."""
+    if _has(directory, SAFE_WEIGHTS):
+        return None
+    pickles = _has(directory, PICKLE_WEIGHTS)
+    if not pickles:
+        return f"{what} {directory} has no weights (*.safetensors)"
+    if not allow_unsafe_weights:
+        return (f"{what} {directory} has only pickle weights ({pickles[0]}), which can run code "
+                f"when loaded: convert them to safetensors, or set allow_unsafe_weights: true")
+    return None
+
+
+def checkpoint_problem(model: str, allow_unsafe_weights: bool, trust_remote_code: bool) -> str | None:
+    """Why a local model directory cannot be loaded (files only, no weights read), or None.
+    Hub ids are left to the hub cache."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    if not (path / "config.json").is_file():
+        return f"model directory {model} has no config.json (not a transformers checkpoint)"
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"model directory {model}: config.json is not valid JSON ({err})"
+    if cfg.get("auto_map") and not trust_remote_code and cfg.get("model_type") not in CONFIG_MAPPING_NAMES:
+        return (f"model directory {model} needs its own code (auto_map in config.json, model_type "
+                f"{cfg.get('model_type')!r}); set trust_remote_code: true only if you trust it")
+    if not _has(path, TOKENIZER_FILES):
+        return f"model directory {model} has no tokenizer files ({', '.join(TOKENIZER_FILES)})"
+    if not _has(path, PROCESSOR_FILES):
+        return f"model directory {model} has no image processor config ({' or '.join(PROCESSOR_FILES)})"
+    return weights_problem(path, allow_unsafe_weights, "model directory")
+
+
+def adapter_weights_problem(adapter: str, allow_unsafe_weights: bool) -> str | None:
+    path = Path(adapter)
+    if not path.is_dir():
+        return None
+    if not (path / "adapter_config.json").is_file():
+        return f"adapter directory {adapter} has no adapter_config.json (not a peft adapter)"
+    return weights_problem(path, allow_unsafe_weights, "adapter directory")
+
+
+def model_type_of(location: str) -> str | None:
+    """model_type from a local checkpoint's config.json (None when not readable here)."""
+    cfg = Path(location) / "config.json"
+    try:
+        return json.loads(cfg.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def adapter_base_problem(adapter: str, model: str) -> str | None:
+    """An adapter whose config names a base model of another architecture than `model`.
+
+    The base named in adapter_config.json (`base_model_name_or_path`) is compared with the
+    model by model_type where both configs can be read locally; names alone are not compared
+    (a local copy of a hub model has another name).
+    """
+    path = Path(adapter) / "adapter_config.json"
+    if not path.is_file():
+        return None
+    base = json.loads(path.read_text()).get("base_model_name_or_path")
+    if not base:
+        return None
+    base_type, model_type = model_type_of(base), model_type_of(model)
+    if base_type and model_type and base_type != model_type:
+        return (f"adapter {adapter} was trained on {base} (model_type {base_type!r}), not on a "
+                f"{model_type!r} model like {model}")
+    return None
+
+
+def context_length(model: str, trust_remote_code: bool) -> int | None:
+    """The model's maximum positions (its text model's max_position_embeddings), from config."""
+    cfg = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    text = getattr(cfg, "text_config", None) or cfg
+    return getattr(text, "max_position_embeddings", None)
+
+
+def load_processor(model: str, trust_remote_code: bool):
+    return AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)

@@ -86,3 +86,71 @@ def sample_grid(images, titles, columns: int = 4):
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# -- figures of the measures added beside the paper's (issue 12) ---------------------------------
+
+FOREST_SERIES = (  # (pairs column, label, colour, vertical offset)
+    ("frac_Dangerous", "Dangerous", QUADRANT_COLORS["Dangerous"], -0.25),
+    ("frac_image_blind", "image-blind", "#264653", 0.0),
+    ("frac_prior_coincident", "prior-coincident", "#8ab17d", 0.25),
+)
+
+
+def _interval_errors(pairs: pd.DataFrame, column: str):
+    """(values, 2 x n error bars) from ``column`` and its ``_low``/``_high`` columns; a missing
+    interval draws no bar."""
+    values = pairs[column].to_numpy(dtype=float) if column in pairs else np.full(len(pairs), np.nan)
+    low = pairs.get(f"{column}_low", pd.Series(np.nan, index=pairs.index)).to_numpy(dtype=float)
+    high = pairs.get(f"{column}_high", pd.Series(np.nan, index=pairs.index)).to_numpy(dtype=float)
+    errors = np.vstack([values - low, high - values])
+    return values, np.nan_to_num(np.clip(errors, 0, None), nan=0.0)
+
+
+def dangerous_forest(pairs: pd.DataFrame):
+    """Forest plot: each pair's Dangerous fraction with its interval, and the image-blind and
+    prior-coincident parts of it with theirs (columns of ``stats.gather_runs``)."""
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * len(pairs) + 1.2)))
+    y = np.arange(len(pairs))
+    for column, label, colour, offset in FOREST_SERIES:
+        values, errors = _interval_errors(pairs, column)
+        ax.errorbar(values, y + offset, xerr=errors, fmt="o", ms=4, capsize=2, color=colour, label=label)
+    ax.set_yticks(y, pairs["pair"])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of all samples (bars: cluster-bootstrap interval over images)")
+    ax.set_title("Dangerous fraction, split by the swap check")
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def screening_auroc(pairs: pd.DataFrame):
+    """Each pair's screening AUROC (a Dangerous sample's entropy above another's) with its interval."""
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(pairs) + 1.2)))
+    y = np.arange(len(pairs))
+    values, errors = _interval_errors(pairs, "auroc_entropy_dangerous")
+    ax.errorbar(values, y, xerr=errors, fmt="o", capsize=3, color=QUADRANT_COLORS["Dangerous"])
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, pairs["pair"])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AUROC of entropy for Dangerous vs other samples (0.5: screen blind to them)")
+    ax.set_title("Confidence screening")
+    fig.tight_layout()
+    return fig
+
+
+def reliance_by_quadrant(samples_table: pd.DataFrame, title: str = ""):
+    """Histograms of reliance = |p_yes - p_yes_text_only| (original question), one panel per quadrant."""
+    fig, axes = plt.subplots(1, 4, figsize=(13, 2.8), sharex=True)
+    bins = np.linspace(0, 1, 21)
+    for ax, quadrant in zip(axes, QUADRANTS):
+        values = samples_table.loc[samples_table.quadrant == quadrant, "reliance"].dropna()
+        ax.hist(values, bins=bins, color=QUADRANT_COLORS[quadrant])
+        ax.set_title(f"{quadrant} (n={len(values)})")
+        ax.set_xlabel("reliance |p_yes - p_yes text-only|")
+    axes[0].set_ylabel("samples")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

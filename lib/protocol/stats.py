@@ -5,12 +5,32 @@ written by the evaluate notebooks (see ``lib.protocol.taxonomy.summarize``). The
 flip-rate / Dangerous-fraction correlation over its 10 pairs (r = -0.89) without naming the
 correlation type or interval; we report Pearson r with a two-sided p-value and a 95 % Fisher-z
 confidence interval, plus Spearman rho as a rank-based check.
+
+Added beside them (issue 12), in ``flip_vs_dangerous`` / ``flip_vs``:
+
+- ``bootstrap_ci95`` [bootstrap_correlation]: percentile interval of Pearson r from a bootstrap
+  that resamples every pair's samples independently (stratified by pair), in clusters of images
+  as the per-pair intervals do (lib.protocol.taxonomy.bootstrap_ci), recomputes each pair's flip
+  rate and Dangerous (or image-blind) fraction from its samples table, then r across pairs
+  (scipy.stats.bootstrap, one sample per pair). Resamples where r is undefined (a constant
+  variable) are left out.
+- ``permutation_p`` [permutation_p]: two-sided p-value of Pearson r under random re-pairings of
+  the two variables (scipy.stats.permutation_test, permutation_type="pairings"; exact when n!
+  is at most the number of resamples).
+- ``independence_r`` [independence]: Pearson r between the flip rate f and (1 - f)(1 - rho),
+  rho = image-reliance rate: since Dangerous = (1 - f) - Ideal, this is the correlation that the
+  arithmetic alone produces if consistency and image reliance were independent. An observed r
+  close to it says little beyond that arithmetic.
+- ``image_blind``: the same correlation (with its bootstrap and permutation p) for the
+  image-blind fraction (Dangerous samples whose answer survives a swap to an opposite-label
+  image and is correct), the part of Dangerous that does mean "ignores the image".
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +43,45 @@ SUMMARY_KEYS = (
     "config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "accuracy",
     "quadrant_fractions", "accuracy_by_quadrant", "entropy_by_quadrant",
 )
+# Optional summary keys (NaN when a summary predates them): column -> path in summary.json.
+OPTIONAL_COLUMNS = {
+    "image_reliance_rate": ("image_reliance_rate",),
+    "sensitivity": ("sensitivity",),
+    "specificity": ("specificity",),
+    "balanced_accuracy": ("balanced_accuracy",),
+    "swap_change_rate": ("swap_change_rate",),
+    "swap_unavailable": ("swap_unavailable",),
+    "frac_image_blind": ("dangerous_breakdown", "image-blind"),
+    "frac_prior_coincident": ("dangerous_breakdown", "prior-coincident"),
+    "frac_undetermined": ("dangerous_breakdown", "undetermined"),
+    "frac_no_swap": ("dangerous_breakdown", "no_swap"),
+    "auroc_entropy_dangerous": ("screening", "auroc_entropy_dangerous"),
+}
+# Interval columns <name>_low / <name>_high: name -> path of the [low, high] list in summary.json.
+CI_COLUMNS = {
+    "flip_rate": ("ci95", "flip_rate"),
+    "accuracy": ("ci95", "accuracy"),
+    "balanced_accuracy": ("ci95", "balanced_accuracy"),
+    "swap_change_rate": ("ci95", "swap_change_rate"),
+    "frac_Dangerous": ("ci95", "quadrant_fractions", "Dangerous"),
+    "frac_image_blind": ("ci95", "dangerous_breakdown", "image-blind"),
+    "frac_prior_coincident": ("ci95", "dangerous_breakdown", "prior-coincident"),
+    "frac_undetermined": ("ci95", "dangerous_breakdown", "undetermined"),
+    "auroc_entropy_dangerous": ("ci95", "auroc_entropy_dangerous"),
+}
 PAIR_COLUMNS = (
     ("pair", "config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "accuracy")
     + tuple(f"frac_{q}" for q in QUADRANTS)
     + tuple(f"acc_{q}" for q in QUADRANTS)
     + tuple(f"entropy_{q}" for q in QUADRANTS)
     + ("n_skipped",)
+    + tuple(OPTIONAL_COLUMNS)
+    + tuple(f"{name}_{end}" for name in CI_COLUMNS for end in ("low", "high"))
+    + ("run",)
 )
+# samples-table definitions of the across-pair variables the bootstrap recomputes
+BOOTSTRAP_VARIABLES = {"frac_Dangerous": ("quadrant", "Dangerous"),
+                       "frac_image_blind": ("dangerous_kind", "image-blind")}
 
 
 def correlation(x, y) -> dict:
@@ -69,7 +121,9 @@ def gather_runs(runs_dir) -> pd.DataFrame:
     """One row per ``runs_dir/*/summary.json``, sorted by (config, dataset), columns ``PAIR_COLUMNS``.
 
     ``n_skipped`` is the total of the summary's reason -> count dict (0 when absent); rates that
-    a summary reports as None become NaN. Raises FileNotFoundError when there is no summary,
+    a summary reports as None become NaN, and so do the ``OPTIONAL_COLUMNS`` and ``CI_COLUMNS``
+    (``<name>_low``, ``<name>_high``) that an older summary lacks; ``run`` is the run folder's
+    name (the key of ``gather_samples``). Raises FileNotFoundError when there is no summary,
     ValueError for a summary missing a key or two summaries of the same pair.
     """
     runs_dir = Path(runs_dir)
@@ -93,9 +147,14 @@ def gather_runs(runs_dir) -> pd.DataFrame:
                             ("entropy", "entropy_by_quadrant")):
             row.update({f"{prefix}_{q}": summary[key].get(q) for q in QUADRANTS})
         row["n_skipped"] = int(sum((summary.get("n_skipped") or {}).values()))
+        row.update({name: _lookup(summary, keys) for name, keys in OPTIONAL_COLUMNS.items()})
+        for name, keys in CI_COLUMNS.items():
+            interval = _lookup(summary, keys) or (None, None)
+            row[f"{name}_low"], row[f"{name}_high"] = interval
+        row["run"] = path.parent.name
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
-    rates = [c for c in PAIR_COLUMNS[4:] if c != "n_skipped"]
+    rates = [c for c in PAIR_COLUMNS[4:] if c not in ("n_skipped", "run")]
     frame[rates] = frame[rates].astype(float)  # None -> NaN
     return frame.sort_values(["config", "dataset"], ignore_index=True)
 
@@ -106,12 +165,175 @@ def gather_samples(runs_dir) -> dict[str, pd.DataFrame]:
     return {path.parent.name: pd.read_parquet(path) for path in paths}
 
 
-def flip_vs_dangerous(pairs: pd.DataFrame) -> dict:
-    """``correlation(flip_rate, frac_Dangerous)`` across pairs, plus ``pairs``: the pair names used."""
-    used = pairs.dropna(subset=["flip_rate", "frac_Dangerous"])
-    result = correlation(used["flip_rate"], used["frac_Dangerous"])
+def flip_vs_dangerous(pairs: pd.DataFrame, samples_by_pair: dict | None = None, *,
+                      bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0,
+                      permutation_resamples: int = 9999) -> dict:
+    """``correlation(flip_rate, frac_Dangerous)`` across pairs, plus ``pairs``: the pair names used.
+
+    Added keys (module docstring): ``bootstrap_ci95`` (None without ``samples_by_pair``, the
+    per-pair samples tables of ``gather_samples``), ``permutation_p``, ``independence_r`` and
+    ``independence`` (its full correlation), and ``image_blind``: ``flip_vs`` for the
+    image-blind fraction. ``bootstrap_method`` says how the interval was made.
+    """
+    options = dict(bootstrap_resamples=bootstrap_resamples, ci_level=ci_level, seed=seed,
+                   permutation_resamples=permutation_resamples)
+    result = flip_vs(pairs, "frac_Dangerous", samples_by_pair, **options)
+    baseline = independence(pairs)
+    result["independence_r"] = baseline["pearson_r"]
+    result["independence"] = baseline
+    result["image_blind"] = flip_vs(pairs, "frac_image_blind", samples_by_pair, **options)
+    return result
+
+
+def flip_vs(pairs: pd.DataFrame, column: str, samples_by_pair: dict | None = None, *,
+            bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0,
+            permutation_resamples: int = 9999) -> dict:
+    """``correlation(flip_rate, pairs[column])`` with ``pairs``, ``permutation_p`` and
+    ``bootstrap_ci95`` (for a column of ``BOOTSTRAP_VARIABLES``, given the samples tables).
+
+    A missing column counts as all NaN (n = 0, every statistic None).
+    """
+    pairs = pairs if column in pairs.columns else pairs.assign(**{column: np.nan})
+    used = pairs.dropna(subset=["flip_rate", column])
+    result = correlation(used["flip_rate"], used[column])
+    result["pairs"] = [str(p) for p in used["pair"]]
+    result["permutation_p"] = permutation_p(used["flip_rate"], used[column],
+                                            resamples=permutation_resamples, seed=seed)
+    result["bootstrap_ci95"] = None
+    result["bootstrap_method"] = None
+    if samples_by_pair is not None and column in BOOTSTRAP_VARIABLES:
+        tables = [_table_of(row, samples_by_pair) for row in used.itertuples()]
+        boot = bootstrap_correlation(tables, column, resamples=bootstrap_resamples,
+                                     ci_level=ci_level, seed=seed)
+        result["bootstrap_ci95"] = boot["ci95"]
+        result["bootstrap_method"] = boot["method"]
+    return result
+
+
+def independence(pairs: pd.DataFrame) -> dict:
+    """``correlation(f, (1 - f)(1 - rho))`` across pairs (f flip rate, rho image-reliance rate).
+
+    The Dangerous fraction that independent axes would give; see the module docstring. ``pairs``
+    lists the pairs used; None coefficients when the image_reliance_rate column is missing.
+    """
+    rho = pairs["image_reliance_rate"] if "image_reliance_rate" in pairs.columns else np.nan
+    frame = pairs.assign(_expected=(1 - pairs["flip_rate"]) * (1 - rho))
+    used = frame.dropna(subset=["flip_rate", "_expected"])
+    result = correlation(used["flip_rate"], used["_expected"])
     result["pairs"] = [str(p) for p in used["pair"]]
     return result
+
+
+def permutation_p(x, y, *, resamples: int = 9999, seed: int = 0) -> float | None:
+    """Two-sided permutation p-value of Pearson r (scipy.stats.permutation_test, pairings).
+
+    NaN pairs are dropped; None with fewer than 3 pairs or a constant input.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+
+    def statistic(a, axis=-1):
+        return _pearson_rows(a, y)
+
+    result = sps.permutation_test((x,), statistic, permutation_type="pairings", vectorized=True,
+                                  n_resamples=resamples, alternative="two-sided",
+                                  rng=np.random.default_rng(seed))
+    return _plain(result.pvalue)
+
+
+def bootstrap_correlation(tables: list[pd.DataFrame], column: str = "frac_Dangerous", *,
+                          resamples: int = 1000, ci_level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile interval of Pearson r(flip rate, ``column``) across the pairs' samples tables.
+
+    Every resample draws each pair's images with replacement, independently of the other pairs
+    (all samples of a drawn image come with it), recomputes each pair's flip rate (not
+    consistent) and ``column`` (``BOOTSTRAP_VARIABLES``: the fraction of samples whose quadrant
+    is Dangerous, or whose dangerous_kind is image-blind), then r. Returns ``ci95`` ([low, high],
+    None with fewer than 3 pairs or when no resample defines r) and ``method`` (a sentence).
+    """
+    from .taxonomy import _validate_bootstrap
+
+    _validate_bootstrap(resamples, ci_level)
+    field, value = BOOTSTRAP_VARIABLES[column]
+    method = (f"percentile bootstrap (scipy.stats.bootstrap) of Pearson r over {resamples} "
+              f"resamples, each pair's images drawn with replacement independently of the other "
+              f"pairs and its flip rate and {column} recomputed from its samples; level "
+              f"{ci_level:g}, seed {seed}; resamples where r is undefined are left out")
+    if len(tables) < 3:
+        return {"ci95": None, "method": method}
+    per_pair = []
+    for table in tables:
+        image_index, _ = pd.factorize(table["image_id"], use_na_sentinel=False)
+        n_images = int(image_index.max()) + 1
+        sums = np.zeros((n_images, 3))
+        hit = (table[field] == value).fillna(False).to_numpy(dtype=float) if field in table.columns \
+            else np.zeros(len(table))
+        np.add.at(sums, image_index, np.column_stack(
+            [np.ones(len(table)), ~table["consistent"].to_numpy(bool), hit]))
+        per_pair.append(sums)
+
+    def statistic(*indices, axis=-1):
+        x, y = [], []
+        for idx, sums in zip(indices, per_pair):
+            idx = np.atleast_2d(idx)
+            b, n = idx.shape[0], len(sums)
+            weights = np.bincount((idx + n * np.arange(b)[:, None]).ravel(),
+                                  minlength=b * n).reshape(b, n)
+            totals = weights @ sums
+            x.append(totals[:, 1] / totals[:, 0])
+            y.append(totals[:, 2] / totals[:, 0])
+        return _pearson_rows(np.column_stack(x), np.column_stack(y))
+
+    # a pair of one image cannot be resampled by scipy: two draws of its one image, same rates
+    data = tuple(np.arange(len(s)) if len(s) >= 2 else np.zeros(2, dtype=int) for s in per_pair)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = sps.bootstrap(data, statistic, n_resamples=resamples, vectorized=True,
+                               paired=False, method="percentile", confidence_level=ci_level,
+                               rng=np.random.default_rng(seed))
+        dist = np.asarray(result.bootstrap_distribution, dtype=float)
+        dist = dist[~np.isnan(dist)]
+    if not len(dist):
+        return {"ci95": None, "method": method}
+    alpha = (1 - ci_level) / 2
+    low, high = np.quantile(dist, [alpha, 1 - alpha])
+    return {"ci95": [float(low), float(high)], "method": method}
+
+
+def _pearson_rows(x, y) -> np.ndarray:
+    """Pearson r of each row of x against the same row of y (broadcast along the last axis); NaN
+    for a constant row."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
+    return np.clip(r, -1.0, 1.0)
+
+
+def _table_of(row, samples_by_pair: dict) -> pd.DataFrame:
+    """The samples table of one row of ``pairs``: by its run folder, else by its pair name."""
+    run = getattr(row, "run", None)
+    for key in (run, row.pair):
+        if isinstance(key, str) and key in samples_by_pair:
+            return samples_by_pair[key]
+    raise ValueError(f"no samples table for pair {row.pair} (run {run}); "
+                     f"have {sorted(samples_by_pair)}")
+
+
+def _lookup(summary: dict, keys):
+    """summary[k1][k2]...; None where any level is missing or None."""
+    value = summary
+    for key in keys:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return None
+        value = value[key]
+    return value
 
 
 def _plain(x) -> float | None:

@@ -1,8 +1,8 @@
 """Scale-out on Ray: one pair across many workers, many pairs at once (optional; `requirements-ray.txt`).
 
-One pair across workers (`score_with_ray`, used by `lib.protocol.run.evaluate` when params `workers` > 1
-or `ray_address` is set): the driver streams the pair's samples that the record store does not
-hold yet, cut into exactly the batches of the single-process path (`lib.protocol.run.batches_to_score`),
+One pair across workers (`RayScorer`, a `lib.protocol.run.Scorer` that `lib.front.session` picks
+when params `workers` > 1 or `ray_address` is set): the driver hands the pair's samples that the
+record store does not hold yet, cut into exactly the batches of the single-process path,
 into a Ray Data pipeline; an actor pool (`workers` actors, one GPU each where the cluster has
 GPUs, else one CPU each) loads the model ONCE per actor and runs the per-batch logic of the
 single-process path (`lib.protocol.run.score_batch`: load images, `Engine.score`, one atomic chunk per
@@ -32,8 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..protocol import config, models, provenance, records, run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTALL_HINT = "install the optional Ray extra: pip install -r requirements-ray.txt"
@@ -171,42 +175,28 @@ def peak_rss_mb() -> float:
 class BatchScorer:
     """Ray Data actor: loads the model once, then scores and writes one batch per input row."""
 
-    def __init__(self, params: dict, store_dir: str, question_sets):
-        import torch
-
-        from ..protocol import models, provenance, records
-        from ..protocol.engine import Engine
-
+    def __init__(self, params: dict, store_dir: str):
         if not torch.cuda.is_available() or params.get("device") == "cpu":
             torch.set_num_threads(1)
         provenance.seed_everything(params["seed"])
         start = time.perf_counter()
-        self.lm = models.load_model(
-            params["model"], adapter=params["adapter"], quantization=params["quantization"],
-            dtype=params["dtype"], device=params["device"], merge_adapter=params["merge_adapter"],
-            trust_remote_code=params["trust_remote_code"],
-            allow_unsafe_weights=params["allow_unsafe_weights"],
-        )
+        self.engine = run.load_engine(params)
+        self.lm = self.engine.lm
         self.load_s = time.perf_counter() - start
-        self.engine = Engine(self.lm, image_removal=params["image_removal"],
-                             prefix_sharing=params["prefix_sharing"], batch_size=params["batch_size"])
         store_dir = Path(store_dir)
         self.store = records.RecordStore(store_dir.parent.parent, store_dir.name)
         self.params = params
-        self.question_sets = question_sets
         self.pid = os.getpid()
         self.node = socket.gethostname()
 
     def __call__(self, rows: dict) -> dict:
-        from ..protocol import run
-
         out = {k: [] for k in ("batch_index", "n_samples", "n_scored", "start", "end", "pid", "node",
                                "peak_rss_mb", "model_load_s", "mode", "fallback_reason",
                                "device", "dtype")}
         for index, blob in zip(rows["batch_index"], rows["samples"]):
-            batch = pickle.loads(blob)  # data.Sample or a subclass (run.QuestionSample)
+            batch = pickle.loads(blob)  # run.Job list
             start = time.time()
-            n = run.score_batch(self.engine, self.store, batch, self.question_sets, self.params)
+            n = run.score_batch(self.engine, self.store, batch)
             values = (int(index), len(batch), n, start, time.time(), self.pid, self.node,
                       peak_rss_mb(), self.load_s, self.engine.mode,
                       self.engine.fallback_reason or "", str(self.lm.device), str(self.lm.dtype))
@@ -215,34 +205,35 @@ class BatchScorer:
         return out
 
 
-def batch_rows(params: dict, store, skipped: Counter) -> tuple[list[dict], set[str]]:
+def batch_rows(batches) -> tuple[list[dict], set[str]]:
     """One row per batch of the single-process path (same samples, same order, same sample
-    classes: the batch is pickled), and the ids of all samples still to do."""
-    from ..protocol import run
-
+    classes: the batch is pickled), and the ids of all samples to do."""
     rows, todo = [], set()
-    for i, batch in enumerate(run.batches_to_score(params, store, skipped)):
+    for i, batch in enumerate(batches):
         rows.append({"batch_index": i, "samples": pickle.dumps(batch)})
-        todo.update(s.sample_id for s in batch)
+        todo.update(job.sample_id for job in batch)
     return rows, todo
 
 
-def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict:
-    """Score every sample the store lacks on a Ray actor pool; returns the run's engine info.
+class RayScorer:
+    """A `lib.protocol.run.Scorer` on a Ray actor pool (see the module docstring)."""
 
-    `skipped` receives the label skips (as `lib.protocol.run.score_all` does). The returned dict has the
-    keys of the single-process engine info (mode, fallback_reason, samples_per_second, device,
-    dtype) plus workers, ray_address, model_load_s, peak_rss_mb_per_worker and per_worker.
+    def __call__(self, params, store, batches) -> dict:
+        return score_with_ray(params, store, batches)
+
+
+def score_with_ray(params: dict, store, batches) -> dict:
+    """Score the batches on a Ray actor pool; returns the run's engine info.
+
+    The returned dict has the keys of the single-process engine info (mode, fallback_reason,
+    samples_per_second, device, dtype) plus workers, ray_address, model_load_s,
+    peak_rss_mb_per_worker and per_worker.
     """
-    from tqdm.auto import tqdm
-
-    from ..protocol import models
-
     workers = max(int(params.get("workers") or 1), 1)
     address = params.get("ray_address") or None
     import_ray()
     check_reachable(address)  # before anything else: a wrong address fails within seconds
-    rows, todo = batch_rows(params, store, skipped)
+    rows, todo = batch_rows(batches)
     device = models.resolve_device(params["device"]) if params["device"] != "auto" else None
     info = {"mode": "prefix_sharing" if params["prefix_sharing"] else "batched",
             "fallback_reason": None if params["prefix_sharing"] else "prefix_sharing disabled by params",
@@ -252,7 +243,6 @@ def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict
     if not rows:
         return info
 
-    import torch
     local_gpu = torch.cuda.is_available() and params["device"] != "cpu"
     with ray_cluster(address, num_cpus=local_cpus(workers, local_gpu)) as ray:
         gpu = use_gpus(ray, params)
@@ -267,8 +257,7 @@ def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict
         ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             BatchScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
             fn_constructor_kwargs={"params": actor_params(params),
-                                   "store_dir": str(store.dir.resolve()),
-                                   "question_sets": question_sets},
+                                   "store_dir": str(store.dir.resolve())},
             **resources,
         )  # Ray Data restarts a lost actor and retries its unfinished blocks (its defaults)
         start, wall_start, n_scored, results = time.perf_counter(), time.time(), 0, []
@@ -280,7 +269,7 @@ def score_with_ray(params: dict, store, question_sets, skipped: Counter) -> dict
                 bar.update(row["n_samples"])
         elapsed = time.perf_counter() - start
 
-    missing = todo - store.done_samples()
+    missing = todo - set(store.index())
     if missing:
         raise RuntimeError(
             f"{len(missing)} samples were scored by Ray workers but no chunk of theirs is in "
@@ -324,19 +313,17 @@ def bench_workers(params: dict, workers=(1, 2)) -> list[dict]:
     model_load_s (slowest actor's load_model), batches_per_worker (how the batches were shared),
     peak_rss_mb_per_worker (largest actor), device.
     """
-    from ..protocol import config, questions, records
-
     rows = []
-    question_sets = questions.load_question_sets(params["questions"])
-    import torch
+    samples = list(run.stream_samples(params, run.data.Skips()))
+    jobs = run.jobs_for(params, samples, run.question_sets_for(params))
     gpu = torch.cuda.is_available() and params["device"] != "cpu"
     with ray_cluster(None, num_cpus=local_cpus(max(workers), gpu)):
         for n in workers:
             with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
                 run_params = {**params, "workers": n, "ray_address": None, "output_dir": tmp}
-                store = records.RecordStore(tmp, config.run_hash(run_params))
+                store = records.RecordStore(tmp, config.records_key(run_params))
                 start = time.perf_counter()
-                info = score_with_ray(run_params, store, question_sets, Counter())
+                info = score_with_ray(run_params, store, run.batched(jobs, params["batch_size"]))
                 wall = time.perf_counter() - start
             rows.append({
                 "workers": n, "samples": info.get("n_scored", 0), "wall_s": round(wall, 2),
@@ -388,8 +375,6 @@ def sweep(params_files, ray_address: str | None = None, runs_dir: str = "outputs
     the analysis runs only when all succeeded (skip it with analysis_dir=None). Returns
     {"pairs": {pair: task result}, "analysis": path or None}.
     """
-    from ..protocol import config
-
     files = [Path(f) for f in params_files]
     if not files:
         raise ValueError("sweep: no params files given")
@@ -452,8 +437,6 @@ def main(argv=None) -> int:
     if args.command == "sweep":
         result = sweep(args.params_files, args.address, args.runs_dir, args.analysis_dir)
     else:
-        from ..protocol import config
-
         params = config.load(args.params_file)
         if args.limit is not None:
             params["limit"] = args.limit

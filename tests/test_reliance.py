@@ -1,0 +1,449 @@
+"""Known-answer tests for the measures added beside the paper's (issue 12): the reliance columns,
+the swap choice, the new summary keys and the cluster bootstrap.
+
+Hand-worked run: 8 samples on 7 images (a1 and a2 share image A). pred: p_yes >= 0.5 -> yes.
+
+| s  | img | label | image p_yes (prompt 0, ...) | preds | text p -> pred | quadrant  | correct | entropy  |
+|----|-----|-------|-----------------------------|-------|----------------|-----------|---------|----------|
+| a1 | A   | yes   | 0.9, 0.8                    | y y   | 0.2  -> n      | Ideal     | yes     | H(0.9)   |
+| a2 | A   | no    | 0.2, 0.6                    | n y   | 0.7  -> y      | Fragile   | yes     | H(0.2)   |
+| b1 | B   | no    | 0.0, 0.1, 0.3               | n n n | 0.1  -> n      | Dangerous | yes     | 0        |
+| c1 | C   | yes   | 1.0                         | y     | 0.9  -> y      | Dangerous | yes     | 0        |
+| d1 | D   | yes   | 0.2, 0.3                    | n n   | 0.35 -> n      | Dangerous | no      | H(0.2)   |
+| e1 | E   | no    | 0.5                         | y     | 0.55 -> y      | Dangerous | no      | 1        |
+| f1 | F   | yes   | 0.9, 0.2                    | y n   | 0.6  -> y      | Worst     | yes     | H(0.9)   |
+| g1 | G   | yes   | 0.0, 0.45                   | n n   | 0.4  -> n      | Dangerous | no      | 0        |
+
+Reliance rows (prompt 0):
+
+| s  | swap p (image)  | pred_swap | swap_changes | dangerous_kind   | blank p -> pred | noise p -> pred |
+|----|-----------------|-----------|--------------|------------------|-----------------|-----------------|
+| a1 | 0.3 (B)         | n         | True         | -                | 0.4  -> n       | 0.6  -> y       |
+| a2 | 0.1 (C)         | n         | False        | -                | 0.45 -> n       | -               |
+| b1 | 0.7 (A)         | y         | True         | prior-coincident | 0.2  -> n       | 0.55 -> y       |
+| c1 | 0.8 (A)         | y         | False        | image-blind      | 0.6  -> y       | -               |
+| d1 | 0.1 (B)         | n         | False        | undetermined     | 0.5  -> y       | -               |
+| e1 | -               | -         | -            | - (no swap)      | 0.3  -> n       | -               |
+| f1 | 0.4 (C)         | n         | True         | -                | 0.7  -> y       | -               |
+| g1 | 0.2 (B)         | n         | False        | undetermined     | 0.1  -> n       | -               |
+"""
+
+import json
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.proportion import proportion_confint
+
+from lib.protocol import reliance
+from lib.protocol import taxonomy as tx
+
+H = {p: float(tx.binary_entropy(p)) for p in (0.9, 0.2)}
+
+IMAGE_P = {"a1": [0.9, 0.8], "a2": [0.2, 0.6], "b1": [0.0, 0.1, 0.3], "c1": [1.0],
+           "d1": [0.2, 0.3], "e1": [0.5], "f1": [0.9, 0.2], "g1": [0.0, 0.45]}
+TEXT_P = {"a1": 0.2, "a2": 0.7, "b1": 0.1, "c1": 0.9, "d1": 0.35, "e1": 0.55, "f1": 0.6, "g1": 0.4}
+LABELS = {"a1": "yes", "a2": "no", "b1": "no", "c1": "yes", "d1": "yes", "e1": "no", "f1": "yes",
+          "g1": "yes"}
+IMAGES = {"a1": "A", "a2": "A", "b1": "B", "c1": "C", "d1": "D", "e1": "E", "f1": "F", "g1": "G"}
+SWAP = {"a1": (0.3, "B"), "a2": (0.1, "C"), "b1": (0.7, "A"), "c1": (0.8, "A"), "d1": (0.1, "B"),
+        "f1": (0.4, "C"), "g1": (0.2, "B")}
+BLANK = {"a1": 0.4, "a2": 0.45, "b1": 0.2, "c1": 0.6, "d1": 0.5, "e1": 0.3, "f1": 0.7, "g1": 0.1}
+NOISE = {"a1": 0.6, "b1": 0.55}
+IDS = list(LABELS)
+# yes_no_mass of the 15 image rows, in row order: 0.05, 0.10, ..., 0.75 (median 0.40; p10 at
+# rank 0.1 x 14 = 1.4: 0.10 + 0.4 x 0.05 = 0.12); reliance rows get mass 1 (not counted).
+MASSES = [0.05 * (k + 1) for k in range(15)]
+
+
+def make_predictions(with_reliance=True, masses=MASSES):
+    rows, k = [], 0
+    for sid, ps in IMAGE_P.items():
+        for j, p in enumerate(ps):
+            rows.append(dict(sample_id=sid, prompt_id=j, condition="image", prompt=f"q{j}", p_yes=p,
+                             yes_no_mass=masses[k]))
+            k += 1
+    for sid, p in TEXT_P.items():
+        rows.append(dict(sample_id=sid, prompt_id=0, condition="text_only", prompt="q0", p_yes=p,
+                         yes_no_mass=1.0))
+    if with_reliance:
+        for sid, (p, image) in SWAP.items():
+            rows.append(dict(sample_id=sid, prompt_id=0, condition="swap", prompt="q0", p_yes=p,
+                             yes_no_mass=1.0, swap_image_id=image))
+        for condition, values in (("blank", BLANK), ("noise", NOISE)):
+            for sid, p in values.items():
+                rows.append(dict(sample_id=sid, prompt_id=0, condition=condition, prompt="q0",
+                                 p_yes=p, yes_no_mass=1.0))
+    return tx.add_answers(pd.DataFrame(rows))
+
+
+def make_samples():
+    return pd.DataFrame(dict(sample_id=IDS, image_id=[IMAGES[s] for s in IDS],
+                             finding="cardiomegaly", label=[LABELS[s] for s in IDS]))
+
+
+@pytest.fixture
+def preds():
+    return make_predictions()
+
+
+@pytest.fixture
+def table(preds):
+    return tx.classify_samples(preds, make_samples())
+
+
+def nullable(series):
+    return [None if pd.isna(v) else v for v in series]
+
+
+# -- the samples table -------------------------------------------------------------------------
+
+def test_paper_columns_unchanged_by_reliance_rows(table):
+    plain = tx.classify_samples(make_predictions(with_reliance=False), make_samples())
+    paper = list(tx.SAMPLE_TABLE_COLUMNS[:12])
+    pd.testing.assert_frame_equal(table[paper], plain[paper])
+    assert list(table["quadrant"]) == ["Ideal", "Fragile", "Dangerous", "Dangerous", "Dangerous",
+                                       "Dangerous", "Worst", "Dangerous"]
+    assert list(table["correct"]) == [True, True, True, True, False, False, True, False]
+
+
+def test_reliance_columns_by_hand(table):
+    assert tuple(table.columns) == tx.SAMPLE_TABLE_COLUMNS
+    assert list(table["p_yes"]) == [0.9, 0.2, 0.0, 1.0, 0.2, 0.5, 0.9, 0.0]
+    assert list(table["p_yes_text_only"]) == [0.2, 0.7, 0.1, 0.9, 0.35, 0.55, 0.6, 0.4]
+    assert list(table["reliance"]) == pytest.approx([0.7, 0.5, 0.1, 0.1, 0.15, 0.05, 0.3, 0.4])
+    assert nullable(table["pred_swap"]) == ["no", "no", "yes", "yes", "no", None, "no", "no"]
+    assert nullable(table["swap_image_id"]) == ["B", "C", "A", "A", "B", None, "C", "B"]
+    assert nullable(table["swap_changes"]) == [True, False, True, False, False, None, True, False]
+    assert nullable(table["pred_blank"]) == ["no", "no", "no", "yes", "yes", "no", "yes", "no"]
+    assert nullable(table["pred_noise"]) == ["yes", None, "yes", None, None, None, None, None]
+    assert nullable(table["dangerous_kind"]) == [None, None, "prior-coincident", "image-blind",
+                                                 "undetermined", None, None, "undetermined"]
+
+
+def test_without_reliance_rows_the_new_columns_are_null():
+    table = tx.classify_samples(make_predictions(with_reliance=False), make_samples())
+    for column in ("pred_swap", "swap_image_id", "swap_changes", "pred_blank", "pred_noise",
+                   "dangerous_kind"):
+        assert table[column].isna().all(), column
+    no_p = make_predictions(with_reliance=False).drop(columns=["p_yes"])
+    assert tx.classify_samples(no_p, make_samples())["reliance"].isna().all()
+
+
+def test_reliance_rows_of_paraphrases_are_ignored(preds, table):
+    extra = tx.add_answers(pd.DataFrame([dict(sample_id="e1", prompt_id=1, condition="swap",
+                                              prompt="q1", p_yes=0.9, swap_image_id="Z")]))
+    again = tx.classify_samples(pd.concat([preds, extra], ignore_index=True), make_samples())
+    assert again["pred_swap"].isna().tolist() == table["pred_swap"].isna().tolist()
+
+
+def test_samples_table_survives_parquet(table, tmp_path):
+    table.to_parquet(tmp_path / "samples.parquet", index=False)
+    back = pd.read_parquet(tmp_path / "samples.parquet")
+    assert nullable(back["swap_changes"]) == nullable(table["swap_changes"])
+    assert nullable(back["dangerous_kind"]) == nullable(table["dangerous_kind"])
+
+
+# -- the summary -------------------------------------------------------------------------------
+
+@pytest.fixture
+def summary(table, preds):
+    return tx.summarize(table, preds, bootstrap_resamples=200, seed=1)
+
+
+def test_detection_rates(summary):
+    # label yes: a1 y, c1 y, d1 n, f1 y, g1 n -> 3/5; label no: a2 n, b1 n, e1 y -> 2/3
+    assert summary["accuracy"] == pytest.approx(5 / 8)
+    assert summary["sensitivity"] == pytest.approx(0.6)
+    assert summary["specificity"] == pytest.approx(2 / 3)
+    assert summary["balanced_accuracy"] == pytest.approx((0.6 + 2 / 3) / 2)
+
+
+def test_swap_blank_noise_rates_and_breakdown(summary):
+    json.dumps(summary)
+    assert summary["reliance_checks"] == ["swap", "blank", "noise"]
+    assert summary["swap_unavailable"] == 1                       # e1
+    assert summary["swap_change_rate"] == pytest.approx(3 / 7)    # a1, b1, f1 of 7 swaps
+    assert summary["blank_change_rate"] == pytest.approx(3 / 8)   # a1, d1, e1
+    assert summary["noise_change_rate"] == pytest.approx(1 / 2)   # b1 of a1, b1
+    assert summary["dangerous_breakdown"] == pytest.approx(
+        {"image-blind": 1 / 8, "prior-coincident": 1 / 8, "undetermined": 2 / 8, "no_swap": 1 / 8})
+    assert sum(summary["dangerous_breakdown"].values()) == pytest.approx(
+        summary["quadrant_fractions"]["Dangerous"])
+
+
+def test_prior_accuracy_by_quadrant(summary):
+    # text-only pred == label: a1 n/yes 0; a2 y/no 0; Dangerous b1 c1 right, d1 e1 g1 wrong; f1 y/yes
+    assert summary["prior_accuracy_by_quadrant"] == pytest.approx(
+        {"Ideal": 0.0, "Fragile": 0.0, "Dangerous": 0.4, "Worst": 1.0})
+
+
+def test_screening_auroc_with_ties(summary, table):
+    # Dangerous entropies b1 0, c1 0, g1 0, d1 H(0.2), e1 1; others a1 H(0.9), a2 H(0.2), f1 H(0.9).
+    # Wins over the 15 (D, other) pairs: zeros 0; d1 > a1, f1 and ties a2 -> 2.5; e1 > all -> 3.
+    assert table.loc[table.sample_id == "d1", "entropy"].item() == table.loc[table.sample_id == "a2", "entropy"].item()
+    assert summary["screening"]["auroc_entropy_dangerous"] == pytest.approx(5.5 / 15)
+    assert tx.auroc_entropy_dangerous(table) == pytest.approx(5.5 / 15)
+
+
+def test_catch_rate_with_ties_at_the_cut(summary):
+    # entropy order: e1 (D) 1 | a2, d1 (D) H(0.2) | a1, f1 H(0.9) | b1, c1, g1 (D) 0; n = 8
+    # f 0.1: k 0.8 -> e1 0.8; 0.2: k 1.6 -> e1 1 + a2, d1 0.3 each; 0.3: k 2.4 -> e1 1 + 0.7 each
+    s = summary["screening"]
+    assert s["catch_rate"] == pytest.approx({"0.1": 0.8 / 5, "0.2": 1.3 / 5, "0.3": 1.7 / 5})
+    assert s["flagged_dangerous_fraction"] == pytest.approx({"0.1": 1.0, "0.2": 1.3 / 1.6, "0.3": 1.7 / 2.4})
+    assert tx.flag_weights([1.0, 0.5, 0.5, 0.0], 0.5).tolist() == [1.0, 0.5, 0.5, 0.0]
+
+
+def test_threshold_table(summary):
+    # per sample (p0, text, min, max): see the module docstring; worked through by hand
+    expected = {
+        "0.4": {"Ideal": 1 / 8, "Fragile": 2 / 8, "Dangerous": 4 / 8, "Worst": 1 / 8},   # g1 Fragile
+        "0.45": {"Ideal": 1 / 8, "Fragile": 1 / 8, "Dangerous": 4 / 8, "Worst": 2 / 8},  # g1 Worst
+        "0.5": {"Ideal": 1 / 8, "Fragile": 1 / 8, "Dangerous": 5 / 8, "Worst": 1 / 8},
+        "0.55": {"Ideal": 2 / 8, "Fragile": 1 / 8, "Dangerous": 4 / 8, "Worst": 1 / 8},  # e1 Ideal
+        "0.6": {"Ideal": 1 / 8, "Fragile": 1 / 8, "Dangerous": 5 / 8, "Worst": 1 / 8},
+    }
+    assert summary["threshold_sensitivity"].keys() == expected.keys()
+    for t, fractions in expected.items():
+        assert summary["threshold_sensitivity"][t] == pytest.approx(fractions), t
+    assert summary["threshold_sensitivity"]["0.5"] == pytest.approx(summary["quadrant_fractions"])
+
+
+def test_yes_no_mass_and_warning(summary, table):
+    assert summary["yes_no_mass"] == pytest.approx({"median": 0.40, "p10": 0.12})
+    assert len(summary["warnings"]) == 1 and "0.400" in summary["warnings"][0]
+    assert "answer" in summary["warnings"][0]
+    high = make_predictions(masses=[0.9] * 15)
+    quiet = tx.summarize(table, high, bootstrap_resamples=10)
+    assert quiet["yes_no_mass"] == pytest.approx({"median": 0.9, "p10": 0.9}) and quiet["warnings"] == []
+
+
+def test_old_call_still_works_and_new_keys_are_null_without_checks():
+    preds = make_predictions(with_reliance=False)
+    table = tx.classify_samples(preds, make_samples())
+    s = tx.summarize(table, preds)
+    json.dumps(s)
+    assert s["reliance_checks"] == [] and s["swap_unavailable"] is None
+    assert s["swap_change_rate"] is None and s["blank_change_rate"] is None
+    assert s["dangerous_breakdown"] == {k: None for k in tx.BREAKDOWN_KEYS}
+    assert s["ci95"]["dangerous_breakdown"] == {k: None for k in tx.BREAKDOWN_KEYS}
+    assert s["ci95"]["swap_change_rate"] is None
+    # asked for, but no sample had a swap image: all unavailable, breakdown all no_swap
+    s = tx.summarize(table, preds, reliance_checks=["swap"], bootstrap_resamples=10)
+    assert s["swap_unavailable"] == 8 and s["dangerous_breakdown"]["no_swap"] == pytest.approx(5 / 8)
+
+
+def test_bad_input():
+    preds = make_predictions()
+    table = tx.classify_samples(preds, make_samples())
+    with pytest.raises(ValueError, match="bootstrap_resamples"):
+        tx.summarize(table, preds, bootstrap_resamples=0)
+    with pytest.raises(ValueError, match="bootstrap_resamples"):
+        tx.bootstrap_ci(table, preds, resamples=2.5)
+    with pytest.raises(ValueError, match="ci_level"):
+        tx.summarize(table, preds, ci_level=1.0)
+    with pytest.raises(ValueError, match="flip"):
+        tx.summarize(table, preds, reliance_checks=["swap", "flip"])
+    bad = preds.copy()
+    bad.loc[0, "condition"] = "mirror"
+    with pytest.raises(ValueError, match="mirror"):
+        tx.classify_samples(bad, make_samples())
+
+
+# -- the cluster bootstrap ---------------------------------------------------------------------
+
+def test_ci_keys_and_that_intervals_hold_the_estimate(summary):
+    ci = summary["ci95"]
+    assert "images" in summary["ci_method"] and "200 resamples" in summary["ci_method"]
+    for key in ("flip_rate", "pairwise_flip_rate", "accuracy", "balanced_accuracy", "swap_change_rate"):
+        low, high = ci[key]
+        assert low <= summary[key] <= high, key
+    for q in tx.QUADRANTS:
+        low, high = ci["quadrant_fractions"][q]
+        assert 0 <= low <= summary["quadrant_fractions"][q] <= high <= 1
+    assert set(ci["dangerous_breakdown"]) == set(tx.BREAKDOWN_KEYS)
+    assert summary["screening"]["ci95"] == ci["auroc_entropy_dangerous"]
+
+
+def test_identity_resample_reproduces_the_point_values(table, preds, summary):
+    stat, names, n_images = tx._bootstrap_statistic(table, preds)
+    assert n_images == 7
+    point = dict(zip(names, stat(np.arange(n_images)[None, :])[:, 0]))
+    assert point["flip_rate"] == pytest.approx(summary["flip_rate"])
+    assert point["pairwise_flip_rate"] == pytest.approx(summary["pairwise_flip_rate"])  # 2 / 7
+    assert point["balanced_accuracy"] == pytest.approx(summary["balanced_accuracy"])
+    assert point["swap_change_rate"] == pytest.approx(3 / 7)
+    assert point["quadrant:Dangerous"] == pytest.approx(5 / 8)
+    assert point["breakdown:undetermined"] == pytest.approx(2 / 8)
+    assert point["auroc_entropy_dangerous"] == pytest.approx(5.5 / 15)
+    # Image A drawn twice, B..G once except G: weights a1, a2 = 2; weighted AUROC by hand:
+    # D = b1 c1 d1 e1 (w 1 each), O = a1 a2 (w 2), f1 (w 1): wins b1 c1 0; d1 2 + 0.5*2 + 1 = 4;
+    # e1 5 -> 9 / (4 * 5)
+    idx = np.array([[0, 0, 1, 2, 3, 4, 5]])
+    assert stat(idx)[names.index("auroc_entropy_dangerous"), 0] == pytest.approx(9 / 20)
+
+
+def test_all_equal_data_gives_zero_width_intervals():
+    n = 30
+    rows = []
+    for i in range(n):
+        rows += [dict(sample_id=f"s{i}", prompt_id=j, condition="image", p_yes=0.9) for j in range(3)]
+        rows.append(dict(sample_id=f"s{i}", prompt_id=0, condition="text_only", p_yes=0.8))
+    preds = tx.add_answers(pd.DataFrame(rows))
+    samples = pd.DataFrame(dict(sample_id=[f"s{i}" for i in range(n)], image_id=[f"i{i // 2}" for i in range(n)],
+                                finding="nodule", label="yes"))
+    table = tx.classify_samples(preds, samples)
+    s = tx.summarize(table, preds, bootstrap_resamples=300)
+    assert s["ci95"]["quadrant_fractions"]["Dangerous"] == [1.0, 1.0]
+    assert s["ci95"]["flip_rate"] == [0.0, 0.0] and s["ci95"]["accuracy"] == [1.0, 1.0]
+    assert s["ci95"]["pairwise_flip_rate"] == [0.0, 0.0]
+    assert s["ci95"]["specificity"] is None and s["ci95"]["balanced_accuracy"] is None  # no "no" label
+    assert s["ci95"]["auroc_entropy_dangerous"] is None  # no other quadrant
+    one = tx.classify_samples(preds, samples.assign(image_id="same"))
+    assert tx.summarize(one, preds, bootstrap_resamples=5)["ci95"]["flip_rate"] == [0.0, 0.0]
+
+
+def bernoulli_run(outcomes_by_image):
+    """Samples labelled yes whose pred is yes (Ideal, correct) or no (Dangerous, wrong), by image."""
+    rows, samples = [], []
+    for i, outcomes in enumerate(outcomes_by_image):
+        for k, hit in enumerate(outcomes):
+            sid = f"i{i}/{k}"
+            samples.append(dict(sample_id=sid, image_id=f"i{i}", finding="f", label="yes"))
+            rows.append(dict(sample_id=sid, prompt_id=0, condition="image", p_yes=0.9 if hit else 0.1))
+            rows.append(dict(sample_id=sid, prompt_id=0, condition="text_only", p_yes=0.1))
+    preds = tx.add_answers(pd.DataFrame(rows))
+    return tx.classify_samples(preds, pd.DataFrame(samples)), preds
+
+
+def test_interval_of_a_proportion_matches_the_normal_approximation():
+    # 400 images, one sample each, 100 correct: the percentile bootstrap of the accuracy
+    # approaches p +- 1.96 sqrt(p (1 - p) / n) = 0.25 +- 0.0424 (statsmodels' normal interval)
+    table, preds = bernoulli_run([[k < 100] for k in range(400)])
+    ci = tx.bootstrap_ci(table, preds, resamples=2000, seed=0)
+    low, high = proportion_confint(100, 400, alpha=0.05, method="normal")
+    assert ci["accuracy"] == pytest.approx([low, high], abs=0.008)
+    assert ci["quadrant_fractions"]["Ideal"] == ci["accuracy"]
+
+
+def test_clustered_samples_widen_the_interval():
+    # 100 images x 4 samples with the same outcome within an image: the effective sample size
+    # is 100 images, so the half-width is 1.96 sqrt(0.3 * 0.7 / 100) = 0.0898, twice the
+    # 0.0449 that 400 independent samples would give.
+    table, preds = bernoulli_run([[k < 30] * 4 for k in range(100)])
+    low, high = tx.bootstrap_ci(table, preds, resamples=2000, seed=3)["accuracy"]
+    assert (high - low) / 2 == pytest.approx(1.96 * math.sqrt(0.21 / 100), abs=0.012)
+
+
+def test_bootstrap_is_seeded(table, preds):
+    a = tx.bootstrap_ci(table, preds, resamples=100, seed=5)
+    assert a == tx.bootstrap_ci(table, preds, resamples=100, seed=5)
+    assert a != tx.bootstrap_ci(table, preds, resamples=100, seed=6)
+    narrow = tx.bootstrap_ci(table, preds, resamples=400, ci_level=0.5, seed=5)["accuracy"]
+    wide = tx.bootstrap_ci(table, preds, resamples=400, ci_level=0.99, seed=5)["accuracy"]
+    assert wide[0] <= narrow[0] <= narrow[1] <= wide[1]
+
+
+def test_bootstrap_of_a_large_run_takes_seconds():
+    rng = np.random.default_rng(0)
+    n_images, per_image, prompts = 750, 4, 6
+    rows, samples = [], []
+    for i in range(n_images):
+        for f in range(per_image):
+            sid = f"i{i}/{f}"
+            samples.append(dict(sample_id=sid, image_id=f"i{i}", finding=f"f{f}",
+                                label=("yes", "no")[int(rng.integers(2))]))
+            rows += [dict(sample_id=sid, prompt_id=j, condition="image", p_yes=rng.beta(0.3, 0.3))
+                     for j in range(prompts)]
+            rows.append(dict(sample_id=sid, prompt_id=0, condition="text_only", p_yes=rng.random()))
+            rows.append(dict(sample_id=sid, prompt_id=0, condition="swap", p_yes=rng.random(),
+                             swap_image_id="x"))
+    preds = tx.add_answers(pd.DataFrame(rows))
+    table = tx.classify_samples(preds, pd.DataFrame(samples))
+    start = time.perf_counter()
+    ci = tx.bootstrap_ci(table, preds, resamples=1000)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 5.0, f"1000 resamples of 3000 samples took {elapsed:.1f} s"
+    point = tx.auroc_entropy_dangerous(table)
+    assert ci["auroc_entropy_dangerous"][0] <= point <= ci["auroc_entropy_dangerous"][1]
+
+
+def test_weighted_auroc_equals_mann_whitney_on_random_tables():
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        n = 40
+        table = pd.DataFrame(dict(
+            sample_id=[f"s{i}" for i in range(n)], image_id=[f"i{i}" for i in range(n)],
+            label="yes", pred="yes", pred_text_only="yes", consistent=True, image_reliant=False,
+            quadrant=rng.choice(list(tx.QUADRANTS), n), correct=True,
+            entropy=rng.choice([0.0, 0.25, 0.5, 1.0], n),  # many ties
+            swap_changes=pd.array([pd.NA] * n, dtype="boolean"), dangerous_kind=None))
+        preds = pd.DataFrame(dict(sample_id=table.sample_id, prompt_id=0, condition="image",
+                                  pred="yes", entropy=table.entropy))
+        stat, names, n_images = tx._bootstrap_statistic(table, preds)
+        d = table.quadrant == "Dangerous"
+        u = sps.mannwhitneyu(table.entropy[d], table.entropy[~d]).statistic
+        got = stat(np.arange(n_images)[None, :])[names.index("auroc_entropy_dangerous"), 0]
+        assert got == pytest.approx(u / (d.sum() * (~d).sum()))
+
+
+# -- choosing the swap images ------------------------------------------------------------------
+
+SWAP_SAMPLES = pd.DataFrame([
+    ("s1", "I1", "cardiomegaly", "yes"),
+    ("s2", "I2", "cardiomegaly", "no"),
+    ("s3", "I3", "cardiomegaly", "no"),
+    ("s4", "I1", "pleural effusion", "no"),   # no effusion-positive image in the run
+    ("s5", "I4", "pleural effusion", "no"),
+    ("s6", "I5", "nodule", "yes"),            # no nodule-negative image
+    ("s7", "I6", None, "yes"),                # no finding: nothing to match
+    ("s8", "I2", "cardiomegaly", "yes"),      # same image as s2, opposite label
+], columns=["sample_id", "image_id", "finding", "label"])
+
+
+def test_choose_swaps_by_hand():
+    swaps = reliance.choose_swaps(SWAP_SAMPLES, seed=0)
+    assert list(swaps) == list(SWAP_SAMPLES.sample_id)
+    assert swaps["s1"] in {"I2", "I3"}          # cardiomegaly-negative images
+    assert swaps["s2"] == "I1"                  # positives I1, I2 minus its own image I2
+    assert swaps["s3"] in {"I1", "I2"}
+    assert swaps["s8"] == "I3"                  # negatives I2, I3 minus its own image I2
+    assert swaps["s4"] is swaps["s5"] is swaps["s6"] is swaps["s7"] is None
+    assert reliance.swap_unavailable(swaps) == 4
+
+
+def test_choose_swaps_is_deterministic_and_order_free():
+    swaps = reliance.choose_swaps(SWAP_SAMPLES, seed=3)
+    assert swaps == reliance.choose_swaps(SWAP_SAMPLES, seed=3)
+    shuffled = SWAP_SAMPLES.sample(frac=1, random_state=1)
+    assert reliance.choose_swaps(shuffled, seed=3) == swaps
+    assert reliance.choose_swaps(SWAP_SAMPLES.iloc[:3], seed=3)["s2"] == "I1"
+
+
+def test_choose_swaps_matches_finding_and_flips_label_and_uses_the_seed():
+    rng = np.random.default_rng(0)
+    n = 300
+    samples = pd.DataFrame(dict(sample_id=[f"s{i}" for i in range(n)], image_id=[f"i{i // 3}" for i in range(n)],
+                                finding=[("a", "b", "c")[i % 3] for i in range(n)],
+                                label=rng.choice(["yes", "no"], n)))
+    by_image = samples.groupby("image_id")
+    swaps = reliance.choose_swaps(samples, seed=0)
+    for row in samples.itertuples():
+        other = by_image.get_group(swaps[row.sample_id])
+        assert ((other.finding == row.finding) & (other.label != row.label)).any()
+        assert swaps[row.sample_id] != row.image_id
+    assert reliance.choose_swaps(samples, seed=1) != swaps
+    assert len(set(swaps.values())) > 30       # spread over the candidates, not one image
+
+
+def test_choose_swaps_rejects_bad_input():
+    with pytest.raises(ValueError, match="label"):
+        reliance.choose_swaps(SWAP_SAMPLES.drop(columns="label"))
+    with pytest.raises(ValueError, match="duplicate"):
+        reliance.choose_swaps(pd.concat([SWAP_SAMPLES, SWAP_SAMPLES.iloc[:1]]))
+    with pytest.raises(ValueError, match="maybe"):
+        reliance.choose_swaps(SWAP_SAMPLES.assign(label="maybe"))
