@@ -6,6 +6,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PAPERMILL := $(VENV)/bin/papermill --log-level WARNING
+# every executed notebook is also exported as HTML beside it, code cells hidden (read without Jupyter)
+NBCONVERT := $(VENV)/bin/jupyter nbconvert --log-level WARN --to html --no-input
 JUPYTEXT := $(VENV)/bin/jupytext
 STAMP := $(VENV)/.installed
 RAY_STAMP := $(VENV)/.ray-installed
@@ -27,17 +29,18 @@ PROTOCOL_LOAD := $(addprefix lib/protocol/,config.py data.py labels.py questions
 # ... -> the Engine -> records -> quadrants: one run
 PROTOCOL_SCORING := $(PROTOCOL_LOAD) $(addprefix lib/protocol/,engine.py records.py reliance.py taxonomy.py run.py)
 # the default family: tiny checkpoints of the real classes and their chat templates, trained here
-DEFAULT_FAMILY := $(addprefix lib/offline/,default_models.py training.py) $(addprefix lib/families/,tiny.py templates.py)
+# (stage 1 also sees synth.py's balanced pretraining images)
+DEFAULT_FAMILY := $(addprefix lib/offline/,default_models.py training.py synth.py) $(addprefix lib/families/,tiny.py templates.py)
 # build_default and evaluate also draw figures with lib/protocol/plots.py, but what make tracks
 # (build_report.json, summary.json) never depends on them: a plots-only change reruns the analysis
 # only, and the figures inside outputs/default/build_default.ipynb and outputs/runs/*/evaluate.ipynb
 # are redrawn the next time those steps run (`touch params/*.yaml && make runs` redraws the runs'
 # figures from their saved records, without scoring again).
-DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) lib/offline/synth.py $(DEFAULT_FAMILY) $(PROTOCOL_SCORING)
+DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) $(DEFAULT_FAMILY) $(PROTOCOL_SCORING)
 ADAPTER_CODE := notebooks/finetune_lora.ipynb $(NOTEBOOK_SETUP) lib/offline/finetune.py $(DEFAULT_FAMILY) $(PROTOCOL_LOAD)
 # the evaluate notebook's session (strict params, preflight, the scorer: in-process or Ray)
 RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py
-ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) $(addprefix lib/protocol/,stats.py plots.py taxonomy.py)
+ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) $(addprefix lib/front/,explorer.py report.py) $(addprefix lib/protocol/,stats.py plots.py taxonomy.py)
 
 DEFAULT := outputs/default/build_report.json
 LORA_PARAMS := $(wildcard params/lora/*.yaml)
@@ -46,7 +49,7 @@ PAIRS := $(patsubst params/%.yaml,%,$(wildcard params/*.yaml))
 SUMMARIES := $(PAIRS:%=outputs/runs/%/summary.json)
 ANALYSIS := outputs/analysis/correlation.json
 
-.PHONY: help all env default adapters runs analysis test notebooks paper paper-check bench clean sweep
+.PHONY: help all env default adapters runs analysis test notebooks paper paper-check bench clean sweep seeds lab test-browser results
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,12 +69,14 @@ default: $(DEFAULT) ## synthetic datasets + trained default models (cached; rebu
 $(DEFAULT): $(DEFAULT_CODE) | $(STAMP)
 	mkdir -p outputs/default
 	$(PAPERMILL) notebooks/build_default.ipynb outputs/default/build_default.ipynb
+	$(NBCONVERT) outputs/default/build_default.ipynb
 
 adapters: $(ADAPTERS) ## consistency LoRA adapters of the default models (params/lora/*.yaml)
 
 outputs/default/adapters/%/adapter_config.json: params/lora/%.yaml $(ADAPTER_CODE) $(DEFAULT)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/finetune_lora.ipynb $(@D)/finetune_lora.ipynb -f $< -p params_file $<
+	$(NBCONVERT) $(@D)/finetune_lora.ipynb
 
 runs: $(SUMMARIES) ## evaluate.ipynb once per params/*.yaml
 
@@ -82,12 +87,14 @@ adapter_of = $(filter $(ADAPTERS),$(addsuffix /adapter_config.json,$(shell sed -
 outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapter_of,params/$$*.yaml)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $<
+	$(NBCONVERT) $(@D)/evaluate.ipynb
 
 analysis: $(ANALYSIS) ## gather all runs: correlation, figures
 
 $(ANALYSIS): $(ANALYSIS_CODE) $(SUMMARIES)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb
+	$(NBCONVERT) $(@D)/analysis.ipynb
 
 test: ## run the test suite (unit, readers, notebooks via nbval, bad inputs, the default build's properties)
 	@# Ray installs while the default family trains (pip barely competes with the training).
@@ -97,6 +104,14 @@ test: ## run the test suite (unit, readers, notebooks via nbval, bad inputs, the
 bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per prompt vs the engine -> outputs/bench/bench.json (GPU=1: 7B/4B shapes on CUDA)
 	mkdir -p outputs/bench
 	if [ "$(GPU)" = 1 ]; then OUT=outputs/bench $(PY) bench/gpu_bench.py; else $(PY) -m lib.bench.ways --out outputs/bench/bench.json; fi
+
+# -- seeds (issue 13): the whole offline world for several seeds, then the spread of the headline
+# numbers (r, Dangerous and image-blind fractions, ground-truth precision/recall) in outputs/seeds/.
+# Each seed is a full `make all` (build, adapters, every pair, analysis) under outputs/seeds/<seed>/;
+# steps whose outputs exist are skipped. `make all` itself stays one seed.
+SEEDS ?= 0 1 2
+seeds: $(STAMP) ## the whole offline world for each of SEEDS (default 0 1 2) -> outputs/seeds/<seed>/, spread -> outputs/seeds/
+	$(PY) -m lib.offline.seeds --seeds $(SEEDS) --out outputs/seeds
 
 # -- Ray (issue 6): an optional extra; `make all` never needs it, `make test` installs it. -----
 $(RAY_STAMP): requirements-ray.txt | $(STAMP)
@@ -124,10 +139,12 @@ paper-check: | $(STAMP) ## name whatever the paper runs lack (data, models, PSF-
 $(PAPER_OUT)/runs/%/summary.json: params/paper/%.yaml notebooks/evaluate.ipynb | paper-check
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $< -p output_dir $(@D) $(if $(call paper_questions,$*),-p questions $(call paper_questions,$*))
+	$(NBCONVERT) $(@D)/evaluate.ipynb
 
 $(PAPER_OUT)/analysis/correlation.json: $(ANALYSIS_CODE) $(PAPER_SUMMARIES)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb -p runs_dir $(PAPER_OUT)/runs -p analysis_dir $(@D)
+	$(NBCONVERT) $(@D)/analysis.ipynb
 
 # -- end paper ------------------------------------------------------------------------------
 
@@ -149,5 +166,37 @@ notebooks/%.ipynb: notebooks/%.py | $(STAMP)
 	touch -r $@ $<
 .PRECIOUS: notebooks/%.ipynb
 
+# -- the front door (issue 14): JupyterLab, and the suite's real-browser test -------------------
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
+BROWSER_STAMP := $(VENV)/.browser-installed
+CHROMIUM ?= /usr/bin/chromium
+
+lab: $(STAMP) ## JupyterLab on this repository, offline, no browser opened: open the URL it prints (with its token)
+	@echo "JupyterLab: open the http://$(LAB_IP):$(LAB_PORT)/lab?token=... URL printed below; Ctrl-C stops it"
+	$(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=$(LAB_IP) --ServerApp.port=$(LAB_PORT) \
+	  --ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root) \
+	  --LabApp.extension_manager=readonly --LabApp.news_url=None \
+	  --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
+
+$(BROWSER_STAMP): requirements-browser.txt | $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-browser.txt
+	touch $@
+
+test-browser: $(STAMP) $(BROWSER_STAMP) ## JupyterLab in a real headless Chromium: run the analysis notebook, use its explorer (screenshots in outputs/browser/)
+	@if ! test -x "$(CHROMIUM)"; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make test-browser: installing Debian's chromium (apt-get install -y chromium)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "make test-browser needs Debian's chromium at $(CHROMIUM): run 'sudo apt-get install -y chromium' (or set CHROMIUM=/path/to/chromium), then make test-browser again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	CHROMIUM=$(CHROMIUM) CXR_BROWSER_TEST=1 $(PY) -m pytest -q -p no:xdist -m browser tests/test_browser.py
+
 clean: ## remove all outputs (keeps .venv)
 	rm -rf outputs
+
+results: $(ANALYSIS) | $(STAMP) ## docs/results.md from what make all (and make bench, make seeds) left in outputs/
+	$(PY) -m lib.front.results --outputs outputs --out docs/results.md

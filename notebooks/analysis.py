@@ -27,27 +27,61 @@ lib.front.notebook.setup()
 # %% tags=["parameters"]
 runs_dir = "outputs/runs"
 analysis_dir = "outputs/analysis"
+bootstrap_resamples = 1000   # resamples of the correlation's bootstrap interval
+permutation_resamples = 9999  # resamples of its permutation test
+seed = 0
 
 # %%
 import json
 from pathlib import Path
 import pandas as pd
-import lib.protocol.plots, lib.protocol.stats
+import lib.front.explorer, lib.protocol.plots, lib.protocol.stats
 
 out = Path(analysis_dir)
 out.mkdir(parents=True, exist_ok=True)
 pairs = lib.protocol.stats.gather_runs(runs_dir)
+samples_by_pair = lib.protocol.stats.gather_samples(runs_dir)
 pairs.to_csv(out / "pairs.csv", index=False)
-pairs.set_index("pair").round(3)
+pairs.set_index("pair")[[c for c in pairs.columns if not c.endswith(("_low", "_high")) and c not in ("pair", "run")]].round(3)
 
 # %% [markdown]
 # ## Correlation across pairs
-# Pearson r with two-sided p-value and a 95 % Fisher-z confidence interval, and Spearman rho.
+# Pearson r with two-sided p-value and a 95 % Fisher-z confidence interval, and Spearman rho, as in
+# the paper. Beside them: `bootstrap_ci95`, a percentile interval of r from resampling the images of
+# every pair (each pair's flip rate and Dangerous fraction recomputed from its samples, then r), so it
+# carries the sampling noise of each pair's own rates, which the Fisher-z interval (pairs as points
+# known exactly) does not; and `permutation_p`, the two-sided p-value of r under random pairings of
+# the pairs' flip rates and Dangerous fractions.
 
 # %%
-corr = lib.protocol.stats.flip_vs_dangerous(pairs)
+corr = lib.protocol.stats.flip_vs_dangerous(pairs, samples_by_pair, bootstrap_resamples=bootstrap_resamples,
+                                            permutation_resamples=permutation_resamples, seed=seed)
 (out / "correlation.json").write_text(json.dumps(corr, indent=2))
-pd.Series({k: v for k, v in corr.items() if k != "pairs"}).to_frame("flip rate vs Dangerous fraction")
+KEYS = ("pearson_r", "p_value", "ci95_low", "ci95_high", "spearman_rho", "spearman_p", "n",
+        "bootstrap_ci95", "permutation_p", "independence_r", "note")
+def rounded(x):
+    if isinstance(x, float):
+        return round(x, 3)
+    return [rounded(v) for v in x] if isinstance(x, list) else x
+def correlation_table(result, keys=KEYS):
+    return pd.Series({k: rounded(result.get(k)) for k in keys}, dtype=object)
+pd.DataFrame({"flip rate vs Dangerous fraction": correlation_table(corr),
+              "flip rate vs image-blind fraction": correlation_table(corr["image_blind"])})
+
+# %% [markdown]
+# **How much of r is arithmetic.** A Dangerous sample is consistent and not image-reliant, so if flip
+# rate f and image-reliance rate rho were independent, the Dangerous fraction would be
+# (1 - f)(1 - rho): it falls as f rises by arithmetic alone, whatever the models do.
+# `independence_r` is the r between f and that product across the same pairs. An observed r close to
+# it says the correlation is what independent axes give; only the distance between the two is
+# evidence that consistency and image-blindness go together. The image-blind fraction (Dangerous
+# samples whose answer does not move when the image is swapped for one of the opposite label, and is
+# right) is the part of the Dangerous quadrant that really ignores the image: its r is the study's
+# claim with the prior-coincident samples taken out.
+
+# %%
+print(f"flip rate vs Dangerous: r = {rounded(corr['pearson_r'])} (independent axes alone: r = "
+      f"{rounded(corr['independence_r'])}); flip rate vs image-blind: r = {rounded(corr['image_blind']['pearson_r'])}")
 
 # %%
 fig = lib.protocol.plots.flip_vs_dangerous(pairs, corr)
@@ -61,30 +95,50 @@ fig = lib.protocol.plots.quadrant_fractions(pairs)
 fig.savefig(out / "quadrant_fractions.png", dpi=120)
 
 # %% [markdown]
+# ## The Dangerous fraction with its interval, split by the swap check
+# Each pair's Dangerous fraction with its cluster-bootstrap interval over images, and the two parts
+# the swap check tells apart: image-blind (the answer ignores the image) and prior-coincident (the
+# model reads the image; its answer merely equals its prior).
+
+# %%
+fig = lib.protocol.plots.dangerous_forest(pairs)
+fig.savefig(out / "dangerous_forest.png", dpi=120)
+
+# %% [markdown]
 # ## Accuracy within each quadrant
-# Dangerous samples can be accurate: accuracy does not reveal that the image was ignored.
+# Dangerous samples can be accurate: accuracy does not reveal that the image was ignored. Within the
+# Dangerous quadrant the answer IS the text-only answer, so its accuracy is what the prior alone earns there.
 
 # %%
 fig = lib.protocol.plots.accuracy_by_quadrant(pairs)
 fig.savefig(out / "accuracy_by_quadrant.png", dpi=120)
 
 # %% [markdown]
-# ## Entropy per quadrant
-# Low entropy on Dangerous samples means confidence screening would not catch them. Explore one pair at a time with the selector (JupyterLab), or read the static figures below for every pair.
+# ## Confidence screening
+# The AUROC of answer entropy for Dangerous samples against the rest, per pair: 0.5 means an entropy
+# screen is blind to them, below 0.5 that they are the more confident ones.
 
 # %%
-samples_by_pair = lib.protocol.stats.gather_samples(runs_dir)
-pd.concat(samples_by_pair, names=["pair"]).groupby(["pair", "quadrant"]).entropy.describe().round(3)
+fig = lib.protocol.plots.screening_auroc(pairs)
+fig.savefig(out / "screening_auroc.png", dpi=120)
+
+# %% [markdown]
+# ## Entropy and reliance per quadrant
+# Low entropy on Dangerous samples means confidence screening would not catch them; reliance =
+# |p_yes - p_yes without the image| shows how far the image moves the answer. Explore one pair at a
+# time with the selectors (in JupyterLab: choose a pair, and a quadrant or all four); the pair's
+# numbers and their 95 % intervals are beside the figure. The static figures of every pair follow.
 
 # %%
-import ipywidgets as widgets
+pd.concat(samples_by_pair, names=["pair"]).groupby(["pair", "quadrant"])[["entropy", "reliance"]].describe().round(3)
 
-@widgets.interact(pair=sorted(samples_by_pair))
-def explore(pair):
-    lib.protocol.plots.entropy_by_quadrant(samples_by_pair[pair], title=pair)
-
+# %%
+explorer = lib.front.explorer.Explorer(samples_by_pair, lib.front.explorer.load_summaries(runs_dir))
+explorer
 
 # %%
 for pair, table in samples_by_pair.items():
     fig = lib.protocol.plots.entropy_by_quadrant(table, title=pair)
     fig.savefig(out / f"entropy_{pair}.png", dpi=100)
+    fig = lib.protocol.plots.reliance_by_quadrant(table, title=f"{pair}: reliance")
+    fig.savefig(out / f"reliance_{pair}.png", dpi=100)

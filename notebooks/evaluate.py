@@ -55,6 +55,8 @@ reliance_checks = ["swap", "blank", "noise"]
 answer_instruction = None
 bootstrap_resamples = 1000
 ci_level = 0.95
+twins = None
+prompt_split = None
 limit = None
 batch_size = 16
 prefix_sharing = True
@@ -78,7 +80,7 @@ from pathlib import Path
 import pandas as pd
 import lib.front.session, lib.protocol.plots, lib.protocol.run
 
-params, inputs = lib.front.session.params(globals(), params_file)
+params = lib.front.session.params(globals(), params_file)
 print(json.dumps(params, indent=1))
 
 # %% [markdown]
@@ -86,7 +88,7 @@ print(json.dumps(params, indent=1))
 # its image file and prompts are unchanged, and rescores the rest.
 
 # %%
-result = lib.front.session.evaluate(params, inputs)
+result = lib.front.session.evaluate(params)
 summary = result.summary
 print(f"{summary['n_samples']} samples: {summary['records']['samples_reused']} reused from earlier "
       f"records, {summary['records']['samples_scored']} scored; engine: {summary['engine']}")
@@ -94,33 +96,123 @@ print(f"{summary['n_samples']} samples: {summary['records']['samples_reused']} r
 # %% [markdown]
 # ## The pair at a glance
 
+# %% [markdown]
+# Every rate has a 95 % interval from a cluster bootstrap over images (the samples of one image are
+# not independent): `summary["ci_method"]` says how it was made.
+
 # %% tags=["nbval-check-output"]
-overview = pd.Series({
-    "flip rate": summary["flip_rate"],
-    "pairwise flip rate": summary["pairwise_flip_rate"],
-    "accuracy (original question, with image)": summary["accuracy"],
-    "image reliance rate": summary["image_reliance_rate"],
-    "samples": summary["n_samples"],
-}, name=f"{summary['config']}__{summary['dataset']}")
-overview.to_frame()
+pair = f"{summary['config']}__{summary['dataset']}"
+ci = summary["ci95"]
+def with_ci(rows):
+    """{label: (value, [low, high] or None)} -> a table of value, ci95 low, ci95 high."""
+    return pd.DataFrame({label: {"value": value, "ci95 low": (interval or [None, None])[0],
+                                 "ci95 high": (interval or [None, None])[1]}
+                         for label, (value, interval) in rows.items()}).T.astype(float).round(3)
+
+overview = with_ci({
+    "flip rate": (summary["flip_rate"], ci["flip_rate"]),
+    "pairwise flip rate": (summary["pairwise_flip_rate"], ci["pairwise_flip_rate"]),
+    "accuracy (original question, with image)": (summary["accuracy"], ci["accuracy"]),
+    "image reliance rate": (summary["image_reliance_rate"], ci["image_reliance_rate"]),
+    "samples": (summary["n_samples"], None),
+})
+overview.columns.name = pair
+overview
 
 # %% tags=["nbval-check-output"]
 by_quadrant = pd.DataFrame({
     "samples": summary["quadrant_counts"],
     "fraction": summary["quadrant_fractions"],
+    "ci95 low": {q: (v or [None, None])[0] for q, v in ci["quadrant_fractions"].items()},
+    "ci95 high": {q: (v or [None, None])[1] for q, v in ci["quadrant_fractions"].items()},
     "accuracy": summary["accuracy_by_quadrant"],
+    "prior accuracy (text-only answer)": summary["prior_accuracy_by_quadrant"],
     "mean entropy (bits)": summary["entropy_by_quadrant"],
-})
+}).astype(float).round(3)
 by_quadrant
 
 # %%
-fig = lib.protocol.plots.entropy_by_quadrant(result.samples, title=overview.name)
+fig = lib.protocol.plots.entropy_by_quadrant(result.samples, title=pair)
 
 # %% [markdown]
 # Quadrants per finding (a model may look at the image for one finding and not for another).
 
 # %%
 pd.crosstab(result.samples.finding, result.samples.quadrant, normalize="index").round(3)
+
+# %% [markdown]
+# ## Beside the paper's measures
+# Added next to the paper's definitions, which they leave unchanged (`lib/protocol/taxonomy.py`,
+# module docstring, defines each one).
+#
+# **Accuracy is not enough** with real prevalences (an always-"no" model is 99.6 % accurate on
+# pneumothorax): sensitivity, specificity and their mean, the balanced accuracy.
+
+# %% tags=["nbval-check-output"]
+with_ci({
+    "sensitivity (label yes, pred yes)": (summary["sensitivity"], ci["sensitivity"]),
+    "specificity (label no, pred no)": (summary["specificity"], ci["specificity"]),
+    "balanced accuracy": (summary["balanced_accuracy"], ci["balanced_accuracy"]),
+})
+
+# %% [markdown]
+# **Image-blind or prior-coincident?** A Dangerous sample answers the same with and without the image.
+# The swap check asks the same question with the image of another sample of the same finding and
+# the OPPOSITE label: if the answer changes, the model reads the image and its answer merely
+# coincides with its prior (**prior-coincident**); if it does not and the answer is right, the
+# image played no part (**image-blind**); if it does not and the answer is wrong, the swap cannot
+# tell (**undetermined**); **no_swap**: no opposite-label image in the run. Fractions of ALL
+# samples: the four add up to the Dangerous fraction.
+
+# %% tags=["nbval-check-output"]
+breakdown = summary["dangerous_breakdown"]
+with_ci({kind: (breakdown[kind], ci["dangerous_breakdown"].get(kind)) for kind in breakdown})
+
+# %% [markdown]
+# How often each check moves the answer to the original question: the swapped-in image, a uniform
+# grey image, seeded noise with the image's statistics (`swap_unavailable`: samples without a swap).
+
+# %%
+with_ci({
+    "swap changes the answer": (summary["swap_change_rate"], ci["swap_change_rate"]),
+    "blank image changes the answer": (summary["blank_change_rate"], None),
+    "noise image changes the answer": (summary["noise_change_rate"], None),
+    "samples without a swap": (summary["swap_unavailable"], None),
+})
+
+# %%
+fig = lib.protocol.plots.reliance_by_quadrant(result.samples, title=f"{pair}: reliance per quadrant")
+
+# %% [markdown]
+# **Confidence screening.** The paper says Dangerous samples are invisible to confidence-based
+# screening. AUROC = P(a Dangerous sample has higher answer entropy than another sample), ties one
+# half: 0.5 means an entropy screen is blind to them, below 0.5 they are the more confident ones.
+# Catch rate: the share of Dangerous samples among the given fraction of least confident samples.
+
+# %%
+screening = summary["screening"]
+def rounded(x):
+    return None if x is None else round(x, 3)
+print(f"AUROC entropy, Dangerous vs the rest: {rounded(screening['auroc_entropy_dangerous'])} "
+      f"(ci95 {[rounded(x) for x in screening['ci95'] or []] or None})")
+pd.DataFrame({"catch rate (of all Dangerous samples)": screening["catch_rate"],
+              "Dangerous among the flagged": screening["flagged_dangerous_fraction"]}).rename_axis(
+    "fraction flagged").astype(float).round(3)
+
+# %% [markdown]
+# **Decision threshold.** The quadrant fractions when pred = yes iff p_yes >= t (the protocol uses 0.5).
+
+# %%
+pd.DataFrame(summary["threshold_sensitivity"]).T.rename_axis("threshold").astype(float).round(3)
+
+# %% [markdown]
+# **Yes/no probability mass**: how much of the next-token distribution the answers yes and no held
+# over the image prompts. A median below 0.5 means the model is mostly not answering yes or no
+# (the `answer_instruction` param can tell it to).
+
+# %%
+print("yes/no mass:", summary["yes_no_mass"])
+print(*(summary["warnings"] or ["no warning"]), sep="\n")
 
 # %% [markdown]
 # ## Samples left out

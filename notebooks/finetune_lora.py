@@ -20,6 +20,9 @@
 # the two yes/no answer distributions. `layers` chooses the decoder layers that get adapters ("targeted" vs "full");
 # `quantization: 4bit` trains on a 4-bit base (QLoRA). Works on the offline default models on CPU and on real
 # models (e.g. `google/medgemma-4b-it`) on a GPU. The adapter directory is what `evaluate.ipynb` loads as `adapter`.
+# `prompt_split` (the offline build's `prompt_split.json`) restricts training to the paraphrases no evaluation
+# holds out; `shortcut_findings` builds an adapter that ignores the image for those findings (the reliance dial:
+# their questions are shown a random other training image, so the label does not depend on the image).
 
 # %%
 # Repository root as working directory, HF_HUB_OFFLINE, inline figures (lib/front/notebook.py).
@@ -47,6 +50,8 @@ kl_weight = 1.0
 quantization = "none"
 seed = 0
 output_dir = None
+prompt_split = None  # the build's prompt_split.json: train only on its "train" paraphrases
+shortcut_findings = []  # the reliance dial: these findings are trained with a random other image
 
 # %%
 import json

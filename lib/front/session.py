@@ -33,11 +33,11 @@ def injected_parameters() -> dict | None:
     return values
 
 
-def params(values: dict, params_file=None) -> tuple[dict, dict]:
-    """(validated params, fingerprints of the files they name); every check before any model."""
+def params(values: dict, params_file=None) -> dict:
+    """The validated params; every check that needs no model runs here, before any loads."""
     validated = config.resolve(values, params_file, injected_parameters())
-    inputs = preflight.check(validated, str(params_file or "notebook parameters"))
-    return validated, inputs
+    preflight.check(validated, str(params_file or "notebook parameters"))
+    return validated
 
 
 def scorer_for(params: dict) -> run.Scorer | None:
@@ -47,6 +47,6 @@ def scorer_for(params: dict) -> run.Scorer | None:
     return None
 
 
-def evaluate(params: dict, inputs: dict | None = None) -> run.RunResult:
+def evaluate(params: dict) -> run.RunResult:
     """`run.evaluate` with the scorer the params ask for."""
-    return run.evaluate(params, scorer=scorer_for(params), inputs=inputs)
+    return run.evaluate(params, scorer=scorer_for(params))

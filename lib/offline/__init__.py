@@ -1,0 +1,12 @@
+"""The offline world: what `make all` evaluates with no GPU, no download and no credentialed data.
+
+Owns `synth` (synthetic radiographs in the exact on-disk layouts of MIMIC-CXR-JPG and PadChest),
+`default_models` (the default LLaVA and Gemma 3 families, built with lib.families.tiny and
+trained here on CPU), `training` (the training steps and augmentation) and `finetune` (the
+paper's consistency LoRA recipe, also usable on real models).
+
+May import lib.protocol (to read its own datasets and load its models the way runs do) and
+lib.families (the tiny-checkpoint factory); it only produces inputs for the evaluation path
+and must not reach into its internals beyond those public functions. Nothing in lib.protocol
+or lib.families imports it.
+"""

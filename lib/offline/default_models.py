@@ -10,12 +10,14 @@ quantise every text Linear layer on CPU.
 
 This module owns what the default world IS: its two families, their vocabularies
 (`VOCABULARIES`), chat templates (the compact ones of `lib.families.templates`), sizes (4 layers,
-64 px images, patch 16), the held-out bar (`MIN_ACCURACY`, `MIN_TEXT_ONLY_DIFFERS`) and how they
-are trained (`train_base`, `build_family(ies)`). The checkpoints themselves are made by the one
-tiny-checkpoint factory, `lib.families.tiny`.
+64 px images, patch 16), the held-out bar (`MIN_BALANCED_ACCURACY`, `MIN_YES_NO_MASS`,
+`MIN_TWIN_CHANGES`), the paraphrases no training stage sees (`prompt_split`), the reliance dial
+(`RELIANCE_DIAL`) and how the models are trained (`train_base`, `build_family(ies)`). The
+checkpoints themselves are made by the one tiny-checkpoint factory, `lib.families.tiny`.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import time
@@ -29,6 +31,7 @@ from ..families import templates, tiny
 from ..families.tiny import question_corpus, save  # also this module's API (tests, notebooks)
 from ..protocol import data, questions
 from ..protocol import models as loading
+from . import synth
 from .training import Encoder, Example, base_step, is_language, pretrain_vision, train
 
 FAMILIES = ("llava", "gemma3")
@@ -37,14 +40,30 @@ PATCH_SIZE = 16
 LAYERS = 4
 # The LLaVA model reads the last layer of its vision tower.
 VISION_FEATURE_LAYER = -1
-# What a base model must show on the held-out split to count as reading the image: accuracy
-# with the image, and how often its text-only answer differs from its image answer.
-MIN_ACCURACY = 0.85
-MIN_TEXT_ONLY_DIFFERS = 0.25
+# What a base model must show on the held-out split (with the real label priors): balanced
+# accuracy with the image (mean of sensitivity and specificity: plain accuracy is 0.9 for an
+# always-"no" model here), the median yes/no mass of its image answers (its next-token
+# distribution is an answer), and how often its answer to the original question changes when the
+# image is replaced by its counterfactual twin (the finding toggled): it reads the image.
+MIN_BALANCED_ACCURACY = 0.8
+MIN_YES_NO_MASS = 0.9
+MIN_TWIN_CHANGES = 0.6
 # Training defaults (see `train_base`).
 VISION_LR = 2e-3
 VISION_SCALE = 0.1
 WARMUP = 0.1
+TEXT_DROPOUT = 0.2      # fraction of stage-2 questions asked without the image
+PROMPT_POOL = 4         # the first PROMPT_POOL paraphrases of each finding are trained on
+N_PRETRAIN = 800        # balanced extra images for stage 1 (synth.pretraining_images)
+
+# The reliance dial: adapters built to ignore the image for chosen findings (their training
+# shows those questions with a random other image: lib.offline.training.consistency_step). The
+# params/lora/<name>.yaml of each must name the same findings (`shortcut_findings`); every other
+# configuration of the default world is built to read the image for every finding.
+RELIANCE_DIAL = {
+    "llava-lora-shortcut": ("pneumothorax", "nodule"),
+    "gemma3-lora-shortcut": ("cardiomegaly", "pleural effusion", "pneumothorax"),
+}
 
 LLAVA_CHAT_TEMPLATE = templates.LLAVA_1_5_COMPACT
 GEMMA3_CHAT_TEMPLATE = templates.GEMMA3_COMPACT
@@ -101,8 +120,29 @@ def build_untrained(family: str, corpus: list[str], seed: int):
 
 # -- building the offline default world ------------------------------------------------------
 
-def training_examples(data_roots: dict, split: str = "train", datasets=None):
-    """Examples (image, prompt set, label) of the given split of the synthetic datasets."""
+def prompt_split(pool: int = PROMPT_POOL) -> dict[str, dict[str, list[str]]]:
+    """{finding: {"train": [...], "held_out": [...]}}: the exact built-in prompt texts that training
+    may use (the original question and the next pool - 1 paraphrases) and those no training stage
+    (base or LoRA) sees. Every finding keeps at least one held-out paraphrase."""
+    sets = questions.load_question_sets()
+    split = {}
+    for finding in data.FINDINGS:
+        prompts = list(questions.prompts_for(finding, sets))
+        keep = min(pool, len(prompts) - 1)
+        split[finding] = {"train": prompts[:keep], "held_out": prompts[keep:]}
+    return split
+
+
+def train_prompts(split: dict | None) -> dict[str, tuple[str, ...]] | None:
+    """{finding: training prompts} of a `prompt_split` (None: None)."""
+    return None if split is None else {f: tuple(v["train"]) for f, v in split.items()}
+
+
+def training_examples(data_roots: dict, split: str = "train", datasets=None, prompts=None):
+    """Examples (image, prompt set, label) of the given split of the synthetic datasets.
+
+    `prompts`: {finding: the prompts training may use} (`train_prompts`); None: every built-in
+    prompt."""
     sets = questions.load_question_sets()
     examples, images = [], {}
     for dataset in datasets or data_roots:
@@ -113,6 +153,7 @@ def training_examples(data_roots: dict, split: str = "train", datasets=None):
             if images[sample.image_id] is None:
                 continue
             examples.append(Example(images[sample.image_id], sample.finding,
+                                    prompts[sample.finding] if prompts else
                                     questions.prompts_for(sample.finding, sets), sample.label))
     return examples, {i for i, im in images.items() if im is not None}
 
@@ -138,49 +179,66 @@ def by_image(examples) -> list[list]:
 
 
 def train_base(family: str, examples, seed: int, vision_steps: int, epochs: float, lr: float,
-               batch_size: int, prompt_pool: int, vision_lr: float = VISION_LR,
-               vision_scale: float = VISION_SCALE, warmup: float = WARMUP, augment: bool = True):
+               batch_size: int, text_dropout: float = TEXT_DROPOUT, pretrain=None,
+               vision_lr: float = VISION_LR, vision_scale: float = VISION_SCALE,
+               warmup: float = WARMUP, augment: bool = True):
     """Build a family's model from random weights and train it to answer from the pixels.
 
     Stage 1 teaches the vision side the findings (`training.pretrain_vision`, `vision_steps`
-    steps at `vision_lr`); stage 2 trains the whole model on the yes/no answers of every finding
-    of `batch_size` // 4 images per step (`training.base_step`), the vision side at
-    `vision_scale` x `lr`. Only the first `prompt_pool` prompts of each question set are seen
-    in training: the other paraphrases are new to the model at evaluation, as in real
-    paraphrase benchmarks. With `augment`, both stages see jittered images
-    (`training.augment_pixels`); without it the small ViT memorises where each training nodule
-    was. Returns the model, its processor and both loss logs.
+    steps at `vision_lr`) on the training images plus `pretrain` = (extra images, their (n, 4)
+    finding matrix), e.g. `synth.pretraining_images`: a balanced pool, so that rare findings
+    are learnt too. Stage 2 trains the whole model on the yes/no answers of every finding of
+    `batch_size` // 4 images per step (`training.base_step`; full-vocabulary cross-entropy; a
+    fraction `text_dropout` asked without the image), the vision side at `vision_scale` x `lr`.
+    Stage 2 sees only the examples' own `prompts` (the training paraphrases, `prompt_split`) and
+    the training labels, so its text-only answer is their prior. With `augment`, both stages see
+    jittered images (`training.augment_pixels`); without it the small ViT memorises where each
+    training nodule was. Returns the model, its processor and both loss logs.
     """
     model, processor = build_untrained(family, question_corpus(), seed)
     encoder = Encoder(processor, augment=augment)
     images, labels = finding_matrix(examples)
+    if pretrain is not None:
+        images = list(images) + list(pretrain[0])
+        labels = torch.cat([labels, torch.as_tensor(pretrain[1], dtype=labels.dtype)])
     vision_log = pretrain_vision(model, encoder, images, labels, steps=vision_steps, lr=vision_lr,
                                  batch_size=batch_size, seed=seed, warmup=warmup)
     ids = (loading.answer_token_ids(processor.tokenizer, ["yes"])[0],
            loading.answer_token_ids(processor.tokenizer, ["no"])[0])
     groups = by_image(examples)
     per_image = max(1, round(len(examples) / len(groups)))
-    step = partial(base_step, encoder=encoder, ids=ids, prompt_pool=prompt_pool)
+    step = partial(base_step, encoder=encoder, ids=ids, text_dropout=text_dropout)
     log = train(model, lambda m, batch: step(m, groups=batch), groups,
                 epochs=epochs, batch_size=max(1, batch_size // per_image), lr=lr, seed=seed,
                 lr_scale=lambda name: 1.0 if is_language(name) else vision_scale, warmup=warmup)
     return model, processor, vision_log, log
 
 
-def build_family(family: str, data_roots: dict, model_dir, seed: int, **training) -> dict:
+TRAINING_PROMPTS = "training_prompts.json"
+
+
+def build_family(family: str, data_roots: dict, model_dir, seed: int,
+                 prompt_pool: int = PROMPT_POOL, n_pretrain: int = N_PRETRAIN, **training) -> dict:
     """Train one family's base model on the training split and save it with its loss logs.
 
     Runs on one thread: the result then depends on the seed only, not on how many cores the
     machine has (the order of float sums changes with the thread count, and training from random
-    weights amplifies such differences). `training` holds `train_base`'s settings.
+    weights amplifies such differences). Stage 2 uses the "train" prompts of
+    `prompt_split(prompt_pool)` only; they are saved beside the model (`TRAINING_PROMPTS`).
+    `n_pretrain` balanced extra images join stage 1. `training` holds `train_base`'s settings.
     """
     torch.set_num_threads(1)
     started = time.perf_counter()
-    examples, _ = training_examples(data_roots, split="train")
-    model, processor, vision_log, log = train_base(family, examples, seed, **training)
+    prompts = train_prompts(prompt_split(prompt_pool))
+    examples, _ = training_examples(data_roots, split="train", prompts=prompts)
+    pretrain = synth.pretraining_images(n_pretrain, seed) if n_pretrain else None
+    model, processor, vision_log, log = train_base(family, examples, seed, pretrain=pretrain,
+                                                   **training)
     model_dir = save(model, processor, model_dir)
     vision_log.to_csv(model_dir / "vision_log.csv", index=False)
     log.to_csv(model_dir / "train_log.csv", index=False)
+    (model_dir / TRAINING_PROMPTS).write_text(json.dumps(
+        sorted({q for ex in examples for q in ex.prompts}), indent=1))
     return {"family": family, "model_dir": str(model_dir),
             "seconds": round(time.perf_counter() - started, 1),
             "final_probe_loss": float(vision_log.loss.iloc[-1]),

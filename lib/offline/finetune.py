@@ -2,7 +2,13 @@
 
 Loads the base through the project's loader (4-bit for QLoRA), wraps it with a peft LoRA on
 the chosen decoder layers, trains with `training.consistency_step` and saves a standard peft
-adapter directory plus its loss log (`train_log.csv`).
+adapter directory plus its loss log (`train_log.csv`) and the prompts it trained on
+(`training_prompts.json`).
+
+`prompt_split` (the build's `prompt_split.json`): train only on its "train" paraphrases, so the
+held-out ones stay unseen by every training stage (None: every built-in paraphrase).
+`shortcut_findings` (the reliance dial): questions about these findings are shown a random other
+training image instead of their own, so the adapter is built to ignore the image for them.
 """
 from __future__ import annotations
 
@@ -14,16 +20,17 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..protocol import models, provenance
+from ..protocol import data, models, provenance
 from . import training
 from ..protocol.config import ParamsError
-from .default_models import training_examples
+from .default_models import TRAINING_PROMPTS, train_prompts, training_examples
 
 DEFAULTS = {
     "name": None, "base_model": None, "dataset": None, "data_root": None, "split": "train",
     "limit": None, "layers": None, "target_modules": list(training.LORA_TARGETS), "r": 16,
     "alpha": 32, "dropout": 0.05, "lr": 2e-4, "batch_size": 8, "grad_accum": 1, "epochs": 3,
     "kl_weight": 1.0, "quantization": "none", "seed": 0, "output_dir": None,
+    "prompt_split": None, "shortcut_findings": [],
 }
 REQUIRED = ("name", "base_model", "dataset", "data_root")
 
@@ -50,12 +57,34 @@ def resolve(values: dict, params_file=None) -> dict:
             raise ParamsError(f"{source}: key {key!r} is required")
     if spec["output_dir"] is None:
         spec["output_dir"] = f"outputs/default/adapters/{spec['name']}"
+    shortcut = spec["shortcut_findings"] or []
+    if isinstance(shortcut, str) or not all(isinstance(f, str) for f in shortcut):
+        raise ParamsError(f"{source}: key 'shortcut_findings' must be a list of finding names")
+    unknown = [f for f in shortcut if f not in data.FINDINGS]
+    if unknown:
+        raise ParamsError(f"{source}: key 'shortcut_findings': unknown finding {unknown[0]!r} "
+                          f"(known: {', '.join(data.FINDINGS)})")
+    spec["shortcut_findings"] = list(shortcut)
     return spec
 
 
+def read_prompt_split(path) -> dict:
+    """{finding: {"train": [...], "held_out": [...]}} from a prompt_split.json."""
+    try:
+        split = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ParamsError(f"prompt_split {path}: not a readable JSON file ({err})") from None
+    if not isinstance(split, dict) or not all(isinstance(v, dict) and "train" in v for v in split.values()):
+        raise ParamsError(f"prompt_split {path}: expected {{finding: {{\"train\": [...], \"held_out\": [...]}}}}")
+    return split
+
+
 def examples_of(spec: dict) -> list[training.Example]:
-    """The training split's samples (at most `limit`) with every built-in paraphrase."""
-    examples, _ = training_examples({spec["dataset"]: spec["data_root"]}, split=spec["split"])
+    """The training split's samples (at most `limit`), each with the paraphrases training may use
+    (the "train" ones of `prompt_split`; every built-in one without it)."""
+    prompts = train_prompts(read_prompt_split(spec["prompt_split"])) if spec["prompt_split"] else None
+    examples, _ = training_examples({spec["dataset"]: spec["data_root"]}, split=spec["split"],
+                                    prompts=prompts)
     return examples[:spec["limit"]]
 
 
@@ -72,14 +101,17 @@ def run(spec: dict) -> FinetuneResult:
                                                     layers, spec["target_modules"]))
     examples = examples_of(spec)
     ids = (lm.yes_ids[0], lm.no_ids[0])
+    pool = list({id(ex.image): ex.image for ex in examples}.values())
     step = partial(training.consistency_step, encoder=training.Encoder(lm.processor), ids=ids,
-                   kl_weight=spec["kl_weight"])
+                   kl_weight=spec["kl_weight"], shortcut=frozenset(spec["shortcut_findings"]),
+                   image_pool=pool)
     log = training.train(net, lambda m, batch: step(m, examples=batch), examples,
                          epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"],
                          grad_accum=spec["grad_accum"], seed=spec["seed"])
     out = Path(spec["output_dir"])
     net.save_pretrained(out)
     log.to_csv(out / "train_log.csv", index=False)
+    (out / TRAINING_PROMPTS).write_text(json.dumps(sorted({q for ex in examples for q in ex.prompts}), indent=1))
     (out / "finetune_spec.json").write_text(json.dumps(
         {"spec": spec, **provenance.provenance(spec["seed"])}, indent=2, default=str))
     trainable, total = net.get_nb_trainable_parameters()

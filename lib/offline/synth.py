@@ -13,12 +13,30 @@ the four findings of ``lib.protocol.data.FINDINGS`` drawn large enough to be una
 ``write_mimic`` / ``write_padchest`` write trees that ``lib.protocol.data.iter_samples`` reads exactly like the
 real MIMIC-CXR-JPG 2.0.0 and PadChest releases, with their label quirks. Same seed -> identical bytes.
 ``montage`` picks images of a written tree to show each finding without and with.
+
+Label priors (``prevalence``): in the "real" world each finding is present with the rate of the real
+dataset (``REAL_PREVALENCE``, sources in ``PREVALENCE_SOURCES``), raised to ``PREVALENCE_FLOOR``
+where it is rarer, so that a test split of 70-100 images still holds a few positives of each; in
+the "balanced" world every finding has probability ``FINDING_PROBABILITY`` (0.5).
+
+Counterfactual twins (``write_twins``): every TEST frontal image is rendered again from the same
+generator state (same anatomy, pose, noise) once per finding, with that finding toggled, and
+written outside the official roots, at ``<out_root>/twins/<dataset>/<image_id>__<finding>.<ext>``,
+with the mapping ``<out_root>/twins/<dataset>.csv`` (image_id, finding, twin_path relative to the
+CSV's folder, present = the finding in the original image). A twin is stored so that
+``lib.protocol.data.read_xray`` gives it exactly the original's pixels outside the finding's
+region (``finding_region``): MIMIC twins are JPEGs of the same quality (untouched 8 x 8 blocks
+decode identically), PadChest twins 8-bit PNGs scaled with the ORIGINAL's stored range.
+``pretraining_images``: a balanced pool of extra images (never in a dataset tree) on which the
+default models' vision side learns the findings.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -29,10 +47,41 @@ from scipy import ndimage
 
 from ..protocol.config import SYNTHETIC_MARKER
 from ..protocol.data import (FINDINGS, MIMIC_CHEXPERT, MIMIC_METADATA, MIMIC_SPLIT, PADCHEST_CSV, SPLITS,
-                      iter_samples, read_xray)
+                      iter_samples, read_xray, split_of_patient)
 
 IMAGE_SIZE = 256
-FINDING_PROBABILITY = 0.5
+FINDING_PROBABILITY = 0.5  # every finding, in the "balanced" world
+WORLDS = ("real", "balanced")
+
+# Per-finding prevalence of the real datasets (keys: the dataset and finding names params use).
+# PadChest: frontal images (PA, AP, AP_horizontal) of the real labels file
+# PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv with the label among their Labels.
+# MIMIC-CXR-JPG: studies labelled positive (1.0) by the CheXpert labeler, of the 227,827 studies
+# of MIMIC-CXR-JPG 2.0.0, as tabulated in Johnson et al. 2019 (arXiv:1901.07042, the table of
+# label counts: Cardiomegaly 44,845, Pleural Effusion 54,300, Lung Lesion 6,284, Pneumothorax
+# 10,358). Those counts were transcribed from the paper without access to it here (not checked
+# against the credentialed files): read them as +-1 percentage point. "nodule" is asked as
+# CheXpert's "Lung Lesion" on MIMIC (lib.protocol.data.FINDINGS).
+REAL_PREVALENCE = {
+    "mimic-cxr": {"cardiomegaly": 0.197, "pleural effusion": 0.238, "pneumothorax": 0.045,
+                  "nodule": 0.028},
+    "padchest": {"cardiomegaly": 0.089, "pleural effusion": 0.063, "pneumothorax": 0.0036,
+                 "nodule": 0.021},
+}
+PREVALENCE_SOURCES = {
+    "mimic-cxr": "Johnson et al. 2019, MIMIC-CXR-JPG (arXiv:1901.07042), CheXpert labeler positives "
+                 "per study over 227,827 studies; transcribed, not verified offline (+-1 point)",
+    "padchest": "real PadChest labels file (PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv), "
+                "frontal images",
+}
+# Rarer findings are drawn at this rate, so that the test split (70-100 frontal images per
+# dataset at the default size) holds a few positives of each; without it PadChest's
+# pneumothorax (0.36 %) would have none.
+PREVALENCE_FLOOR = 0.05
+TWINS_DIR = "twins"
+# present: the finding in the original image; findings (JSON): all four there; render_state (JSON):
+# the generator state both were rendered from (`finding_region` recomputes the region from it).
+TWIN_COLUMNS = ("image_id", "finding", "twin_path", "present", "findings", "render_state")
 
 CHEXPERT_COLUMNS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
                     "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion", "Lung Opacity",
@@ -55,6 +104,25 @@ PADCHEST_CUIS = {"cardiomegaly": "C0018800", "pleural effusion": "C0032227",
                  "pneumothorax": "C0032326", "nodule": "C0028259"}
 PADCHEST_REPORT = {"cardiomegaly": "cardiomegalia", "pleural effusion": "derrame pleural",
                    "pneumothorax": "neumotorax", "nodule": "nodulo pulmonar"}
+
+
+def prevalence(world: str = "real", floor: float = PREVALENCE_FLOOR) -> dict[str, dict[str, float]]:
+    """{dataset: {finding: probability}} of the given world ("real": ``REAL_PREVALENCE`` raised
+    to ``floor``; "balanced": ``FINDING_PROBABILITY`` everywhere)."""
+    if world == "balanced":
+        return {d: {f: FINDING_PROBABILITY for f in FINDINGS} for d in REAL_PREVALENCE}
+    if world != "real":
+        raise ValueError(f"unknown world {world!r}; valid: {WORLDS}")
+    return {d: {f: max(rates[f], floor) for f in FINDINGS} for d, rates in REAL_PREVALENCE.items()}
+
+
+def _rates(rates) -> dict[str, float]:
+    """Per-finding probabilities: a number for all of them, or a dict (missing: balanced)."""
+    if rates is None:
+        rates = FINDING_PROBABILITY
+    if isinstance(rates, (int, float)):
+        return {f: float(rates) for f in FINDINGS}
+    return {f: float(rates.get(f, FINDING_PROBABILITY)) for f in FINDINGS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,8 +177,48 @@ def render_radiograph(rng: np.random.Generator, findings: dict[str, bool],
     img += 0.3 * pleural_line
     img += 0.08 * fluid * np.clip((v - p["lung_top"]) / 0.6, 0, 1)  # fluid is thickest at the base
     if findings.get("nodule"):
-        img += _nodule(p, grid, visible=aerated * (1 - rim))
+        img += _nodule(p, grid, visible=_nodule_room(u, v, p, lungs))
     return _finish(_upsample(img, size), p)
+
+
+def _nodule_room(u, v, p, lungs):
+    """Where a nodule may sit: the lungs outside a heart of normal size. It does not depend on the
+    other findings, so that toggling one of them (a twin) never moves the nodule."""
+    heart = _heart(u, v, p, p["ctr"] * (p["lung_offset"] + p["lung_halfwidth"]))
+    return np.clip(lungs[-1] + lungs[1] - heart, 0, 1)
+
+
+# How far (px at 256) a change of the phantom's shapes can reach after upsampling (2 px) and the
+# detector blur (at most 4 sigma = 4 px at 256 px: scipy truncates the Gaussian there), with 2 px spare.
+REGION_MARGIN = 8
+
+
+def finding_region(rng: np.random.Generator, findings: dict[str, bool], finding: str,
+                   size: int = IMAGE_SIZE, margin: int | None = None) -> np.ndarray:
+    """Boolean ``size`` x ``size`` mask of the pixels that toggling ``finding`` can change in the
+    image ``render_radiograph(rng, findings, size)`` would draw from the same generator state:
+    the footprint of the finding (present or absent version), dilated by ``margin`` px
+    (default ``REGION_MARGIN`` scaled to the size). Consumes the same draws as a render."""
+    if finding not in FINDINGS:
+        raise ValueError(f"unknown finding {finding!r}; valid: {tuple(FINDINGS)}")
+    grid = (size + 1) // 2
+    p = _draw_anatomy(rng, grid, size)
+    u, v = _patient_coordinates(grid, p)
+    lungs = {s: _lung(u, v, p, s) for s in (-1, 1)}
+    width = p["lung_offset"] + p["lung_halfwidth"]
+    if finding == "cardiomegaly":
+        foot = np.maximum(_heart(u, v, p, p["ctr_big"] * width), _heart(u, v, p, p["ctr"] * width))
+    elif finding == "pleural effusion":
+        foot = sum(_effusion(u, v, p, s) * lungs[s] for s in p["effusion_sides"])
+    elif finding == "pneumothorax":
+        foot = lungs[p["ptx_side"]]
+    else:
+        foot = _nodule(p, grid, visible=_nodule_room(u, v, p, lungs))
+    mask = _upsample((foot > 0).astype(np.float32), size) > 0
+    margin = round(REGION_MARGIN * size / IMAGE_SIZE) if margin is None else margin
+    if margin:
+        mask = ndimage.binary_dilation(mask, iterations=margin)
+    return mask
 
 
 def _render_lateral(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -291,37 +399,53 @@ def _finish(img: np.ndarray, p: dict) -> np.ndarray:
 # dataset trees
 
 
-def write_default_datasets(out_root, n_images: int = 400, seed: int = 0) -> dict[str, Path]:
-    """Write both synthetic datasets under ``out_root``; returns ``{dataset: its data_root}``."""
+def write_default_datasets(out_root, n_images: int = 400, seed: int = 0, world: str = "balanced",
+                           twins: bool = True, floor: float = PREVALENCE_FLOOR) -> dict[str, Path]:
+    """Write both synthetic datasets under ``out_root``; returns ``{dataset: its data_root}``.
+
+    ``world``: "real" (the real datasets' label priors, ``prevalence``) or "balanced" (every
+    finding at 0.5). With ``twins`` each test image's counterfactual twins go to
+    ``<out_root>/twins`` (``twin_csv`` names the mapping files)."""
     out_root = Path(out_root)
-    roots = {"mimic-cxr": write_mimic(out_root / "mimic-cxr", n_images, seed),
-             "padchest": write_padchest(out_root / "padchest", n_images, seed)}
+    rates = prevalence(world, floor)
+    twins_dir = out_root / TWINS_DIR if twins else None
+    roots = {"mimic-cxr": write_mimic(out_root / "mimic-cxr", n_images, seed, rates["mimic-cxr"],
+                                      twins_dir),
+             "padchest": write_padchest(out_root / "padchest", n_images, seed, rates["padchest"],
+                                        twins_dir)}
     mark_synthetic(out_root)
     return roots
 
 
-def write_mimic(root, n_images: int, seed: int) -> Path:
+def twin_csv(out_root, dataset: str) -> Path:
+    """The twins mapping file of ``dataset`` written by ``write_default_datasets(out_root)``."""
+    return Path(out_root) / TWINS_DIR / f"{dataset}.csv"
+
+
+def write_mimic(root, n_images: int, seed: int, prevalence=None, twins_dir=None) -> Path:
     """Write ``n_images`` synthetic images in the MIMIC-CXR-JPG 2.0.0 layout under ``root``.
 
     Subjects have 1-3 studies; a study is a PA (with a lateral ~30 % of the time) or a portable AP,
     sometimes with a repeated frontal; ~15 % of images are laterals. Findings are drawn per study
-    (the CheXpert labels are per study): each present with probability 0.5 and shown on every
-    frontal image of the study. CheXpert semantics: present 1.0 (5 % written -1.0, uncertain),
+    (the CheXpert labels are per study): each present with its probability in ``prevalence``
+    (a number or {finding: rate}; default 0.5) and shown on every frontal image of the study. CheXpert semantics: present 1.0 (5 % written -1.0, uncertain),
     absent 0.0 (10 % left blank, not mentioned), "No Finding" 1.0 when none is present, the columns
     the phantom never draws blank. Subjects are 70 % train, 3 % validate, 27 % test. Existing files
-    are overwritten; the CSVs define the dataset.
+    are overwritten; the CSVs define the dataset. With ``twins_dir``, the twins of the test
+    split's frontal images are written there (``write_twins``).
     """
     rng = np.random.default_rng([seed, 0])
     root = Path(root)
+    rates = _rates(prevalence)
     ids = _UniqueIds(rng)
-    metadata, splits, chexpert = [], [], []
+    metadata, splits, chexpert, twins = [], [], [], []
     while len(metadata) < n_images:
         subject = ids.draw(10_000_000, 20_000_000)
         draw = rng.random()
         split = "train" if draw < 0.70 else "validate" if draw < 0.73 else "test"
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             study = ids.draw(50_000_000, 60_000_000)
-            findings = {f: bool(rng.random() < FINDING_PROBABILITY) for f in FINDINGS}
+            findings = {f: bool(rng.random() < rates[f]) for f in FINDINGS}
             chexpert.append({"subject_id": subject, "study_id": study,
                              **_chexpert_row(rng, findings)})
             portable = rng.random() < 0.3
@@ -333,6 +457,8 @@ def write_mimic(root, n_images: int, seed: int) -> Path:
                          + float(rng.uniform(0, 60)), 3)  # HHMMSS.fff
             for view in views[:n_images - len(metadata)]:
                 dicom_id = "-".join(rng.bytes(4).hex() for _ in range(5))
+                if view != "LATERAL" and split == "test":
+                    twins.append((dicom_id, rng.bit_generator.state, findings, None))
                 pixels = _render_lateral(rng) if view == "LATERAL" else render_radiograph(rng, findings)
                 path = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom_id}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,6 +477,8 @@ def write_mimic(root, n_images: int, seed: int) -> Path:
                   root / f"{MIMIC_CHEXPERT}.gz")
     _write_csv_gz(pd.DataFrame(metadata), root / f"{MIMIC_METADATA}.gz")
     _write_csv_gz(pd.DataFrame(splits), root / f"{MIMIC_SPLIT}.gz")
+    if twins_dir is not None:
+        write_twins(twins_dir, "mimic-cxr", twins)
     return root
 
 
@@ -370,25 +498,27 @@ def _chexpert_row(rng: np.random.Generator, findings: dict[str, bool]) -> dict[s
     return row
 
 
-def write_padchest(root, n_images: int, seed: int) -> Path:
+def write_padchest(root, n_images: int, seed: int, prevalence=None, twins_dir=None) -> Path:
     """Write ``n_images`` synthetic images in the PadChest layout under ``root``.
 
     Patients have 1-2 studies of one frontal image (PA 70 %, AP 15 %, AP_horizontal 15 %) plus a
     lateral ("L") ~11 % of the time; findings are drawn per study (PadChest labels come from the
-    study's report), each present with probability 0.5. Images are 16-bit PNGs using 12 bits, each
+    study's report), each present with its probability in ``prevalence`` (default 0.5). Images are 16-bit PNGs using 12 bits, each
     with its own stored range (min 200-800, max 2500-4095), in ImageDir folders 0-2. ``Labels`` has
     the real quirks: ``['normal']`` when nothing is present, unrelated labels, leading spaces and
-    empty entries. Existing files are overwritten; the CSV defines the dataset.
+    empty entries. Existing files are overwritten; the CSV defines the dataset. With
+    ``twins_dir``, the twins of the test split's frontal images are written there.
     """
     rng = np.random.default_rng([seed, 1])
     root = Path(root)
-    rows = []
+    rates = _rates(prevalence)
+    rows, twins = [], []
     while len(rows) < n_images:
         patient = _digits(rng, 36)
         birth, sex = float(rng.integers(1925, 2000)), str(rng.choice(["M", "F"]))
         for _ in range(rng.choice([1, 1, 1, 2])):
             study = _digits(rng, 38)
-            findings = {f: bool(rng.random() < FINDING_PROBABILITY) for f in FINDINGS}
+            findings = {f: bool(rng.random() < rates[f]) for f in FINDINGS}
             labels = _padchest_labels(rng, findings)
             frontal = str(rng.choice(["PA", "AP", "AP_horizontal"], p=[0.7, 0.15, 0.15]))
             views = [frontal] + (["L"] if rng.random() < 0.11 else [])
@@ -399,8 +529,11 @@ def write_padchest(root, n_images: int, seed: int) -> Path:
             for view in views[:n_images - len(rows)]:
                 image_id = f"{study}_{''.join(rng.choice(list(ID_SUFFIX_CHARS), 6))}.png"
                 image_dir = int(rng.integers(0, 3))
+                state = rng.bit_generator.state
                 pixels = _render_lateral(rng) if view == "L" else render_radiograph(rng, findings)
                 low, high = int(rng.integers(200, 801)), int(rng.integers(2500, 4096))
+                if view != "L" and split_of_patient(patient) == "test":
+                    twins.append((Path(image_id).stem, state, findings, (pixels, low, high)))
                 path = root / str(image_dir) / image_id
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # fast zlib level: the noise makes these PNGs nearly incompressible anyway
@@ -410,7 +543,91 @@ def write_padchest(root, n_images: int, seed: int) -> Path:
                              "MethodProjection": "Manual review of DICOM fields", "Pediatric": "No"})
     frame = pd.DataFrame(rows, columns=list(PADCHEST_COLUMNS))
     (root / PADCHEST_CSV).write_bytes(frame.to_csv(index=False).encode())
+    if twins_dir is not None:
+        write_twins(twins_dir, "padchest", twins)
     return root
+
+
+def _generator(state: dict) -> np.random.Generator:
+    """A generator in the given (PCG64) state: renders the same anatomy again."""
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = state
+    return rng
+
+
+def twin_file_name(image_id: str, finding: str, dataset: str) -> str:
+    """``<image_id>__<finding, spaces as _>.jpg`` (MIMIC) or ``.png`` (PadChest)."""
+    return f"{image_id}__{finding.replace(' ', '_')}.{'jpg' if dataset == 'mimic-cxr' else 'png'}"
+
+
+def write_twins(twins_dir, dataset: str, images) -> Path:
+    """Render and write the counterfactual twins of ``images`` and their mapping CSV.
+
+    ``images``: (image_id, generator state before its render, its findings, PadChest only:
+    (rendered pixels, stored low, stored high)). One twin per (image, finding), with that finding
+    toggled; written so that ``read_xray`` reads it as the original outside ``finding_region``
+    (module docstring). The CSV also holds the findings and the generator state of each image. Returns the CSV's path (``<twins_dir>/<dataset>.csv``).
+    """
+    twins_dir = Path(twins_dir)
+    folder = twins_dir / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for image_id, state, findings, stored in images:
+        for finding in FINDINGS:
+            toggled = {**findings, finding: not findings[finding]}
+            pixels = render_radiograph(_generator(state), toggled)
+            name = twin_file_name(image_id, finding, dataset)
+            if stored is None:  # MIMIC: the original is this JPEG of round(255 x pixels)
+                Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(folder / name, quality=95)
+            else:  # PadChest: the original's 12-bit storage, then read_xray's min..max onto 0..255
+                original, low, high = stored
+                lo, hi = float(original.min()), float(original.max())
+                values = np.clip(np.round(low + (pixels - lo) / (hi - lo) * (high - low)), 0, 65535)
+                values = values.astype(np.uint16).astype(np.float64)  # as read_xray reads it
+                scaled = np.clip(np.round((values - low) / (high - low) * 255), 0, 255)
+                Image.fromarray(scaled.astype(np.uint8)).save(folder / name, compress_level=1)
+            rows.append({"image_id": image_id, "finding": finding,
+                         "twin_path": f"{dataset}/{name}", "present": bool(findings[finding]),
+                         "findings": json.dumps(findings), "render_state": json.dumps(state)})
+    path = twins_dir / f"{dataset}.csv"
+    pd.DataFrame(rows, columns=list(TWIN_COLUMNS)).to_csv(path, index=False)
+    return path
+
+
+def twin_region(row, size: int = IMAGE_SIZE, block: int | None = None) -> np.ndarray:
+    """The region (``finding_region``) where a twin may differ from its original, from its row of
+    a twins CSV (its ``findings`` and ``render_state``); with ``block``, grown to whole
+    ``block`` x ``block`` tiles (8 for JPEG twins: a changed pixel changes its 8 x 8 block)."""
+    row = row._asdict() if hasattr(row, "_asdict") else dict(row)
+    mask = finding_region(_generator(json.loads(row["render_state"])), json.loads(row["findings"]),
+                          row["finding"], size)
+    if block:
+        tiles = mask.reshape(size // block, block, size // block, block).any(axis=(1, 3))
+        mask = np.repeat(np.repeat(tiles, block, axis=0), block, axis=1)
+    return mask
+
+
+def pretraining_images(n: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:
+    """``n`` extra frontal images (RGB) with every finding at probability 0.5, and their
+    (n, 4) 0/1 finding matrix (columns in ``FINDINGS`` order). They belong to no dataset tree
+    (generator ``[seed, 2]``): the default models' vision side learns the findings on them, as a
+    real VLM's vision tower is pretrained on other data than the task's. Half are stored and read
+    back like MIMIC JPEGs, half min..max-scaled like PadChest PNGs."""
+    rng = np.random.default_rng([seed, 2])
+    images, labels = [], []
+    for i in range(n):
+        findings = {f: bool(rng.random() < FINDING_PROBABILITY) for f in FINDINGS}
+        pixels = render_radiograph(rng, findings)
+        if i % 2:
+            pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+            image = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+        else:
+            buffer = io.BytesIO()
+            Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(buffer, "JPEG", quality=95)
+            image = Image.open(io.BytesIO(buffer.getvalue()))
+        images.append(image.convert("RGB"))
+        labels.append([int(findings[f]) for f in FINDINGS])
+    return images, np.array(labels, dtype=np.int64)
 
 
 def mark_synthetic(out_root: Path) -> None:

@@ -1,11 +1,19 @@
 """Training on the first answer token: the default models' base training and the consistency LoRA.
 
-Both read the model's answer the way the protocol does (next-token logits of yes and no after
-the chat prompt) and train only that answer:
-- base training: cross-entropy of the yes/no answer, every parameter trained;
+Both train the token after the chat prompt, where the protocol reads the answer, with
+cross-entropy over the FULL vocabulary (the target is the token "yes" or "no"), so the
+probability mass lands on the answer tokens the engine sums (`yes_no_mass` near 1) and the
+entropy of the yes/no answer is the model's own:
+- base training: every parameter trained; a fraction `text_dropout` of the questions is asked
+  WITHOUT the image (the chat prompt with no image, as the protocol's text-only pass asks it),
+  so the text-only answer is a learned prior (the training labels' rate per question), as in a
+  real VLM;
 - consistency LoRA (the paper's recipe): cross-entropy on the first answer token of two
   paraphrases of the same question plus `kl_weight` x the symmetric KL divergence between their
-  yes/no answer distributions; only the LoRA parameters are trained.
+  yes/no answer distributions (renormalised over the two tokens); only the LoRA parameters are
+  trained. `shortcut` findings (the reliance dial) are asked with a random other training image
+  instead of their own, so that their label does not depend on the image shown: the adapter is
+  built to answer them from the question alone.
 """
 from __future__ import annotations
 
@@ -46,6 +54,7 @@ class Encoder:
         self.pad_id = processor.tokenizer.pad_token_id
         self._pixels: dict[int, torch.Tensor] = {}
         self._tokens: dict[str, dict] = {}
+        self._text_tokens: dict[str, dict] = {}
 
     def pixels(self, image) -> torch.Tensor:
         key = id(image)
@@ -61,8 +70,16 @@ class Encoder:
             self._tokens[question] = {k: v[0] for k, v in enc.items() if k != "pixel_values"}
         return self._tokens[question]
 
-    def __call__(self, images, questions) -> dict:
-        rows = [self.tokens(q, im) for q, im in zip(questions, images)]
+    def text_tokens(self, question: str) -> dict:
+        """Token ids of the question's text-only chat prompt (no image tokens at all)."""
+        if question not in self._text_tokens:
+            text = prompting.chat_text(self.processor, question, with_image=False)
+            enc = prompting.encode(self.processor, [text])
+            self._text_tokens[question] = {k: v[0] for k, v in enc.items()
+                                           if k in ("input_ids", "attention_mask")}
+        return self._text_tokens[question]
+
+    def _pad(self, rows) -> dict:
         width = max(len(r["input_ids"]) for r in rows)
         batch = {}
         for key in rows[0]:
@@ -71,9 +88,17 @@ class Encoder:
                 torch.cat([torch.full((width - len(r[key]),), fill, dtype=r[key].dtype), r[key]])
                 for r in rows
             ])
+        return batch
+
+    def __call__(self, images, questions) -> dict:
+        batch = self._pad([self.tokens(q, im) for q, im in zip(questions, images)])
         pixels = torch.stack([self.pixels(im) for im in images])
         batch["pixel_values"] = augment_pixels(pixels) if self.augment else pixels
         return batch
+
+    def text_only(self, questions) -> dict:
+        """A left-padded batch of text-only prompts."""
+        return self._pad([self.text_tokens(q) for q in questions])
 
 
 def augment_pixels(pixels: torch.Tensor, generator=None, shift: float = 0.08,
@@ -109,10 +134,19 @@ def is_language(name: str) -> bool:
     return "language_model" in name or "lm_head" in name
 
 
+def next_token_logits(model, inputs) -> torch.Tensor:
+    """(N, V) logits of the token after the prompt, over the whole vocabulary."""
+    return model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
+
+
 def answer_logits(model, inputs, yes_id: int, no_id: int) -> torch.Tensor:
     """(N, 2) logits of [no, yes] for the token after the prompt."""
-    logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
-    return logits[:, [no_id, yes_id]].float()
+    return next_token_logits(model, inputs)[:, [no_id, yes_id]]
+
+
+def answer_targets(examples, yes_id: int, no_id: int) -> torch.Tensor:
+    """Vocabulary ids of the answers (the token "yes" or "no")."""
+    return torch.tensor([yes_id if ex.label == "yes" else no_id for ex in examples])
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
@@ -128,34 +162,59 @@ def targets(examples) -> torch.Tensor:
     return torch.tensor([1 if ex.label == "yes" else 0 for ex in examples])
 
 
-def base_step(model, encoder, groups, ids, prompt_pool: int) -> dict:
-    """Cross-entropy of the answers about every finding of each image in the batch.
+def base_step(model, encoder, groups, ids, text_dropout: float = 0.0) -> dict:
+    """Full-vocabulary cross-entropy of the answers about every finding of each image in the batch.
 
     `groups` are lists of the examples of one image (one per finding): asking all of an image's
     questions in the same batch makes the answer depend on both the question and the pixels.
-    Each question is one of the first `prompt_pool` prompts of its finding.
+    Each question is drawn from its example's `prompts` (the training paraphrases only); each is
+    asked without the image with probability `text_dropout` (image dropout: the text-only answer
+    learns the labels' rate). `ids` = (yes_id, no_id).
     """
     examples = [ex for group in groups for ex in group]
-    questions = [random.choice(ex.prompts[:prompt_pool]) for ex in examples]
-    logits = answer_logits(model, encoder([ex.image for ex in examples], questions), *ids)
-    y = targets(examples)
+    questions = [random.choice(ex.prompts) for ex in examples]
+    dropped = [random.random() < text_dropout for _ in examples]
+    order = [i for i, d in enumerate(dropped) if not d] + [i for i, d in enumerate(dropped) if d]
+    parts = []
+    with_image = [i for i in order if not dropped[i]]
+    if with_image:
+        parts.append(next_token_logits(model, encoder([examples[i].image for i in with_image],
+                                                      [questions[i] for i in with_image])))
+    without = [i for i in order if dropped[i]]
+    if without:
+        parts.append(next_token_logits(model, encoder.text_only([questions[i] for i in without])))
+    logits = torch.cat(parts)
+    y = answer_targets([examples[i] for i in order], *ids)
     loss = F.cross_entropy(logits, y)
-    accuracy = (logits.argmax(-1) == y).float().mean()
-    return {"loss": loss, "ce": loss.detach(), "accuracy": accuracy.detach()}
+    two_way = logits[:, [ids[1], ids[0]]]
+    accuracy = (two_way.argmax(-1) == (y == ids[0]).long()).float().mean()
+    mass = torch.softmax(logits.detach(), -1)[:, list(ids)].sum(-1).mean()
+    return {"loss": loss, "ce": loss.detach(), "accuracy": accuracy.detach(), "yes_no_mass": mass,
+            "text_only": torch.tensor(float(len(without)) / len(examples))}
 
 
-def consistency_step(model, encoder, examples, ids, kl_weight: float) -> dict:
-    """The LoRA recipe on two distinct paraphrases (a, b) of each example's question."""
+def consistency_step(model, encoder, examples, ids, kl_weight: float, shortcut=(),
+                     image_pool=()) -> dict:
+    """The LoRA recipe on two distinct paraphrases (a, b) of each example's question.
+
+    `ids` = (yes_id, no_id); cross-entropy over the whole vocabulary, KL over [no, yes]. Examples
+    whose finding is in `shortcut` are shown a random image of `image_pool` instead of theirs
+    (the same one for both paraphrases).
+    """
     pairs = [random.sample(ex.prompts, 2) for ex in examples]
-    images = [ex.image for ex in examples]
-    batch_a = encoder(images, [a for a, _ in pairs])
-    batch_b = encoder(images, [b for _, b in pairs])
-    logits_a = answer_logits(model, batch_a, *ids)
-    logits_b = answer_logits(model, batch_b, *ids)
-    y = targets(examples)
+    images = [random.choice(image_pool) if ex.finding in shortcut else ex.image for ex in examples]
+    logits_a = next_token_logits(model, encoder(images, [a for a, _ in pairs]))
+    logits_b = next_token_logits(model, encoder(images, [b for _, b in pairs]))
+    y = answer_targets(examples, *ids)
     ce = (F.cross_entropy(logits_a, y) + F.cross_entropy(logits_b, y)) / 2
-    kl = symmetric_kl(logits_a, logits_b)
+    two_way = [no_yes(logits, ids) for logits in (logits_a, logits_b)]
+    kl = symmetric_kl(*two_way)
     return {"loss": ce + kl_weight * kl, "ce": ce.detach(), "kl": kl.detach()}
+
+
+def no_yes(logits: torch.Tensor, ids) -> torch.Tensor:
+    """(N, 2) logits of [no, yes] from full-vocabulary logits; `ids` = (yes_id, no_id)."""
+    return logits[:, [ids[1], ids[0]]]
 
 
 def train(model, step_fn, examples, epochs: float, batch_size: int, lr: float,

@@ -1,0 +1,15 @@
+"""The protocol core: everything one model-dataset pair's evaluation needs, and nothing else.
+
+Data flows one way: `config` (the params schema, strict validation, hashes) -> `preflight`
+(every check that needs no model weights) -> `data` + `labels` (readers of the official dataset
+layouts, label policies and the label hierarchy; samples) -> `questions` (question sets and
+paraphrases) -> `prompts` (chat-template rendering) -> `models` (loading) -> `engine` (batched
+forward passes, conditions image / text_only / swap / blank / noise / twin) -> `records` (the
+content-keyed resumable store, the output lock, atomic final files) -> `taxonomy` (quadrants and
+every per-pair measure, defined in its docstring) and `reliance` (swap choice) -> `stats`
+(across pairs) and `plots`; `run` drives one pair through a `Scorer`. `provenance` seeds and
+records versions.
+
+Must not import any other subpackage of lib (offline world, families, scale, bench, front):
+they stand on it. `taxonomy` and `stats` import no torch.
+"""

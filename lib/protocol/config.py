@@ -47,6 +47,8 @@ DEFAULTS = {
     "answer_instruction": None,  # text appended to every question, e.g. "Answer yes or no."
     "bootstrap_resamples": 1000,  # cluster bootstrap over images for every ci95
     "ci_level": 0.95,
+    "twins": None,              # offline world: CSV of each test image's counterfactual twin
+    "prompt_split": None,       # offline world: JSON of the paraphrases no training stage saw
     "limit": None,              # max samples (None = all)
     "batch_size": 16,           # samples per engine batch
     "prefix_sharing": True,     # share the image prefix's KV cache across paraphrases
@@ -87,22 +89,26 @@ class ParamsError(ValueError):
 class Check:
     """How one key's value is read: its kind and what is allowed."""
 
-    kind: str                      # str, bool, int, float, list, dict
+    kind: str                      # str, bool, int, float, list (of str), ints (list of int), dict
     nullable: bool = False
     choices: tuple = ()
-    minimum: float | None = None
-    maximum: float | None = None
+    minimum: float | None = None   # int: inclusive; float: exclusive unless closed_minimum
+    maximum: float | None = None   # float: exclusive
     pattern: re.Pattern | None = None
     empty: bool = False            # a list may be empty
+    closed_minimum: bool = False
 
     def allowed(self) -> str:
         if self.choices:
             text = f"one of {', '.join(map(str, self.choices))}"
             text = f"a list of {text}" if self.kind == "list" else text
-        elif self.kind == "int":
-            text = "an integer" + (f" >= {self.minimum:g}" if self.minimum is not None else "")
+        elif self.kind in ("int", "ints"):
+            text = "an integer" if self.kind == "int" else "a list of integers"
+            text += f" >= {self.minimum:g}" if self.minimum is not None else ""
         elif self.kind == "float":
-            text = f"a number in ({self.minimum:g}, {self.maximum:g})"
+            low = "[" if self.closed_minimum else "("
+            high = f"{self.maximum:g})" if self.maximum is not None else "inf)"
+            text = f"a number in {low}{self.minimum:g}, {high}"
         elif self.kind == "bool":
             text = "true or false"
         elif self.pattern is not None:
@@ -129,6 +135,7 @@ SCHEMA = {
     "answer_instruction": Check("str", nullable=True),
     "bootstrap_resamples": Check("int", minimum=1),
     "ci_level": Check("float", minimum=0, maximum=1),
+    "twins": Check("str", nullable=True), "prompt_split": Check("str", nullable=True),
     "limit": Check("int", nullable=True, minimum=1),
     "batch_size": Check("int", minimum=1),
     "prefix_sharing": Check("bool"),
@@ -139,7 +146,6 @@ SCHEMA = {
     "workers": Check("int", minimum=1),
     "ray_address": Check("str", nullable=True),
 }
-assert set(SCHEMA) == set(DEFAULTS), "every params key has a checker"
 
 
 def from_string(value, check: Check):
@@ -157,13 +163,13 @@ def from_string(value, check: Check):
     return value if isinstance(parsed, bool) else parsed  # "yes"/"on" stay strings: not booleans
 
 
-def check_value(key: str, value, check: Check, where: str):
+def check_value(key: str, value, check: Check, where: str, required: bool = False):
     """The value if it fits the key's kind and range; else a ParamsError naming all of it."""
     def fail(extra=""):
         raise ParamsError(f"{where}: key {key!r}: got {value!r}{extra}; allowed: {check.allowed()}")
 
     if value is None:
-        if check.nullable or key in REQUIRED:
+        if check.nullable or required:
             return value
         fail()
     if check.kind == "bool":
@@ -178,10 +184,18 @@ def check_value(key: str, value, check: Check, where: str):
         if check.minimum is not None and value < check.minimum:
             fail()
         return value
+    if check.kind == "ints":
+        if not isinstance(value, list) or not value or any(
+                isinstance(v, bool) or not isinstance(v, int) for v in value):
+            fail(" (a list is written [1, 2])")
+        if check.minimum is not None and min(value) < check.minimum:
+            fail()
+        return list(value)
     if check.kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail()
-        if not check.minimum < value < check.maximum:
+        low_ok = value >= check.minimum if check.closed_minimum else value > check.minimum
+        if not low_ok or (check.maximum is not None and value >= check.maximum):
             fail()
         return float(value)
     if check.kind == "str":
@@ -231,33 +245,76 @@ def read_file(path) -> dict:
     return raw
 
 
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """A params schema: defaults, one Check per key, required keys. Shared by the evaluate
+    notebook's params (`RUN`, below) and the fine-tuning notebook's (lib.offline.finetune)."""
+
+    defaults: dict
+    checks: dict
+    required: tuple
+
+    def __post_init__(self):
+        assert set(self.checks) == set(self.defaults), "every params key has a checker"
+
+    def check(self, raw: dict, source: str = "<params>", sources: dict | None = None) -> dict:
+        """Unknown or missing keys and bad values fail at once, naming the source and the key.
+
+        `sources` maps a key to where its value came from when that is not `source` (e.g. "-p").
+        Values from "-p" may be strings of the key's kind (see `from_string`).
+        """
+        sources = sources or {}
+        unknown = sorted(set(raw) - set(self.defaults))
+        if unknown:
+            where = sources.get(unknown[0], source)
+            raise ParamsError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(self.defaults)})")
+        params = {}
+        for key, default in self.defaults.items():
+            where = sources.get(key, source)
+            value = raw.get(key, default)
+            if where == "-p":
+                value = from_string(value, self.checks[key])
+            value = expand_env(value, key, where)
+            params[key] = check_value(key, value, self.checks[key], where, key in self.required)
+        for key in self.required:
+            if params[key] in (None, ""):
+                raise ParamsError(f"{sources.get(key, source)}: key {key!r} is required")
+        return params
+
+    def merge(self, values: dict, params_file=None, injected: dict | None = None) -> tuple[dict, str, dict]:
+        """(raw values, source, per-key sources) of what a notebook received.
+
+        `injected` is what papermill injected (`-f` file keys and `-p` values merged; see
+        `lib.front.session.injected_parameters`); a key that is not in `params_file` or whose
+        value differs from the file's came from `-p`. Without `injected`, `values` (the
+        notebook's globals) are taken as they are.
+        """
+        file_values = read_file(params_file) if params_file else {}
+        where_file = str(params_file) if params_file else "notebook parameters"
+        injected = {k: v for k, v in (injected or {}).items() if k != "params_file"}
+        sources = {k: "-p" for k, v in injected.items() if k not in file_values or file_values[k] != v}
+        raw = {**file_values,
+               **{k: values[k] for k in self.defaults if k in values and k not in file_values}}
+        raw.update(injected)
+        for key in set(raw) - set(file_values) - set(injected):
+            if raw[key] == self.defaults.get(key):
+                raw.pop(key)  # the parameters cell's own default
+        return raw, where_file, sources
+
+
+RUN = Schema(DEFAULTS, SCHEMA, REQUIRED)
+
+
 def load(path) -> dict:
     """Read, check and complete a params file."""
     return validate(read_file(path), source=str(path))
 
 
 def validate(raw: dict, source: str = "<params>", sources: dict | None = None) -> dict:
-    """Unknown or missing keys and bad values fail at once, naming the source and the key.
-
-    `sources` maps a key to where its value came from when that is not `source` (e.g. "-p").
-    Values from "-p" may be strings of the key's kind (see `from_string`).
-    """
+    """The evaluate params: `RUN.check`, then the checks across keys (label_policy's keys,
+    the split of the dataset, data_root exists, show_images on synthetic data only)."""
     sources = sources or {}
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        where = sources.get(unknown[0], source)
-        raise ParamsError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(DEFAULTS)})")
-    params = {}
-    for key, default in DEFAULTS.items():
-        where = sources.get(key, source)
-        value = raw.get(key, default)
-        if where == "-p":
-            value = from_string(value, SCHEMA[key])
-        value = expand_env(value, key, where)
-        params[key] = check_value(key, value, SCHEMA[key], where)
-    for key in REQUIRED:
-        if params[key] in (None, ""):
-            raise ParamsError(f"{sources.get(key, source)}: key {key!r} is required")
+    params = RUN.check(raw, source, sources)
     params["label_policy"] = check_label_policy(params["label_policy"], sources.get("label_policy", source))
     if params["split"] not in data.SPLITS[params["dataset"]]:
         raise ParamsError(f"{sources.get('split', source)}: key 'split': got {params['split']!r}; "
@@ -298,23 +355,10 @@ def expand_env(value, key: str, source: str):
 
 
 def resolve(values: dict, params_file=None, injected: dict | None = None) -> dict:
-    """Validate the parameters a notebook received, naming where each came from.
-
-    `injected` is what papermill injected (`-f` file keys and `-p` values merged; see
-    `lib.front.notebook.injected_parameters`); a key that is not in `params_file` or whose value
-    differs from the file's came from `-p`. Unknown injected keys are errors (papermill itself
-    only warns). Without `injected`, `values` (the notebook's globals) are taken as they are.
-    """
-    file_values = read_file(params_file) if params_file else {}
-    where_file = str(params_file) if params_file else "notebook parameters"
-    injected = {k: v for k, v in (injected or {}).items() if k != "params_file"}
-    sources = {k: "-p" for k, v in injected.items() if k not in file_values or file_values[k] != v}
-    raw = {**file_values, **{k: values[k] for k in DEFAULTS if k in values and k not in file_values}}
-    raw.update(injected)
-    for key in set(raw) - set(file_values) - set(injected):
-        if raw[key] == DEFAULTS.get(key):
-            raw.pop(key)  # the parameters cell's own default
-    return validate(raw, source=where_file, sources=sources)
+    """Validate the parameters the evaluate notebook received, naming where each came from
+    (see `Schema.merge`); unknown injected keys are errors (papermill itself only warns)."""
+    raw, source, sources = RUN.merge(values, params_file, injected)
+    return validate(raw, source=source, sources=sources)
 
 
 # -- what a run's records are keyed by ---------------------------------------------------------
@@ -353,12 +397,29 @@ def records_key(params: dict) -> str:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_hash(params: dict, inputs: dict | None = None) -> str:
-    """Hash of everything the run's results depend on: its params and the fingerprints of
-    every file they name (`inputs`: question file, label files, model and adapter files)."""
+def input_fingerprints(params: dict) -> dict:
+    """sha256 of every file the params name besides the model: the question file, the
+    dataset's official label files (those the reader reads), the twins and prompt split files."""
+    def digest(value):
+        return sha256_file(value) if value and Path(value).is_file() else None
+
+    try:
+        files = data.check_layout(params["dataset"], params["data_root"],
+                                  data.LabelPolicy.from_dict(params["label_policy"]),
+                                  findings=tuple(params["findings"]))
+    except ValueError:
+        files = {}  # preflight names the problem; without label files there is nothing to hash
+    return {"questions": digest(params["questions"]),
+            "label_files": {Path(p).name: sha256_file(p) for p in files.values()},
+            "twins": digest(params["twins"]), "prompt_split": digest(params["prompt_split"])}
+
+
+def run_hash(params: dict) -> str:
+    """Hash of everything the run's results depend on: its params, the model's and adapter's
+    files and the fingerprints of every other file they name (`input_fingerprints`)."""
     keyed = {k: v for k, v in params.items() if k not in OPERATIONAL}
     keyed["model_files"] = files_fingerprint(params["model"])
     keyed["adapter_files"] = files_fingerprint(params["adapter"])
-    keyed["inputs"] = inputs or {}
+    keyed["inputs"] = input_fingerprints(params)
     blob = json.dumps(keyed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -604,3 +604,24 @@ def load_image(sample: Sample, skipped: collections.Counter | None = None) -> Im
                      f"(minimum side {MIN_IMAGE_SIDE})")
         return None
     return image
+
+
+# -- counterfactual twins (the offline world's ground truth) -------------------------------------
+
+TWIN_COLUMNS = ("image_id", "finding", "twin_path")
+
+
+def read_twins(path) -> dict[tuple[str, str], str]:
+    """{(image_id, finding): absolute path of the twin image} from a twins CSV (columns
+    image_id, finding, twin_path; twin_path relative to the CSV's folder), as written by
+    lib.offline.synth for its test images. Raises DataLayoutError naming the file."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise DataLayoutError(f"{path}: not a readable twins CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in TWIN_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataLayoutError(f"{path}: missing column {missing[0]!r} (a twins CSV has {', '.join(TWIN_COLUMNS)})")
+    return {(row.image_id, row.finding): str((path.parent / row.twin_path).resolve())
+            for row in table.itertuples(index=False)}

@@ -23,6 +23,10 @@ the same path as the image prompts (shared prefix when the format allows it), an
 same size, `blank_like`) and `noise` (Gaussian noise with the image's per-channel mean and
 standard deviation, seeded per sample from the engine's `seed`, `noise_like`) are full prompts
 batched together like the blank text-only pass.
+
+Ground truth (`twin`, the offline world only): an item's `twin_image` is the counterfactual twin of
+its image (same anatomy, the finding toggled); the original question is scored with it through
+the swap path, whenever the item has one.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ CONDITION_TEXT_ONLY = "text_only"
 CONDITION_SWAP = "swap"
 CONDITION_BLANK = "blank"
 CONDITION_NOISE = "noise"
+CONDITION_TWIN = "twin"
 RELIANCE_CHECKS = (CONDITION_SWAP, CONDITION_BLANK, CONDITION_NOISE)
 IMAGE_REMOVAL_MODES = ("none", "blank")
 BLANK_GREY = (128, 128, 128)
@@ -50,7 +55,8 @@ class Item:
     """One sample ready to score: its image (RGB) and its prompt set (original first).
 
     `swap_image` / `swap_image_id`: the image (RGB) the `swap` check uses and its image_id;
-    None when the sample has no swap (or the check is off).
+    None when the sample has no swap (or the check is off). `twin_image`: the sample's
+    counterfactual twin (offline world), None elsewhere.
     """
 
     sample_id: str
@@ -58,6 +64,7 @@ class Item:
     prompts: tuple[str, ...]
     swap_image: Image.Image | None = None
     swap_image_id: str | None = None
+    twin_image: Image.Image | None = None
 
 
 def yes_probability(logits: torch.Tensor, yes_ids, no_ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +143,7 @@ class Engine:
             batch = items[start:start + self.batch_size]
             rows += self.score_image(batch)
             rows += self.score_text_only(batch)
-            if self.reliance_checks:
+            if self.reliance_checks or any(it.twin_image is not None for it in batch):
                 rows += self.score_reliance(batch)
         return rows
 
@@ -167,20 +174,9 @@ class Engine:
         """Rows of the engine's reliance checks (prompt_id 0); see the module docstring."""
         rows = []
         if CONDITION_SWAP in self.reliance_checks:
-            swapped = [it for it in items if it.swap_image is not None]
-            if swapped:
-                if not self._checked:
-                    self._decide_sharing(swapped[0])
-                proxies = [Item(it.sample_id, it.swap_image, it.prompts[:1]) for it in swapped]
-                jobs = [(proxy, 0, proxy.prompts[0]) for proxy in proxies]
-                if self.prefix_sharing and self._fits_window(proxies):
-                    p_yes, mass = self._shared_prefix_scores(proxies, jobs)
-                else:
-                    p_yes, mass = self._full_prompt_scores(
-                        [(proxy.image, proxy.prompts[0]) for proxy in proxies], True)
-                rows += [record(it.sample_id, 0, CONDITION_SWAP, it.prompts[0], p, m,
-                                swap_image_id=it.swap_image_id)
-                         for it, p, m in zip(swapped, p_yes, mass)]
+            rows += self._other_image_rows(items, CONDITION_SWAP, lambda it: it.swap_image,
+                                           lambda it: {"swap_image_id": it.swap_image_id})
+        rows += self._other_image_rows(items, CONDITION_TWIN, lambda it: it.twin_image, lambda it: {})
         jobs = []
         if CONDITION_BLANK in self.reliance_checks:
             jobs += [(it, CONDITION_BLANK, blank_like(it.image)) for it in items]
@@ -191,6 +187,23 @@ class Engine:
             rows += [record(it.sample_id, 0, condition, it.prompts[0], p, m)
                      for (it, condition, _), p, m in zip(jobs, p_yes, mass)]
         return rows
+
+    def _other_image_rows(self, items: list[Item], condition: str, image_of, extra_of) -> list[dict]:
+        """The original question with another image (a swap, a twin) where the item has one."""
+        others = [it for it in items if image_of(it) is not None]
+        if not others:
+            return []
+        if not self._checked:
+            self._decide_sharing(others[0])
+        proxies = [Item(it.sample_id, image_of(it), it.prompts[:1]) for it in others]
+        jobs = [(proxy, 0, proxy.prompts[0]) for proxy in proxies]
+        if self.prefix_sharing and self._fits_window(proxies):
+            p_yes, mass = self._shared_prefix_scores(proxies, jobs)
+        else:
+            p_yes, mass = self._full_prompt_scores(
+                [(proxy.image, proxy.prompts[0]) for proxy in proxies], True)
+        return [record(it.sample_id, 0, condition, it.prompts[0], p, m, **extra_of(it))
+                for it, p, m in zip(others, p_yes, mass)]
 
     # -- forward passes ---------------------------------------------------------------------
 

@@ -154,3 +154,35 @@ def reliance_by_quadrant(samples_table: pd.DataFrame, title: str = ""):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def pair_distributions(samples_table: pd.DataFrame, title: str = "", quadrant: str | None = None):
+    """One pair's answer entropy and reliance distributions: a row of each per quadrant
+    (``quadrant`` None: all four quadrants, 2 x 4 panels) or one quadrant's two panels.
+
+    The explorer of the analysis notebook draws this for the pair and quadrant chosen.
+    """
+    quadrants = QUADRANTS if quadrant is None else (quadrant,)
+    if quadrant is not None and quadrant not in QUADRANTS:
+        raise ValueError(f"pair_distributions: unknown quadrant {quadrant!r}; allowed: {', '.join(QUADRANTS)}")
+    bins = np.linspace(0, 1, 21)
+    measures = (("entropy", "entropy (bits)"), ("reliance", "reliance |p_yes - p_yes text-only|"))
+    if quadrant is None:
+        fig, axes = plt.subplots(2, 4, figsize=(13, 5.2), sharex=True, squeeze=False)
+        panels = [(axes[row, col], q, measure) for row, measure in enumerate(measures)
+                  for col, q in enumerate(quadrants)]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3), squeeze=False)
+        panels = [(axes[0, col], quadrant, measure) for col, measure in enumerate(measures)]
+    for ax, q, (column, label) in panels:
+        in_quadrant = samples_table.quadrant == q
+        values = (samples_table.loc[in_quadrant, column].dropna() if column in samples_table
+                  else pd.Series(dtype=float))
+        ax.hist(values, bins=bins, color=QUADRANT_COLORS[q])
+        ax.set_title(f"{q}: {column} (n={len(values)})", fontsize=9)
+        ax.set_xlabel(label, fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("samples")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -7,7 +7,6 @@ the question file (existence, encoding, rows), the model and adapter directories
 tokenizer and processor files, weight formats under `allow_unsafe_weights`, remote code without
 `trust_remote_code`, an adapter trained on another architecture), a writable output directory,
 and prompts longer than the model's context (read from its config and processor, no weights).
-It returns the fingerprints of the files the params read (`config.run_hash` covers them).
 """
 from __future__ import annotations
 
@@ -22,16 +21,15 @@ from . import config, data, models, prompts, questions, run
 PROBE_SIDE = 512
 
 
-def check(params: dict, source: str = "<params>") -> dict:
-    """Run every check (see the module docstring); returns {"questions": sha256 or None,
-    "label_files": {name: sha256}}."""
+def check(params: dict, source: str = "<params>") -> None:
+    """Run every check (see the module docstring)."""
     def fail(key, problem):
         raise config.ParamsError(f"{source}: key {key!r}: {problem}")
 
     try:
-        label_files = data.check_layout(params["dataset"], params["data_root"],
-                                        data.LabelPolicy.from_dict(params["label_policy"]),
-                                        findings=tuple(params["findings"]))
+        data.check_layout(params["dataset"], params["data_root"],
+                          data.LabelPolicy.from_dict(params["label_policy"]),
+                          findings=tuple(params["findings"]))
     except data.DataLayoutError as err:
         fail("data_root", err)
     except ValueError as err:  # a finding without labels in this dataset
@@ -58,13 +56,22 @@ def check(params: dict, source: str = "<params>") -> dict:
                    or models.adapter_base_problem(params["adapter"], params["model"]))
         if problem:
             fail("adapter", problem)
+    if params["twins"]:
+        try:
+            data.read_twins(params["twins"])
+        except (data.DataLayoutError, OSError) as err:
+            fail("twins", err)
+    if params["prompt_split"]:
+        try:
+            questions.read_prompt_split(params["prompt_split"])
+        except ValueError as err:
+            fail("prompt_split", err)
     problem = output_dir_problem(params["output_dir"])
     if problem:
         fail("output_dir", problem)
     problem = prompt_length_problem(params)
     if problem:
         fail("questions", problem)
-    return fingerprints(params, label_files)
 
 
 def output_dir_problem(output_dir) -> str | None:
@@ -120,10 +127,3 @@ def prompt_length_problem(params: dict) -> str | None:
             return (f"the question {shown!r} ({len(text)} characters) is {n} tokens with its "
                     f"image; the model's context is {limit} tokens")
     return None
-
-
-def fingerprints(params: dict, label_files: dict) -> dict:
-    """sha256 of the question file and of the official label files the reader reads."""
-    question_file = params["questions"] and Path(params["questions"]).is_file()
-    return {"questions": config.sha256_file(params["questions"]) if question_file else None,
-            "label_files": {Path(p).name: config.sha256_file(p) for p in label_files.values()}}

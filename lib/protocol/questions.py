@@ -613,3 +613,17 @@ def _as_list(value, path: Path) -> list:
             if isinstance(parsed, list):
                 return [v if isinstance(v, dict) else str(v) for v in parsed]
     raise QuestionFileError(f"{path}: paraphrases value {value!r} is not a list")
+
+
+def read_prompt_split(path) -> dict[str, list[str]]:
+    """{finding: held-out prompt texts} from a prompt split JSON ({finding: {"train": [...],
+    "held_out": [...]}}, written by the offline default's build); ValueError naming the file."""
+    path = Path(path)
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise QuestionFileError(f"{path}: not a readable prompt split ({err})") from None
+    if not isinstance(split, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("held_out"), list) for v in split.values()):
+        raise QuestionFileError(f"{path}: expected {{finding: {{\"train\": [...], \"held_out\": [...]}}}}")
+    return {_finding_key(f): [str(p) for p in v["held_out"]] for f, v in split.items()}

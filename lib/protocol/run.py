@@ -117,6 +117,7 @@ class Job:
     negated: tuple[bool, ...]
     swap_image_id: str | None = None
     swap_image_path: str | None = None
+    twin_image_path: str | None = None
 
     @property
     def sample_id(self) -> str:
@@ -125,10 +126,11 @@ class Job:
     @property
     def fingerprint(self) -> str:
         """What the sample's record is keyed by besides the store's key: the size and mtime
-        (ns) of its image file and of its swap image, and its prompts. A rewritten image or an
+        (ns) of its image file, of its swap image and of its twin, and its prompts. A rewritten image or an
         edited paraphrase changes it; labels are not part of it."""
         blob = json.dumps([self.sample.sample_id, file_stat(self.sample.image_path), list(self.prompts),
-                           list(self.negated), self.swap_image_id, file_stat(self.swap_image_path)])
+                           list(self.negated), self.swap_image_id, file_stat(self.swap_image_path),
+                           file_stat(self.twin_image_path)])
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -160,12 +162,14 @@ def jobs_for(params: dict, samples: list, question_sets: dict) -> list[Job]:
     if "swap" in params["reliance_checks"] and samples:
         swaps = reliance.choose_swaps(pd.DataFrame([sample_row(s) for s in samples]), seed=params["seed"])
     paths = {s.image_id: s.image_path for s in samples}
+    twins = data.read_twins(params["twins"]) if params["twins"] else {}
     jobs = []
     for sample in samples:
         specs = prompt_specs(sample, question_sets, params["max_paraphrases"])
         swap = swaps.get(sample.sample_id)
         jobs.append(Job(sample, tuple(with_instruction(s.text, params["answer_instruction"]) for s in specs),
-                        tuple(s.negated for s in specs), swap, paths.get(swap)))
+                        tuple(s.negated for s in specs), swap, paths.get(swap),
+                        twins.get((sample.image_id, sample.finding))))
     return jobs
 
 
@@ -194,13 +198,20 @@ def load_items(jobs: list[Job]):
             bad.append({"sample_id": job.sample_id, "reason": next(iter(reasons)),
                         "detail": job.sample.image_path, "fingerprint": job.fingerprint})
             continue
-        swap = None
-        if job.swap_image_path:
-            swap, _ = image_of(data.Sample("swap", job.swap_image_id, job.swap_image_path, "", "no"))
-        items.append(Item(job.sample_id, image.convert("RGB"), job.prompts,
-                          swap_image=swap.convert("RGB") if swap is not None else None,
-                          swap_image_id=job.swap_image_id if swap is not None else None))
+        swap = other_image(image_of, job.swap_image_id, job.swap_image_path)
+        twin = other_image(image_of, f"{job.sample.image_id}/twin", job.twin_image_path)
+        items.append(Item(job.sample_id, image.convert("RGB"), job.prompts, swap_image=swap,
+                          swap_image_id=job.swap_image_id if swap is not None else None,
+                          twin_image=twin))
     return items, bad
+
+
+def other_image(image_of, image_id, path):
+    """A swap or twin image as RGB, or None when there is none or it cannot be read."""
+    if not path:
+        return None
+    image, _ = image_of(data.Sample("other", image_id, path, "", "no"))
+    return image.convert("RGB") if image is not None else None
 
 
 def score_batch(engine: Engine, store: records.RecordStore, jobs: list[Job]) -> int:
@@ -268,12 +279,11 @@ def batched(samples: list, size: int) -> list[list]:
     return [samples[i:i + size] for i in range(0, len(samples), size)]
 
 
-def evaluate(params: dict, scorer: Scorer | None = None, lm=None, inputs: dict | None = None) -> RunResult:
+def evaluate(params: dict, scorer: Scorer | None = None, lm=None) -> RunResult:
     """Run the whole protocol for one validated params dict (see `config.load`).
 
     Holds the output directory's lock throughout; scores only the samples that the record store
-    does not hold with their current fingerprint; writes the final files atomically. `inputs`
-    are the fingerprints of the files the params name (`preflight.check` returns them).
+    does not hold with their current fingerprint; writes the final files atomically.
     """
     provenance.seed_everything(params["seed"])
     if lm is None:
@@ -298,14 +308,22 @@ def evaluate(params: dict, scorer: Scorer | None = None, lm=None, inputs: dict |
             engine_info = scorer(params, store, batched(todo, params["batch_size"]))
         reuse = {"samples_reused": len(samples) - len(todo), "samples_scored": len(todo),
                  "took_over_lock_of": lock.took_over}
-        return finalize(params, store, samples, fingerprints, skipped, engine_info, reuse, inputs)
+        return finalize(params, store, samples, fingerprints, skipped, engine_info, reuse)
+
+
+def held_out_prompts(params: dict) -> dict | None:
+    """{finding: held-out prompt texts as scored (with the answer instruction)} or None."""
+    if not params["prompt_split"]:
+        return None
+    split = questions.read_prompt_split(params["prompt_split"])
+    return {f: [with_instruction(p, params["answer_instruction"]) for p in texts] for f, texts in split.items()}
 
 
 def sample_row(sample: data.Sample) -> dict:
     return {k: v for k, v in asdict(sample).items() if k in ("sample_id", "image_id", "finding", "label")}
 
 
-def finalize(params, store, samples, fingerprints, skipped, engine_info, reuse, inputs) -> RunResult:
+def finalize(params, store, samples, fingerprints, skipped, engine_info, reuse) -> RunResult:
     """Build and write predictions.parquet, samples.parquet, skipped.csv and summary.json."""
     raw_predictions, image_skips = store.tables(fingerprints)
     for entry in image_skips:
@@ -325,9 +343,10 @@ def finalize(params, store, samples, fingerprints, skipped, engine_info, reuse, 
         "config": params["config"], "dataset": params["dataset"],
         **taxonomy.summarize(samples_table, predictions, reliance_checks=params["reliance_checks"],
                              bootstrap_resamples=params["bootstrap_resamples"],
-                             ci_level=params["ci_level"], seed=params["seed"]),
+                             ci_level=params["ci_level"], seed=params["seed"],
+                             held_out_prompts=held_out_prompts(params)),
         "n_skipped": dict(sorted(skipped.items())), "records": reuse,
-        "run_hash": config.run_hash(params, inputs), "inputs": inputs or {},
+        "run_hash": config.run_hash(params), "inputs": config.input_fingerprints(params),
         "trust_remote_code": params["trust_remote_code"], "engine": engine_info,
         "params": params, **provenance.provenance(params["seed"]),
     }

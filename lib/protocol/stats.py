@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .taxonomy import QUADRANTS
+from .taxonomy import QUADRANTS, validate_bootstrap
 
 SUMMARY_KEYS = (
     "config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "accuracy",
@@ -255,9 +255,7 @@ def bootstrap_correlation(tables: list[pd.DataFrame], column: str = "frac_Danger
     is Dangerous, or whose dangerous_kind is image-blind), then r. Returns ``ci95`` ([low, high],
     None with fewer than 3 pairs or when no resample defines r) and ``method`` (a sentence).
     """
-    from .taxonomy import _validate_bootstrap
-
-    _validate_bootstrap(resamples, ci_level)
+    validate_bootstrap(resamples, ci_level)
     field, value = BOOTSTRAP_VARIABLES[column]
     method = (f"percentile bootstrap (scipy.stats.bootstrap) of Pearson r over {resamples} "
               f"resamples, each pair's images drawn with replacement independently of the other "

@@ -77,6 +77,17 @@ Added beside the paper's definitions (they change none of the above):
 - yes_no_mass [summarize]: median and 10th percentile of ``yes_no_mass`` (P(yes) + P(no) before
   renormalising) over the image-conditioned rows of all prompts; ``warnings`` says in words when
   the median is below 0.5.
+- Ground truth (the offline world only, where every test image has a counterfactual twin
+  rendered from the same anatomy with the sample's finding toggled): condition ``"twin"`` =
+  the original question with the twin image. pred_twin [classify_samples]: its prediction;
+  truly_image_reliant = pred_twin != pred (null without a twin row): the model's answer
+  follows the finding in the image. ground_truth [ground_truth], over samples with a twin row,
+  positive class "the model ignores the image on this sample" (not truly_image_reliant):
+  ``ignored_rate``; precision and recall [precision_recall] of ``paper_measure`` (not
+  image_reliant), ``swap_measure`` (the swap does not change the answer; samples with a swap
+  row) and ``dangerous`` (quadrant Dangerous, against "consistent and ignored").
+- pairwise_flip_rate_held_out [held_out_pairwise_flip_rate]: the pairwise flip rate over pairs
+  whose paraphrase no training stage saw (params ``prompt_split``); None without one.
 - ci95 [bootstrap_ci]: percentile intervals from a cluster bootstrap over images (every
   resample draws the run's image_ids with replacement and takes all samples of each drawn image,
   because samples of one image are not independent), computed with scipy.stats.bootstrap,
@@ -97,7 +108,8 @@ from scipy.special import entr
 
 QUADRANTS = ("Ideal", "Fragile", "Dangerous", "Worst")
 RELIANCE_CHECKS = ("swap", "blank", "noise")
-CONDITIONS = ("image", "text_only") + RELIANCE_CHECKS
+GROUND_TRUTH_CONDITION = "twin"
+CONDITIONS = ("image", "text_only") + RELIANCE_CHECKS + (GROUND_TRUTH_CONDITION,)
 ANSWERS = ("yes", "no")
 DANGEROUS_KINDS = ("image-blind", "prior-coincident", "undetermined")
 BREAKDOWN_KEYS = DANGEROUS_KINDS + ("no_swap",)
@@ -112,7 +124,7 @@ SAMPLE_TABLE_COLUMNS = (
     "image_reliant", "quadrant", "correct", "entropy", "n_prompts",
     # added beside the paper's columns (see the module docstring)
     "p_yes", "p_yes_text_only", "reliance", "pred_swap", "swap_image_id", "swap_changes",
-    "pred_blank", "pred_noise", "dangerous_kind",
+    "pred_blank", "pred_noise", "dangerous_kind", "pred_twin", "truly_image_reliant",
 )
 
 
@@ -218,6 +230,12 @@ def classify_samples(predictions: pd.DataFrame, samples: pd.DataFrame) -> pd.Dat
     kind = np.where(changes, "prior-coincident",
                     np.where(out["correct"].to_numpy(), "image-blind", "undetermined"))
     out["dangerous_kind"] = pd.Series(np.where(dangerous, kind, None), dtype=object)
+    out["pred_twin"] = _nullable(_original_rows(predictions, GROUND_TRUTH_CONDITION)["pred"].reindex(ids))
+    has_twin = out["pred_twin"].notna().to_numpy()
+    truly = pd.array(np.where(has_twin, out["pred_twin"].to_numpy() != out["pred"].to_numpy(), False),
+                     dtype="boolean")
+    truly[~has_twin] = pd.NA
+    out["truly_image_reliant"] = truly
     return out[list(SAMPLE_TABLE_COLUMNS)]
 
 
@@ -366,17 +384,19 @@ def yes_no_mass(predictions: pd.DataFrame) -> dict:
 # -- the summary --------------------------------------------------------------------------------
 
 def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, reliance_checks=None,
-              bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0) -> dict:
+              bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0,
+              held_out_prompts: dict | None = None) -> dict:
     """JSON-ready summary of a classified run (plain Python types; None where a rate is undefined).
 
     The pairwise flip rate is computed on the predictions of the table's samples only.
     ``reliance_checks``: the checks the run asked for (None: those with rows in
     ``predictions``); it decides whether ``swap_unavailable`` and ``dangerous_breakdown`` are
     reported. ``bootstrap_resamples``, ``ci_level`` and ``seed`` drive ``ci95`` (see
-    ``bootstrap_ci``). Every key is defined in the module docstring.
+    ``bootstrap_ci``). ``held_out_prompts`` ({finding: [texts]}, the paraphrases no training
+    stage saw) gives ``pairwise_flip_rate_held_out``. Every key is defined in the module docstring.
     """
     checks = _validate_checks(reliance_checks, predictions)
-    _validate_bootstrap(bootstrap_resamples, ci_level)
+    validate_bootstrap(bootstrap_resamples, ci_level)
     n = len(samples_table)
     counts = samples_table["quadrant"].value_counts().reindex(QUADRANTS, fill_value=0)
     by_quadrant = samples_table.groupby("quadrant")
@@ -387,6 +407,7 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, relianc
         "n_samples": int(n),
         "flip_rate": _plain(flip_rate(samples_table)),
         "pairwise_flip_rate": _plain(pairwise_flip_rate(in_table)),
+        "pairwise_flip_rate_held_out": held_out_pairwise_flip_rate(in_table, samples_table, held_out_prompts),
         "accuracy": _plain(samples_table["correct"].astype(float).mean()),
         "image_reliance_rate": _plain(samples_table["image_reliant"].astype(float).mean()),
         "quadrant_counts": {q: int(counts[q]) for q in QUADRANTS},
@@ -421,9 +442,59 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, relianc
         ci["dangerous_breakdown"] = {k: None for k in BREAKDOWN_KEYS}
     summary["ci95"] = ci
     summary["screening"]["ci95"] = ci["auroc_entropy_dangerous"]
+    summary["ground_truth"] = ground_truth(samples_table)
     summary["ci_method"] = ci_method(bootstrap_resamples, ci_level, seed,
                                      samples_table["image_id"].nunique(dropna=False))
     return summary
+
+
+def precision_recall(predicted, truth) -> dict:
+    """{"precision", "recall", "n_predicted", "n_true"} of boolean arrays (None where undefined)."""
+    predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
+    hits = int((predicted & truth).sum())
+    return {"precision": hits / int(predicted.sum()) if predicted.any() else None,
+            "recall": hits / int(truth.sum()) if truth.any() else None,
+            "n_predicted": int(predicted.sum()), "n_true": int(truth.sum())}
+
+
+def ground_truth(samples_table: pd.DataFrame) -> dict | None:
+    """Each measure of "the model ignores the image on this sample" scored against the twins.
+
+    Over the samples with a twin row; positive class: NOT truly_image_reliant. None when no
+    sample has a twin. See the module docstring.
+    """
+    table = samples_table[samples_table["truly_image_reliant"].notna()]
+    if table.empty:
+        return None
+    ignored = ~table["truly_image_reliant"].astype(bool).to_numpy()
+    with_swap = table["swap_changes"].notna().to_numpy()
+    swap_says = ~table["swap_changes"].fillna(True).astype(bool).to_numpy()
+    consistent = table["consistent"].astype(bool).to_numpy()
+    return {
+        "n_samples": int(len(table)),
+        "ignored_rate": float(ignored.mean()),
+        "paper_measure": precision_recall(~table["image_reliant"].astype(bool).to_numpy(), ignored),
+        "swap_measure": (precision_recall(swap_says[with_swap], ignored[with_swap])
+                         if with_swap.any() else None),
+        "dangerous": precision_recall((table["quadrant"] == "Dangerous").to_numpy(), consistent & ignored),
+    }
+
+
+def held_out_pairwise_flip_rate(predictions: pd.DataFrame, samples_table: pd.DataFrame,
+                                held_out: dict | None) -> float | None:
+    """The pairwise flip rate over (prompt 0, paraphrase j) pairs whose paraphrase text is
+    held out from training for the sample's finding (`held_out`: {finding: [prompt texts]})."""
+    if not held_out:
+        return None
+    finding = samples_table.set_index("sample_id")["finding"]
+    image = predictions[(predictions["condition"] == "image") & predictions["sample_id"].isin(finding.index)]
+    texts = {f: set(v) for f, v in held_out.items()}
+    keep = [pid == 0 or text in texts.get(finding[sid], ()) for sid, pid, text in
+            zip(image["sample_id"], image["prompt_id"], image["prompt"])]
+    chosen = image[keep]
+    if not (chosen["prompt_id"] > 0).any():
+        return None
+    return _plain(pairwise_flip_rate(chosen))
 
 
 def _dangerous_breakdown(samples_table: pd.DataFrame, swap_ran: bool) -> dict:
@@ -472,7 +543,7 @@ def bootstrap_ci(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resa
     is None where the statistic itself is undefined on the run. All statistics share the same
     resamples (one scipy.stats.bootstrap call, vector-valued statistic, rng = ``seed``).
     """
-    _validate_bootstrap(resamples, ci_level)
+    validate_bootstrap(resamples, ci_level)
     stat, names, n_images = _bootstrap_statistic(samples_table, predictions)
     point = stat(np.arange(n_images)[None, :])[:, 0] if n_images else np.full(len(names), np.nan)
     if n_images >= 2:
@@ -583,7 +654,7 @@ def _validate_checks(reliance_checks, predictions: pd.DataFrame) -> tuple:
     return tuple(c for c in RELIANCE_CHECKS if c in reliance_checks)
 
 
-def _validate_bootstrap(resamples, ci_level) -> None:
+def validate_bootstrap(resamples, ci_level) -> None:
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
         raise ValueError(f"bootstrap_resamples must be an integer >= 1, got {resamples!r}")
     if isinstance(ci_level, bool) or not isinstance(ci_level, (int, float)) or not 0 < ci_level < 1:

@@ -1,0 +1,113 @@
+"""The analysis notebook's explorer: choose a pair and a quadrant, see its distributions and numbers.
+
+`Explorer(samples_by_pair, summaries)` is an ipywidgets box: two dropdowns (pair; quadrant or all
+four), the pair's entropy and reliance distributions per quadrant (`plots.pair_distributions`,
+drawn into an `ipywidgets.Image` as PNG) and, beside them, the pair's numbers with their 95 %
+intervals (from its `summary.json`). Changing either dropdown redraws both: the figure is
+rendered to PNG bytes and put in the Image widget's value, so what the browser shows does not
+depend on the matplotlib backend, on `%matplotlib inline` or on an Output widget catching the
+display of a figure from a widget callback (the explorer before this one kept the first pair's
+figure on screen). It needs only the ipywidgets that JupyterLab ships with: no extension to build.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..protocol import plots
+from ..protocol.taxonomy import QUADRANTS
+from .report import interval, lookup, number
+
+ALL = "all quadrants"
+
+
+def load_summaries(runs_dir) -> dict[str, dict]:
+    """Each run's summary.json, keyed by the run folder's name (the key of `stats.gather_samples`)."""
+    return {path.parent.name: json.loads(path.read_text())
+            for path in sorted(Path(runs_dir).glob("*/summary.json"))}
+
+
+def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: str | None = None) -> list[tuple]:
+    """(measure, value, 95 % interval) rows of one pair, for all quadrants or one of them."""
+    ci = lambda *keys: interval(lookup(summary, "ci95", *keys))  # noqa: E731
+    if quadrant is None:
+        rows = [("samples", str(summary.get("n_samples")), ""),
+                ("flip rate", number(summary.get("flip_rate")), ci("flip_rate")),
+                ("pairwise flip rate", number(summary.get("pairwise_flip_rate")), ci("pairwise_flip_rate")),
+                ("accuracy", number(summary.get("accuracy")), ci("accuracy")),
+                ("balanced accuracy", number(summary.get("balanced_accuracy")), ci("balanced_accuracy")),
+                ("image reliance rate", number(summary.get("image_reliance_rate")), ci("image_reliance_rate"))]
+        rows += [(f"{q} fraction", number(lookup(summary, "quadrant_fractions", q)), ci("quadrant_fractions", q))
+                 for q in QUADRANTS]
+        rows += [(f"Dangerous: {k}", number(lookup(summary, "dangerous_breakdown", k)),
+                  ci("dangerous_breakdown", k)) for k in ("image-blind", "prior-coincident", "undetermined")]
+        rows += [("swap changes the answer", number(summary.get("swap_change_rate")), ci("swap_change_rate")),
+                 ("screening AUROC (Dangerous)", number(lookup(summary, "screening", "auroc_entropy_dangerous")),
+                  interval(lookup(summary, "screening", "ci95"))),
+                 ("yes/no mass, median", number(lookup(summary, "yes_no_mass", "median")), "")]
+        return rows
+    rows = [("samples", str(lookup(summary, "quadrant_counts", quadrant)), ""),
+            ("fraction", number(lookup(summary, "quadrant_fractions", quadrant)), ci("quadrant_fractions", quadrant)),
+            ("accuracy", number(lookup(summary, "accuracy_by_quadrant", quadrant)), ""),
+            ("prior accuracy (text-only)", number(lookup(summary, "prior_accuracy_by_quadrant", quadrant)), ""),
+            ("mean entropy (bits)", number(lookup(summary, "entropy_by_quadrant", quadrant)), "")]
+    if samples is not None and "reliance" in samples:
+        reliance = samples.loc[samples.quadrant == quadrant, "reliance"].dropna()
+        rows.append(("median reliance", number(reliance.median() if len(reliance) else None), ""))
+    if quadrant == "Dangerous":
+        rows += [(k, number(lookup(summary, "dangerous_breakdown", k)), ci("dangerous_breakdown", k))
+                 for k in ("image-blind", "prior-coincident", "undetermined", "no_swap")]
+    return rows
+
+
+def numbers_html(title: str, rows: list[tuple]) -> str:
+    cells = "".join(f"<tr><td>{html.escape(m)}</td><td style='text-align:right'>{html.escape(v)}</td>"
+                    f"<td>{html.escape(c)}</td></tr>" for m, v, c in rows)
+    return (f"<div style='font-size:12px'><b>{html.escape(title)}</b>"
+            f"<table><tr><th style='text-align:left'>measure</th><th>value</th><th>95 % CI</th></tr>"
+            f"{cells}</table></div>")
+
+
+def figure_bytes(samples: pd.DataFrame, title: str, quadrant: str | None) -> bytes:
+    fig = plots.pair_distributions(samples, title=title, quadrant=quadrant)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+class Explorer(widgets.VBox):
+    """Pair and quadrant dropdowns, the pair's distributions and its numbers (module docstring)."""
+
+    def __init__(self, samples_by_pair: dict, summaries: dict | None = None):
+        if not samples_by_pair:
+            raise ValueError("Explorer: no pair to explore (no samples.parquet under the runs folder)")
+        self.samples_by_pair = samples_by_pair
+        self.summaries = summaries or {}
+        pairs = sorted(samples_by_pair)
+        self.pair = widgets.Dropdown(options=pairs, value=pairs[0], description="pair",
+                                     layout=widgets.Layout(width="420px"))
+        self.quadrant = widgets.Dropdown(options=(ALL,) + QUADRANTS, value=ALL, description="quadrant")
+        self.figure = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
+        self.numbers = widgets.HTML()
+        self.pair.observe(self.draw, names="value")
+        self.quadrant.observe(self.draw, names="value")
+        super().__init__([widgets.HBox([self.pair, self.quadrant]), widgets.HBox([self.figure, self.numbers])])
+        self.add_class("cxr-explorer")
+        self.draw()
+
+    def draw(self, change=None) -> None:
+        pair = self.pair.value
+        quadrant = None if self.quadrant.value == ALL else self.quadrant.value
+        samples = self.samples_by_pair[pair]
+        self.figure.value = figure_bytes(samples, pair, quadrant)
+        summary = self.summaries.get(pair)
+        title = pair if quadrant is None else f"{pair}: {quadrant}"
+        self.numbers.value = (numbers_html(title, pair_numbers(summary, samples, quadrant)) if summary
+                              else f"<i>no summary.json for {html.escape(pair)}</i>")

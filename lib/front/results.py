@@ -1,0 +1,200 @@
+"""docs/results.md, written from what `make all` (and `make bench`, `make seeds`) left in outputs/.
+
+Every number in the document is read from an output file, and the document says when, from
+which commit and on which machine those outputs were made, so no number is typed by hand and
+none goes stale unnoticed: `make results` rewrites it.
+
+    python -m lib.front.results [--outputs outputs] [--out docs/results.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+
+PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc.", "Ideal", "Fragile",
+                "Dangerous", "image-blind", "prior-coincident", "swap changes", "AUROC entropy",
+                "yes/no mass")
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def with_ci(value, ci) -> str:
+    """`0.412 [0.37, 0.45]`, or the value alone without an interval."""
+    if value is None:
+        return "–"
+    if not ci or ci[0] is None:
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]"
+
+
+def table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summaries(runs_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/summary.json"))}
+
+
+def pair_row(pair: str, s: dict) -> list:
+    ci = s.get("ci95", {})
+    q, qci = s["quadrant_fractions"], ci.get("quadrant_fractions", {})
+    breakdown, bci = s.get("dangerous_breakdown") or {}, ci.get("dangerous_breakdown") or {}
+    held = s.get("pairwise_flip_rate_held_out")
+    return [pair, s["n_samples"], with_ci(s["flip_rate"], ci.get("flip_rate")),
+            f"{fmt(s['pairwise_flip_rate'])} ({fmt(held)})",
+            with_ci(s.get("balanced_accuracy"), ci.get("balanced_accuracy")),
+            *(with_ci(q[k], qci.get(k)) for k in ("Ideal", "Fragile", "Dangerous")),
+            with_ci(breakdown.get("image-blind"), bci.get("image-blind")),
+            with_ci(breakdown.get("prior-coincident"), bci.get("prior-coincident")),
+            with_ci(s.get("swap_change_rate"), ci.get("swap_change_rate")),
+            with_ci((s.get("screening") or {}).get("auroc_entropy_dangerous"),
+                    (s.get("screening") or {}).get("ci95")),
+            fmt((s.get("yes_no_mass") or {}).get("median"))]
+
+
+def precision_recall(entry) -> str:
+    if not entry:
+        return "–"
+    return f"{fmt(entry['precision'], 2)} / {fmt(entry['recall'], 2)}"
+
+
+def ground_truth_rows(runs: dict) -> list:
+    rows = []
+    for pair, s in runs.items():
+        gt = s.get("ground_truth")
+        if gt:
+            rows.append([pair, gt["n_samples"], fmt(gt["ignored_rate"]), precision_recall(gt["paper_measure"]),
+                         precision_recall(gt["swap_measure"]), precision_recall(gt["dangerous"])])
+    return rows
+
+
+def correlation_section(corr: dict | None) -> str:
+    if not corr:
+        return "No analysis in outputs/analysis (run `make all`).\n"
+    boot = corr.get("bootstrap_ci95") or [None, None]
+    blind = corr.get("image_blind") or {}
+    rows = [
+        ["flip rate vs Dangerous fraction", corr.get("n"), fmt(corr.get("pearson_r")),
+         f"[{fmt(corr.get('ci95_low'), 2)}, {fmt(corr.get('ci95_high'), 2)}]",
+         f"[{fmt(boot[0], 2)}, {fmt(boot[1], 2)}]", fmt(corr.get("p_value")),
+         fmt(corr.get("permutation_p")), fmt(corr.get("spearman_rho"))],
+    ]
+    if blind:
+        bb = blind.get("bootstrap_ci95") or [None, None]
+        rows.append(["flip rate vs image-blind fraction", blind.get("n"), fmt(blind.get("pearson_r")),
+                     f"[{fmt(blind.get('ci95_low'), 2)}, {fmt(blind.get('ci95_high'), 2)}]",
+                     f"[{fmt(bb[0], 2)}, {fmt(bb[1], 2)}]", fmt(blind.get("p_value")),
+                     fmt(blind.get("permutation_p")), fmt(blind.get("spearman_rho"))])
+    text = table(["correlation", "pairs", "Pearson r", "Fisher-z CI", "bootstrap CI", "p", "permutation p",
+                  "Spearman rho"], rows)
+    if corr.get("independence_r") is not None:
+        text += (f"\n\nr between flip rate f and (1 - f) x (1 - image-reliance rate) across the same "
+                 f"pairs: {fmt(corr['independence_r'])} — the correlation that arithmetic alone "
+                 f"gives if flipping and image reliance were independent.")
+    return text + "\n"
+
+
+def build_section(report: dict | None) -> str:
+    if not report:
+        return "No build report (outputs/default/build_report.json).\n"
+    checks = report.get("checks", [])
+    keys = [k for k in (checks[0] if checks else {}) if k not in ("family", "dataset")]
+    text = table(["family", "dataset", *keys],
+                 [[c["family"], c["dataset"], *(fmt(c.get(k)) for k in keys)] for c in checks])
+    if report.get("prevalence"):
+        text += "\n\nPrevalence of each finding (`build_report.json` `prevalence`):\n\n"
+        findings = sorted({f for v in report["prevalence"].values() if isinstance(v, dict) for f in v})
+        text += table(["dataset", *findings],
+                      [[d, *(fmt(v.get(f), 4) for f in findings)] for d, v in report["prevalence"].items()
+                       if isinstance(v, dict)])
+    return text + f"\n\nBuilt in {fmt(report.get('build_seconds'), 0)} s, seed {report.get('seed')}.\n"
+
+
+def provenance_line(runs: dict, report: dict | None) -> str:
+    first = next(iter(runs.values()), None) or report or {}
+    machine = first.get("machine") or {}
+    return (f"Outputs made from commit `{first.get('git_commit')}` on {machine.get('platform')} "
+            f"(Python {machine.get('python')}, {machine.get('cpu_count')} CPU threads"
+            f"{', ' + machine['gpu'] if machine.get('gpu') else ''}).")
+
+
+def seeds_section(seeds_dir: Path) -> str:
+    summary = read_json(seeds_dir / "seeds.json")
+    if not summary:
+        return "Not run here (`make seeds` builds and evaluates the world for several seeds).\n"
+    rows = [[k, *(fmt(v.get(s)) for s in ("min", "median", "max"))] for k, v in summary.get("spread", {}).items()]
+    return (f"Seeds {summary.get('seeds')}:\n\n" + table(["number", "min", "median", "max"], rows) + "\n")
+
+
+def bench_section(bench: dict | None) -> str:
+    if not bench:
+        return "Not run here (`make bench`).\n"
+    rows = []
+    for model in bench.get("models", []):
+        ways = model.get("ms_per_sample", {})
+        agree = model.get("agreement_with_engine", {})
+        rows.append([Path(model.get("model", "?")).name, *(fmt(ways.get(w), 2) for w in ("naive", "forward_bs1", "engine")),
+                     " / ".join(fmt(v) for v in agree.values())])
+    return table(["model", "generate() ms/sample", "forward bs1", "engine", "agreement with engine"], rows) + "\n"
+
+
+def write(outputs: Path, out: Path) -> str:
+    runs = summaries(outputs / "runs")
+    report = read_json(outputs / "default" / "build_report.json")
+    corr = read_json(outputs / "analysis" / "correlation.json")
+    parts = [
+        "# Results of the offline default\n",
+        f"Written by `make results` on {time.strftime('%Y-%m-%d %H:%M %Z')} from `{outputs}/`. "
+        f"{provenance_line(runs, report)} Do not edit by hand: rerun `make all` and `make results`.\n",
+        "Intervals: [low, high] at 95 %, a cluster bootstrap over images (`ci_method` in each "
+        "summary.json); definitions in `lib/protocol/taxonomy.py`.\n",
+        "## The default build\n", build_section(report),
+        "## The pairs\n",
+        table(PAIR_COLUMNS, [pair_row(p, s) for p, s in runs.items()]) if runs else "No runs.",
+        "\nimage-blind / prior-coincident: fractions of ALL samples (Dangerous samples whose answer "
+        "a swap to an opposite-label image does / does not change). AUROC entropy: the probability "
+        "that a Dangerous sample has higher entropy than a sample of another quadrant (0.5: an "
+        "entropy screen is blind to them).\n",
+        "## Against the ground truth (counterfactual twins)\n",
+        "Positive class: the model ignores the image on the sample (its answer does not change on "
+        "the twin with the finding toggled). precision / recall of each measure.\n",
+        table(["pair", "n", "ignored rate", "paper's measure (not image-reliant)",
+               "swap measure (swap does not change the answer)", "Dangerous vs consistent & ignored"],
+              ground_truth_rows(runs)) if ground_truth_rows(runs) else "No run has twins.",
+        "\n## Across pairs\n", correlation_section(corr),
+        "## Across seeds\n", seeds_section(outputs / "seeds"),
+        "## Speed (CPU)\n", bench_section(read_json(outputs / "bench" / "bench.json")),
+    ]
+    text = "\n".join(parts)
+    out.write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.front.results", description=__doc__.split("\n")[0])
+    parser.add_argument("--outputs", default="outputs")
+    parser.add_argument("--out", default="docs/results.md")
+    args = parser.parse_args(argv)
+    write(Path(args.outputs), Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
