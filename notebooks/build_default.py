@@ -43,12 +43,13 @@ seed = 0
 world = "real"
 prevalence_floor = 0.05
 vision_steps = 3600
-epochs = 10
+epochs = 8
 lr = 0.002
 batch_size = 32
 prompt_pool = 4
 text_dropout = 0.2
 n_pretrain = 800
+answer_pool = 300
 check_limit = None
 check_bootstrap = 200
 
@@ -114,7 +115,9 @@ pd.DataFrame({f: {"train": len(v["train"]), "held_out": len(v["held_out"])} for 
 # balanced extra images that belong to no dataset (`lib.offline.synth.pretraining_images`: a vision tower is
 # pretrained on other data than the task's, and the rarest findings have a dozen training positives). Stage 2
 # trains the whole model on the yes/no answers (`epochs` epochs, full-vocabulary cross-entropy of the answer
-# token, a fraction `text_dropout` of the questions without the image, the "train" paraphrases only); both
+# token, a fraction `text_dropout` of the dataset questions without the image, the "train" paraphrases only),
+# with `answer_pool` of the balanced images added, always with their image, so that the answer learns to read
+# the rare findings while the text-only answer learns the datasets' priors only; both
 # stages see jittered images (mirror, shift, zoom, contrast), see `lib.offline.default_models.train_base`.
 # The families train in parallel processes, one thread each, so the models do not depend on the number of cores.
 
@@ -122,7 +125,7 @@ pd.DataFrame({f: {"train": len(v["train"]), "held_out": len(v["held_out"])} for 
 training = dict(vision_steps=vision_steps, epochs=epochs, lr=lr, batch_size=batch_size,
                 text_dropout=text_dropout)
 built = pd.DataFrame(dm.build_families(data_roots, out / "models", seed, prompt_pool=prompt_pool,
-                                       n_pretrain=n_pretrain, **training)).set_index("family")
+                                       n_pretrain=n_pretrain, answer_pool=answer_pool, **training)).set_index("family")
 logs = {f: pd.read_csv(Path(built.model_dir[f]) / "train_log.csv") for f in dm.FAMILIES}
 vision_logs = {f: pd.read_csv(Path(built.model_dir[f]) / "vision_log.csv") for f in dm.FAMILIES}
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -197,7 +200,7 @@ report = {"seed": seed, "n_images": n_images, "world": world, "build_seconds": t
           "twins": {d: str(p) for d, p in twins.items()},
           "reliance_dial": dial,
           "checks": checks.to_dict("records"), "requirements_met": bool(checks.meets_requirements.all()),
-          "training": {**training, "prompt_pool": prompt_pool, "n_pretrain": n_pretrain},
+          "training": {**training, "prompt_pool": prompt_pool, "n_pretrain": n_pretrain, "answer_pool": answer_pool},
           "n_train_images": len(train_ids), "n_test_images": len(test_ids),
           **lib.protocol.provenance.provenance(seed)}
 (out / "build_report.json").write_text(json.dumps(report, indent=2, default=str))

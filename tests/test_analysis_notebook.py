@@ -1,17 +1,21 @@
-"""The analysis notebook gathers runs into pairs.csv, correlation.json and figures."""
+"""The analysis notebook gathers runs into pairs.csv, correlation.json and figures; its explorer redraws."""
 import json
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import papermill as pm
+import pytest
 
-from lib.protocol import config, run
+from lib.front import explorer
+from lib.protocol import config, run, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_analysis_gathers_every_run(tiny_world, tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def runs(tiny_world, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("analysis") / "runs"
     for family in ("llava", "gemma3"):
         for dataset in ("mimic-cxr", "padchest"):
             params = config.validate({
@@ -19,9 +23,14 @@ def test_analysis_gathers_every_run(tiny_world, tmp_path):
                 "data_root": str(tiny_world["data"][dataset]), "split": "train", "limit": 8,
                 "output_dir": str(runs / f"tiny-{family}__{dataset}")})
             run.evaluate(params)
+    return runs
+
+
+def test_analysis_gathers_every_run(runs, tmp_path):
     out = tmp_path / "analysis"
     pm.execute_notebook(str(ROOT / "notebooks" / "analysis.ipynb"), str(tmp_path / "analysis.ipynb"),
-                        parameters={"runs_dir": str(runs), "analysis_dir": str(out)},
+                        parameters={"runs_dir": str(runs), "analysis_dir": str(out),
+                                    "bootstrap_resamples": 200, "permutation_resamples": 999},
                         cwd=str(ROOT), progress_bar=False)
     pairs = pd.read_csv(out / "pairs.csv")
     assert len(pairs) == 4 and set(pairs.dataset) == {"mimic-cxr", "padchest"}
@@ -29,6 +38,45 @@ def test_analysis_gathers_every_run(tiny_world, tmp_path):
     for key in ("pearson_r", "p_value", "n", "ci95_low", "ci95_high", "spearman_rho"):
         assert key in corr
     assert corr["n"] == 4
-    for name in ("flip_vs_dangerous.png", "quadrant_fractions.png", "accuracy_by_quadrant.png"):
-        assert (out / name).stat().st_size > 1000
+    # added beside the paper's correlation (issue 12)
+    for key in ("bootstrap_ci95", "bootstrap_method", "permutation_p", "independence_r", "independence",
+                "image_blind"):
+        assert key in corr, key
+    assert corr["image_blind"]["pairs"] == corr["pairs"] or corr["image_blind"]["n"] <= corr["n"]
+    for name in ("flip_vs_dangerous.png", "quadrant_fractions.png", "accuracy_by_quadrant.png",
+                 "dangerous_forest.png", "screening_auroc.png"):
+        assert (out / name).stat().st_size > 1000, name
     assert len(list(out.glob("entropy_*.png"))) == 4
+    assert len(list(out.glob("reliance_*.png"))) == 4
+    executed = nbformat.read(tmp_path / "analysis.ipynb", as_version=4)
+    text = "\n".join(c.source for c in executed.cells if c.cell_type == "markdown")
+    assert "independence_r" in text and "(1 - f)(1 - rho)" in text
+    widget = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widget, "the explorer did not display"
+
+
+def test_explorer_redraws_for_another_pair_and_quadrant(runs):
+    samples_by_pair = stats.gather_samples(runs)
+    summaries = explorer.load_summaries(runs)
+    assert set(summaries) == set(samples_by_pair)
+    box = explorer.Explorer(samples_by_pair, summaries)
+    pairs = list(box.pair.options)
+    assert pairs == sorted(samples_by_pair) and box.pair.value == pairs[0]
+    first = box.figure.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pairs[0] in box.numbers.value and "95 % CI" in box.numbers.value
+    box.pair.value = pairs[1]
+    assert box.figure.value != first, "the figure stayed the first pair's"
+    assert pairs[1] in box.numbers.value and pairs[0] not in box.numbers.value
+    second = box.figure.value
+    box.quadrant.value = "Dangerous"
+    assert box.figure.value != second
+    assert f"{pairs[1]}: Dangerous" in box.numbers.value and "image-blind" in box.numbers.value
+    summary = summaries[pairs[1]]
+    rows = dict((m, (v, c)) for m, v, c in explorer.pair_numbers(summary, samples_by_pair[pairs[1]], "Dangerous"))
+    assert rows["fraction"][0] == f"{summary['quadrant_fractions']['Dangerous']:.3f}"
+    low, high = summary["ci95"]["quadrant_fractions"]["Dangerous"]
+    assert rows["fraction"][1] == f"{low:.3f}-{high:.3f}"
+    with pytest.raises(ValueError, match="no pair to explore"):
+        explorer.Explorer({}, {})

@@ -147,13 +147,13 @@ def test_actors_get_exactly_the_single_process_batches(world, tmp_path):
         "paraphrases": ["Is the heart enlarged?"]}) + "\n" for im in images))
     for params in (world("rows"), world("rows-per-image", questions=str(per_image))):
         store = records.RecordStore(params["output_dir"], config.records_key(params))
-        rows, todo = distributed.batch_rows(params, store, Counter())
-        expected = list(run.batches_to_score(params, store, Counter()))
+        expected = run.batches_to_score(params, store, Counter())
+        rows, todo = distributed.batch_rows(expected)
         got = [pickle.loads(r["samples"]) for r in rows]
         assert got == expected and [r["batch_index"] for r in rows] == list(range(len(expected)))
-        assert [type(s) for b in got for s in b] == [type(s) for b in expected for s in b]
-        assert todo == {s.sample_id for b in expected for s in b}
-    assert type(got[0][0]).__name__ == "QuestionSample"
+        assert [type(j.sample) for b in got for j in b] == [type(j.sample) for b in expected for j in b]
+        assert todo == {j.sample_id for b in expected for j in b}
+    assert type(got[0][0].sample).__name__ == "QuestionSample"
 
 
 def test_unreachable_ray_address_fails_at_once_naming_it(world):

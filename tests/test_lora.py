@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lib.protocol import models
-from lib.offline import training
+from lib.offline import finetune, training
+from lib.protocol.config import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,10 +102,49 @@ def test_finetune_notebook_writes_an_adapter_and_its_loss_curve(tiny_world, tmp_
         parameters={"name": "tiny-lora", "base_model": str(tiny_world["models"]["gemma3"]),
                     "dataset": "mimic-cxr", "data_root": str(tiny_world["data"]["mimic-cxr"]),
                     "limit": 16, "layers": [1, 2], "epochs": 1, "batch_size": 4, "lr": 1e-3,
-                    "output_dir": str(out)},
+                    "output_dir": str(out), "shortcut_findings": ["nodule"]},
         cwd=str(ROOT), progress_bar=False)
-    for name in ("adapter_config.json", "adapter_model.safetensors", "train_log.csv", "loss.png"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "train_log.csv", "loss.png",
+                 "training_prompts.json"):
         assert (out / name).is_file(), name
     log = pd.read_csv(out / "train_log.csv")
     assert {"step", "loss", "ce", "kl"} <= set(log.columns)
     assert models.load_model(str(tiny_world["models"]["gemma3"]), adapter=str(out)) is not None
+
+
+def test_shortcut_findings_are_shown_another_image(tiny_world, lora_llava):
+    lm, net = lora_llava
+    batch = examples(tiny_world, lm, n=8)
+    pool = [batch[0].image]
+    seen = []
+
+    class Spy(training.Encoder):
+        def __call__(self, images, questions):
+            seen.append(list(images))
+            return super().__call__(images, questions)
+
+    shortcut = {batch[1].finding}
+    out = training.consistency_step(net, Spy(lm.processor), batch, (lm.yes_ids[0], lm.no_ids[0]),
+                                    kl_weight=1.0, shortcut=shortcut, image_pool=pool)
+    assert len(seen) == 2 and seen[0] == seen[1]  # both paraphrases see the same images
+    for ex, image in zip(batch, seen[0]):
+        assert image is (pool[0] if ex.finding in shortcut else ex.image)
+    assert torch.isfinite(out["loss"])
+
+
+def test_finetune_spec_checks_the_dial_and_reads_the_prompt_split(tiny_world, tmp_path):
+    base = {"name": "x", "base_model": "m", "dataset": "mimic-cxr", "data_root": str(tiny_world["data"]["mimic-cxr"])}
+    with pytest.raises(ParamsError, match="shortcut_findings"):
+        finetune.resolve({**base, "shortcut_findings": ["effusion"]})
+    with pytest.raises(ParamsError, match="shortcut_findings"):
+        finetune.resolve({**base, "shortcut_findings": "nodule"})
+    from lib.offline import default_models
+    import json
+    split = default_models.prompt_split(2)
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    spec = finetune.resolve({**base, "prompt_split": str(tmp_path / "split.json")})
+    examples_ = finetune.examples_of(spec)
+    assert examples_ and all(list(ex.prompts) == split[ex.finding]["train"] for ex in examples_)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ParamsError, match="prompt_split"):
+        finetune.examples_of({**spec, "prompt_split": str(tmp_path / "bad.json")})

@@ -47,3 +47,19 @@ def test_screening_auroc_and_reliance(pairs):
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["Ideal (n=2)", "Fragile (n=0)", "Dangerous (n=1)", "Worst (n=0)"]
     assert sum(p.get_height() for p in fig.axes[0].patches) == 2
+
+
+def test_pair_distributions_all_quadrants_or_one():
+    table = pd.DataFrame({"quadrant": ["Ideal", "Ideal", "Dangerous", "Worst"],
+                          "entropy": [0.2, 0.9, 0.1, 0.5], "reliance": [0.7, 0.9, 0.05, np.nan]})
+    fig = plots.pair_distributions(table, title="p")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Ideal: entropy (n=2)", "Fragile: entropy (n=0)", "Dangerous: entropy (n=1)",
+                      "Worst: entropy (n=1)", "Ideal: reliance (n=2)", "Fragile: reliance (n=0)",
+                      "Dangerous: reliance (n=1)", "Worst: reliance (n=0)"]
+    assert sum(p.get_height() for p in fig.axes[0].patches) == 2
+    assert [t.get_text() for t in fig.axes[1].texts] == ["no samples"]
+    fig = plots.pair_distributions(table, quadrant="Dangerous")
+    assert [ax.get_title() for ax in fig.axes] == ["Dangerous: entropy (n=1)", "Dangerous: reliance (n=1)"]
+    with pytest.raises(ValueError, match="unknown quadrant 'Safe'"):
+        plots.pair_distributions(table, quadrant="Safe")

@@ -150,3 +150,31 @@ def test_tree_of_real_rows_reads_end_to_end(real_tree):
         image = data.load_image(sample, skipped)
         assert image is not None and image.mode == "L" and image.size == (64, 64)
     assert sum(skipped.values()) == sum(r["n"] for r in skipped.rows)
+
+
+def test_real_rows_run_through_the_evaluate_notebook(real_tree, tiny_world, tmp_path):
+    """A few hundred real PadChest rows (with small stand-in images) through papermill: the
+    skips by reason in summary.json and skipped.csv are the reader's."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+    import papermill as pm
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    values = {"config": "tiny-llava", "model": str(tiny_world["models"]["llava"]), "dataset": "padchest",
+              "data_root": str(real_tree), "split": "test", "findings": ["pneumothorax"], "batch_size": 16,
+              "bootstrap_resamples": 50, "output_dir": str(tmp_path / "run")}
+    params_file = tmp_path / "real.yaml"
+    params_file.write_text(yaml.safe_dump(values))
+    pm.execute_notebook(str(root / "notebooks" / "evaluate.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters={**values, "params_file": str(params_file)}, cwd=str(root),
+                        progress_bar=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    skipped = data.Skips()
+    expected = list(data.iter_samples("padchest", real_tree, findings=("pneumothorax",), skipped=skipped))
+    assert summary["n_samples"] == len(expected) > 200
+    assert summary["n_skipped"] == dict(sorted(skipped.items()))
+    listed = pd.read_csv(tmp_path / "run" / "skipped.csv")
+    assert listed.groupby("reason")["n"].sum().to_dict() == dict(skipped)

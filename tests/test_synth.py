@@ -2,13 +2,16 @@
 
 import collections
 import gzip
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from lib.protocol.data import FINDINGS, iter_samples, load_image, parse_padchest_labels, split_of_patient
+from lib.protocol.data import (FINDINGS, iter_samples, load_image, parse_padchest_labels, read_xray,
+                               split_of_patient)
+from lib.offline import synth
 from lib.offline.synth import (montage, render_radiograph, write_default_datasets, write_mimic,
                        write_padchest)
 
@@ -38,8 +41,15 @@ PADCHEST_COLUMNS = [
 
 
 @pytest.fixture(scope="module")
-def trees(tmp_path_factory):
-    return write_default_datasets(tmp_path_factory.mktemp("synth"), n_images=N, seed=3)
+def world_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_default_datasets(root, n_images=N, seed=3, world="balanced")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trees(world_root):
+    return {d: world_root / d for d in ("mimic-cxr", "padchest")}
 
 
 def tree_bytes(root):
@@ -199,3 +209,102 @@ def test_nodule_is_a_round_bright_disc():
         assert max(np.ptp(rows), np.ptp(cols)) <= 2.2 * 0.07 * 256  # one compact blob
         before, after = map(small, (before, after))
         assert (after - before).max() > 0.2  # still bright at 64 px
+
+
+# ----------------------------------------------------------------------------------------------
+# label priors
+
+
+def test_real_prevalence_is_the_real_datasets_with_a_floor():
+    real = synth.prevalence("real")
+    assert set(real) == {"mimic-cxr", "padchest"} and all(set(r) == set(FINDINGS) for r in real.values())
+    # PadChest frontal images (real labels file): cardiomegaly 8.9 %, effusion 6.3 %, nodule 2.1 %,
+    # pneumothorax 0.36 %; the rarest two are raised to the floor
+    assert synth.REAL_PREVALENCE["padchest"] == {"cardiomegaly": 0.089, "pleural effusion": 0.063,
+                                                 "pneumothorax": 0.0036, "nodule": 0.021}
+    for dataset, rates in real.items():
+        for finding, rate in rates.items():
+            assert rate == max(synth.REAL_PREVALENCE[dataset][finding], synth.PREVALENCE_FLOOR)
+            assert 0 < rate < 0.5
+    assert real["padchest"]["pneumothorax"] == synth.PREVALENCE_FLOOR
+    assert synth.prevalence("real", floor=0)["padchest"]["pneumothorax"] == 0.0036
+    assert all(r == 0.5 for rates in synth.prevalence("balanced").values() for r in rates.values())
+    assert set(synth.PREVALENCE_SOURCES) == set(real)
+    with pytest.raises(ValueError, match="world"):
+        synth.prevalence("uniform")
+
+
+def test_the_real_world_draws_its_priors(tmp_path):
+    roots = write_default_datasets(tmp_path, n_images=400, seed=1, world="real", twins=False)
+    rates = synth.prevalence("real")
+    for dataset, root in roots.items():
+        samples = [s for split in ("train", "test") for s in iter_samples(dataset, root, split=split)]
+        for finding, rate in rates[dataset].items():
+            labels = [s.label == "yes" for s in samples if s.finding == finding]
+            # studies hold 1-3 frontal images: a generous margin around the binomial spread
+            assert abs(np.mean(labels) - rate) <= 5 * np.sqrt(rate * (1 - rate) / len(labels)) + 0.02, \
+                (dataset, finding, np.mean(labels), rate)
+
+
+# ----------------------------------------------------------------------------------------------
+# counterfactual twins
+
+
+def test_twins_change_nothing_in_the_official_trees(tmp_path):
+    with_twins = write_default_datasets(tmp_path / "a", n_images=12, seed=3, twins=True)
+    without = write_default_datasets(tmp_path / "b", n_images=12, seed=3, twins=False)
+    for dataset in with_twins:
+        assert tree_bytes(with_twins[dataset]) == tree_bytes(without[dataset])
+    assert (tmp_path / "a" / "twins").is_dir() and not (tmp_path / "b" / "twins").exists()
+
+
+@pytest.mark.parametrize("dataset", ["mimic-cxr", "padchest"])
+def test_every_test_image_has_one_twin_per_finding(world_root, trees, dataset):
+    table = pd.read_csv(synth.twin_csv(world_root, dataset))
+    assert list(table.columns) == list(synth.TWIN_COLUMNS)
+    test = {(s.image_id, s.finding) for s in iter_samples(dataset, trees[dataset], split="test")}
+    assert test and test <= set(zip(table.image_id.astype(str), table.finding))
+    assert len(table) == 4 * table.image_id.nunique() and not table.duplicated(["image_id", "finding"]).any()
+    assert set(table.image_id.astype(str)) == {i for i, _ in test}  # test images only
+    for row in table.itertuples():
+        path = synth.twin_csv(world_root, dataset).parent / row.twin_path
+        assert path.is_file() and not path.resolve().is_relative_to(trees[dataset].resolve())
+
+
+@pytest.mark.parametrize("dataset", ["mimic-cxr", "padchest"])
+def test_twins_differ_from_their_original_only_in_the_findings_region(world_root, trees, dataset):
+    """As the readers read them: identical outside the region (8 x 8 tiles for the JPEGs), and the
+    finding really toggled inside it."""
+    table = pd.read_csv(synth.twin_csv(world_root, dataset), dtype={"image_id": str})
+    paths = {s.image_id: s.image_path for s in iter_samples(dataset, trees[dataset], split="test")}
+    block = 8 if dataset == "mimic-cxr" else None
+    for row in table.itertuples():
+        original = np.asarray(read_xray(paths[row.image_id]), dtype=int)
+        twin = np.asarray(read_xray(synth.twin_csv(world_root, dataset).parent / row.twin_path), dtype=int)
+        region = synth.twin_region(row, block=block)
+        changed = twin != original
+        assert not changed[~region].any(), (row.image_id, row.finding, int(changed[~region].sum()))
+        assert (np.abs(twin - original)[region] >= 20).sum() >= 20, (row.image_id, row.finding)
+        assert region.mean() < 0.45  # a region, not the image
+        assert json.loads(row.findings)[row.finding] == row.present
+
+
+def test_finding_region_holds_every_changed_pixel_of_the_render():
+    for seed in range(12):
+        for finding in FINDINGS:
+            for others in ({}, {f: True for f in FINDINGS}):
+                state = np.random.default_rng(seed).bit_generator.state
+                on = render_radiograph(synth._generator(state), {**others, finding: True})
+                off = render_radiograph(synth._generator(state), {**others, finding: False})
+                region = synth.finding_region(synth._generator(state), others, finding)
+                assert np.array_equal(on[~region], off[~region])
+                assert np.abs(on - off)[region].max() > 0.1
+
+
+def test_pretraining_images_are_balanced_and_belong_to_no_tree():
+    images, labels = synth.pretraining_images(40, seed=0)
+    assert len(images) == 40 and labels.shape == (40, len(FINDINGS))
+    assert all(im.mode == "RGB" and im.size == (256, 256) for im in images)
+    assert 0.25 < labels.mean() < 0.75
+    again, _ = synth.pretraining_images(4, seed=0)
+    assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))

@@ -122,7 +122,8 @@ def forward_bs1(lm, items: list[Item]) -> dict:
 
 def engine_way(lm, items: list[Item], batch_size: int, engine: Engine | None = None) -> dict:
     engine = engine or Engine(lm, batch_size=batch_size)
-    return {(r["sample_id"], r["prompt_id"], r["condition"]): {"p_yes": r["p_yes"]}
+    return {(r["sample_id"], r["prompt_id"], r["condition"]): {"p_yes": r["p_yes"],
+                                                                "yes_no_mass": r.get("yes_no_mass")}
             for r in engine.score(items)}
 
 
@@ -187,6 +188,9 @@ def bench_model(model_dir: str, items: list[Item], batch_size: int, max_new_toke
                 if results["naive"][k]["answer"] is not None)
             / max(1, sum(a is not None for a in naive_answers))),
         "naive_answer_examples": sorted({results["naive"][k]["text"] for k in keys})[:5],
+        # how much of the next-token distribution the engine's yes/no spellings hold (image prompts)
+        "yes_no_mass_median": _median([results["engine"][k]["yes_no_mass"] for k in keys
+                                       if k[2] == CONDITION_IMAGE]),
         "max_abs_p_yes_diff_forward_bs1_vs_engine": max(
             abs(results["forward_bs1"][k]["p_yes"] - results["engine"][k]["p_yes"]) for k in keys),
         "engine_mode": engine.mode,
@@ -194,6 +198,14 @@ def bench_model(model_dir: str, items: list[Item], batch_size: int, max_new_toke
         "dtype": str(lm.dtype),
         "device": str(lm.device),
     }
+
+
+def _median(values) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return float(values[mid]) if len(values) % 2 else float((values[mid - 1] + values[mid]) / 2)
 
 
 def table(report: dict) -> str:

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import yaml
 
-from ..protocol import config, preflight
 from .notebook import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "evaluate.ipynb"
@@ -71,6 +70,8 @@ def validate(raw: dict, source: str, sources: dict | None = None, names: dict | 
     """`config.validate` + `preflight.check` (run from the repository root, as the notebook is);
     a ParamsError becomes an InputError whose message names the flag (``names``: source label ->
     {params key: flag}) instead of the key where the value came from a flag."""
+    from ..protocol import config, preflight  # imports torch and transformers: not for --help
+
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
@@ -93,6 +94,8 @@ def rename_keys(message: str, names: dict) -> str:
 
 
 def read_params_file(path) -> dict:
+    from ..protocol import config
+
     try:
         return config.read_file(path)
     except config.ParamsError as err:

@@ -68,16 +68,18 @@ def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: s
 
 def numbers_html(title: str, rows: list[tuple]) -> str:
     cells = "".join(f"<tr><td>{html.escape(m)}</td><td style='text-align:right'>{html.escape(v)}</td>"
-                    f"<td>{html.escape(c)}</td></tr>" for m, v, c in rows)
-    return (f"<div style='font-size:12px'><b>{html.escape(title)}</b>"
-            f"<table><tr><th style='text-align:left'>measure</th><th>value</th><th>95 % CI</th></tr>"
-            f"{cells}</table></div>")
+                    f"<td style='padding-left:8px'>{html.escape(c)}</td></tr>" for m, v, c in rows)
+    return (f"<div style='font-size:12px; line-height:1.25; white-space:nowrap'><b>{html.escape(title)}</b>"
+            f"<table style='border-collapse:collapse'><tr><th style='text-align:left'>measure</th>"
+            f"<th>value</th><th>95 % CI</th></tr>{cells}</table></div>")
 
 
 def figure_bytes(samples: pd.DataFrame, title: str, quadrant: str | None) -> bytes:
     fig = plots.pair_distributions(samples, title=title, quadrant=quadrant)
+    fig.set_size_inches(fig.get_size_inches() * 0.8)
+    fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=72)
+    fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return buffer.getvalue()
 
@@ -94,11 +96,15 @@ class Explorer(widgets.VBox):
         self.pair = widgets.Dropdown(options=pairs, value=pairs[0], description="pair",
                                      layout=widgets.Layout(width="420px"))
         self.quadrant = widgets.Dropdown(options=(ALL,) + QUADRANTS, value=ALL, description="quadrant")
-        self.figure = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
-        self.numbers = widgets.HTML()
+        # the figure keeps its own size (no stretching to the numbers' height)
+        self.figure = widgets.Image(format="png", layout=widgets.Layout(width="auto", height="auto",
+                                                                        object_fit="contain"))
+        self.numbers = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", margin="0 0 0 12px"))
         self.pair.observe(self.draw, names="value")
         self.quadrant.observe(self.draw, names="value")
-        super().__init__([widgets.HBox([self.pair, self.quadrant]), widgets.HBox([self.figure, self.numbers])])
+        super().__init__([widgets.HBox([self.pair, self.quadrant]),
+                          widgets.HBox([self.figure, self.numbers],
+                                       layout=widgets.Layout(align_items="flex-start"))])
         self.add_class("cxr-explorer")
         self.draw()
 

@@ -223,7 +223,7 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
              ("questions", params.get("questions") or "built-in"),
              ("reliance checks", ", ".join(summary.get("reliance_checks") or []) or "none"),
              ("run hash", summary.get("run_hash")), ("git commit", summary.get("git_commit"))]
-    parts += ["<h2>What was screened</h2>", table_html(("", ""), [(k, "" if x is None else x) for k, x in setup])]
+    parts += ["<h2>What was screened</h2>", table_html(("setting", "value"), [(k, "" if x is None else x) for k, x in setup])]
 
     rows = [(r["quadrant"], r["meaning"], r["samples"], number(r["fraction"]), interval(r["ci"]),
              number(r["accuracy"]), number(r["prior accuracy"]), number(r["mean entropy (bits)"]))

@@ -167,8 +167,9 @@ def write(outputs: Path, out: Path) -> str:
         "## The default build\n", build_section(report),
         "## The pairs\n",
         table(PAIR_COLUMNS, [pair_row(p, s) for p, s in runs.items()]) if runs else "No runs.",
-        "\nimage-blind / prior-coincident: fractions of ALL samples (Dangerous samples whose answer "
-        "a swap to an opposite-label image does / does not change). AUROC entropy: the probability "
+        "\nimage-blind / prior-coincident: fractions of ALL samples; Dangerous samples whose answer "
+        "a swap to an opposite-label image does not change (and is correct) / does change. "
+        "AUROC entropy: the probability "
         "that a Dangerous sample has higher entropy than a sample of another quadrant (0.5: an "
         "entropy screen is blind to them).\n",
         "## Against the ground truth (counterfactual twins)\n",

@@ -55,6 +55,7 @@ WARMUP = 0.1
 TEXT_DROPOUT = 0.2      # fraction of stage-2 questions asked without the image
 PROMPT_POOL = 4         # the first PROMPT_POOL paraphrases of each finding are trained on
 N_PRETRAIN = 800        # balanced extra images for stage 1 (synth.pretraining_images)
+N_ANSWER_POOL = 300     # of which this many also join stage 2, always with their image
 
 # The reliance dial: adapters built to ignore the image for chosen findings (their training
 # shows those questions with a random other image: lib.offline.training.consistency_step). The
@@ -178,10 +179,18 @@ def by_image(examples) -> list[list]:
     return list(groups.values())
 
 
+def pool_examples(pretrain, n: int, prompts: dict) -> list[Example]:
+    """Stage-2 examples of the first `n` pretraining images: every finding, its training
+    `prompts`, never asked without the image (they must not shape the text-only prior)."""
+    images, labels = pretrain
+    return [Example(image, finding, tuple(prompts[finding]), "yes" if row[j] else "no", droppable=False)
+            for image, row in zip(images[:n], labels[:n]) for j, finding in enumerate(data.FINDINGS)]
+
+
 def train_base(family: str, examples, seed: int, vision_steps: int, epochs: float, lr: float,
                batch_size: int, text_dropout: float = TEXT_DROPOUT, pretrain=None,
-               vision_lr: float = VISION_LR, vision_scale: float = VISION_SCALE,
-               warmup: float = WARMUP, augment: bool = True):
+               answer_pool: int = 0, vision_lr: float = VISION_LR,
+               vision_scale: float = VISION_SCALE, warmup: float = WARMUP, augment: bool = True):
     """Build a family's model from random weights and train it to answer from the pixels.
 
     Stage 1 teaches the vision side the findings (`training.pretrain_vision`, `vision_steps`
@@ -191,7 +200,9 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
     `batch_size` // 4 images per step (`training.base_step`; full-vocabulary cross-entropy; a
     fraction `text_dropout` asked without the image), the vision side at `vision_scale` x `lr`.
     Stage 2 sees only the examples' own `prompts` (the training paraphrases, `prompt_split`) and
-    the training labels, so its text-only answer is their prior. With `augment`, both stages see
+    the training labels, so its text-only answer is their prior. The first `answer_pool` images of
+    `pretrain` join stage 2 too, always with their image (`pool_examples`): with a dozen training
+    positives of the rarest findings the answer otherwise never learns to read them. With `augment`, both stages see
     jittered images (`training.augment_pixels`); without it the small ViT memorises where each
     training nodule was. Returns the model, its processor and both loss logs.
     """
@@ -205,6 +216,9 @@ def train_base(family: str, examples, seed: int, vision_steps: int, epochs: floa
                                  batch_size=batch_size, seed=seed, warmup=warmup)
     ids = (loading.answer_token_ids(processor.tokenizer, ["yes"])[0],
            loading.answer_token_ids(processor.tokenizer, ["no"])[0])
+    if pretrain is not None and answer_pool:
+        prompts = {ex.finding: ex.prompts for ex in examples}
+        examples = list(examples) + pool_examples(pretrain, answer_pool, prompts)
     groups = by_image(examples)
     per_image = max(1, round(len(examples) / len(groups)))
     step = partial(base_step, encoder=encoder, ids=ids, text_dropout=text_dropout)
@@ -218,14 +232,16 @@ TRAINING_PROMPTS = "training_prompts.json"
 
 
 def build_family(family: str, data_roots: dict, model_dir, seed: int,
-                 prompt_pool: int = PROMPT_POOL, n_pretrain: int = N_PRETRAIN, **training) -> dict:
+                 prompt_pool: int = PROMPT_POOL, n_pretrain: int = N_PRETRAIN,
+                 answer_pool: int = N_ANSWER_POOL, **training) -> dict:
     """Train one family's base model on the training split and save it with its loss logs.
 
     Runs on one thread: the result then depends on the seed only, not on how many cores the
     machine has (the order of float sums changes with the thread count, and training from random
     weights amplifies such differences). Stage 2 uses the "train" prompts of
     `prompt_split(prompt_pool)` only; they are saved beside the model (`TRAINING_PROMPTS`).
-    `n_pretrain` balanced extra images join stage 1. `training` holds `train_base`'s settings.
+    `n_pretrain` balanced extra images join stage 1, `answer_pool` of them stage 2 as well.
+    `training` holds `train_base`'s settings.
     """
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -233,6 +249,7 @@ def build_family(family: str, data_roots: dict, model_dir, seed: int,
     examples, _ = training_examples(data_roots, split="train", prompts=prompts)
     pretrain = synth.pretraining_images(n_pretrain, seed) if n_pretrain else None
     model, processor, vision_log, log = train_base(family, examples, seed, pretrain=pretrain,
+                                                   answer_pool=answer_pool if n_pretrain else 0,
                                                    **training)
     model_dir = save(model, processor, model_dir)
     vision_log.to_csv(model_dir / "vision_log.csv", index=False)

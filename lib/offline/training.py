@@ -31,12 +31,16 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 @dataclass
 class Example:
-    """One training sample: an image (RGB), its finding, the finding's prompt set, the label."""
+    """One training sample: an image (RGB), its finding, the finding's prompt set, the label.
+
+    `droppable`: whether image dropout may ask it without the image (False for examples that
+    must not shape the text-only prior, e.g. the balanced pretraining pool's)."""
 
     image: object
     finding: str
     prompts: tuple[str, ...]
     label: str
+    droppable: bool = True
 
 
 class Encoder:
@@ -173,7 +177,7 @@ def base_step(model, encoder, groups, ids, text_dropout: float = 0.0) -> dict:
     """
     examples = [ex for group in groups for ex in group]
     questions = [random.choice(ex.prompts) for ex in examples]
-    dropped = [random.random() < text_dropout for _ in examples]
+    dropped = [random.random() < text_dropout and ex.droppable for ex in examples]
     order = [i for i, d in enumerate(dropped) if not d] + [i for i, d in enumerate(dropped) if d]
     parts = []
     with_image = [i for i in order if not dropped[i]]

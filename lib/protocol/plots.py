@@ -179,6 +179,9 @@ def pair_distributions(samples_table: pd.DataFrame, title: str = "", quadrant: s
         values = (samples_table.loc[in_quadrant, column].dropna() if column in samples_table
                   else pd.Series(dtype=float))
         ax.hist(values, bins=bins, color=QUADRANT_COLORS[q])
+        if not len(values):
+            ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set_yticks([])
         ax.set_title(f"{q}: {column} (n={len(values)})", fontsize=9)
         ax.set_xlabel(label, fontsize=8)
     for ax in axes[:, 0]:

@@ -279,6 +279,25 @@ def batched(samples: list, size: int) -> list[list]:
     return [samples[i:i + size] for i in range(0, len(samples), size)]
 
 
+def plan(params: dict, store: records.RecordStore, skipped: data.Skips) -> tuple[list, list[Job]]:
+    """(the pair's samples, the Jobs of those the store does not hold with their current
+    fingerprint); `skipped` receives the reader's skips. Fails before any model loads when the
+    reader yields no sample."""
+    samples = list(stream_samples(params, skipped))
+    if not samples:
+        raise NoSamplesError(
+            f"data_root {params['data_root']}: no {params['split']} sample of {params['dataset']} "
+            f"to score (skipped: {dict(skipped) or 'none'})")
+    jobs = jobs_for(params, samples, question_sets_for(params))
+    held = store.index()
+    return jobs, [job for job in jobs if held.get(job.sample_id) != job.fingerprint]
+
+
+def batches_to_score(params: dict, store: records.RecordStore, skipped: data.Skips) -> list[list[Job]]:
+    """The Jobs still to score, cut into batches of `batch_size` (what every Scorer receives)."""
+    return batched(plan(params, store, skipped)[1], params["batch_size"])
+
+
 def evaluate(params: dict, scorer: Scorer | None = None, lm=None) -> RunResult:
     """Run the whole protocol for one validated params dict (see `config.load`).
 
@@ -291,24 +310,15 @@ def evaluate(params: dict, scorer: Scorer | None = None, lm=None) -> RunResult:
     out = Path(params["output_dir"])
     with records.OutputLock(out) as lock:
         store = records.RecordStore(out, config.records_key(params))
-        question_sets = question_sets_for(params)  # {} for a per-image question file
         skipped = data.Skips()
-        samples = list(stream_samples(params, skipped))
-        if not samples:
-            raise NoSamplesError(
-                f"data_root {params['data_root']}: no {params['split']} sample of {params['dataset']} "
-                f"to score (skipped: {dict(skipped) or 'none'})")
-        jobs = jobs_for(params, samples, question_sets)
-        fingerprints = {job.sample_id: job.fingerprint for job in jobs}
-        held = store.index()
-        todo = [job for job in jobs if held.get(job.sample_id) != job.fingerprint]
+        jobs, todo = plan(params, store, skipped)
         engine_info = {"mode": None, "fallback_reason": None, "samples_per_second": None}
         if todo:
             scorer = scorer or LocalScorer(lm)
             engine_info = scorer(params, store, batched(todo, params["batch_size"]))
-        reuse = {"samples_reused": len(samples) - len(todo), "samples_scored": len(todo),
+        reuse = {"samples_reused": len(jobs) - len(todo), "samples_scored": len(todo),
                  "took_over_lock_of": lock.took_over}
-        return finalize(params, store, samples, fingerprints, skipped, engine_info, reuse)
+        return finalize(params, store, jobs, skipped, engine_info, reuse)
 
 
 def held_out_prompts(params: dict) -> dict | None:
@@ -323,9 +333,9 @@ def sample_row(sample: data.Sample) -> dict:
     return {k: v for k, v in asdict(sample).items() if k in ("sample_id", "image_id", "finding", "label")}
 
 
-def finalize(params, store, samples, fingerprints, skipped, engine_info, reuse) -> RunResult:
+def finalize(params, store, jobs: list[Job], skipped, engine_info, reuse) -> RunResult:
     """Build and write predictions.parquet, samples.parquet, skipped.csv and summary.json."""
-    raw_predictions, image_skips = store.tables(fingerprints)
+    raw_predictions, image_skips = store.tables({job.sample_id: job.fingerprint for job in jobs})
     for entry in image_skips:
         skipped.add(entry["reason"], entry["sample_id"], entry.get("detail", ""))
     if raw_predictions.empty:
@@ -333,7 +343,7 @@ def finalize(params, store, samples, fingerprints, skipped, engine_info, reuse) 
             f"no sample of {params['dataset']} at {params['data_root']} could be scored "
             f"(skipped: {dict(skipped)})")
     scored_ids = set(raw_predictions.sample_id)
-    sample_df = pd.DataFrame([sample_row(s) for s in samples if s.sample_id in scored_ids],
+    sample_df = pd.DataFrame([sample_row(j.sample) for j in jobs if j.sample_id in scored_ids],
                              columns=["sample_id", "image_id", "finding", "label"])
     if "swap_image_id" not in raw_predictions.columns:
         raw_predictions["swap_image_id"] = None  # one schema whether or not a swap ran
