@@ -6,7 +6,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PAPERMILL := $(VENV)/bin/papermill --log-level WARNING
-# every executed notebook is also exported as HTML beside it, code cells hidden (read without Jupyter)
+# every executed notebook is also exported as HTML beside it, code cells hidden (read without Jupyter);
+# the export is prefixed with - in the recipes: a failed export never undoes (deletes) the step.
 NBCONVERT := $(VENV)/bin/jupyter nbconvert --log-level WARN --to html --no-input
 JUPYTEXT := $(VENV)/bin/jupytext
 STAMP := $(VENV)/.installed
@@ -69,14 +70,14 @@ default: $(DEFAULT) ## synthetic datasets + trained default models (cached; rebu
 $(DEFAULT): $(DEFAULT_CODE) | $(STAMP)
 	mkdir -p outputs/default
 	$(PAPERMILL) notebooks/build_default.ipynb outputs/default/build_default.ipynb
-	$(NBCONVERT) outputs/default/build_default.ipynb
+	-$(NBCONVERT) outputs/default/build_default.ipynb
 
 adapters: $(ADAPTERS) ## consistency LoRA adapters of the default models (params/lora/*.yaml)
 
 outputs/default/adapters/%/adapter_config.json: params/lora/%.yaml $(ADAPTER_CODE) $(DEFAULT)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/finetune_lora.ipynb $(@D)/finetune_lora.ipynb -f $< -p params_file $<
-	$(NBCONVERT) $(@D)/finetune_lora.ipynb
+	-$(NBCONVERT) $(@D)/finetune_lora.ipynb
 
 runs: $(SUMMARIES) ## evaluate.ipynb once per params/*.yaml
 
@@ -87,14 +88,14 @@ adapter_of = $(filter $(ADAPTERS),$(addsuffix /adapter_config.json,$(shell sed -
 outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapter_of,params/$$*.yaml)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $<
-	$(NBCONVERT) $(@D)/evaluate.ipynb
+	-$(NBCONVERT) $(@D)/evaluate.ipynb
 
 analysis: $(ANALYSIS) ## gather all runs: correlation, figures
 
 $(ANALYSIS): $(ANALYSIS_CODE) $(SUMMARIES)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb
-	$(NBCONVERT) $(@D)/analysis.ipynb
+	-$(NBCONVERT) $(@D)/analysis.ipynb
 
 test: ## run the test suite (unit, readers, notebooks via nbval, bad inputs, the default build's properties)
 	@# Ray installs while the default family trains (pip barely competes with the training).
@@ -139,12 +140,12 @@ paper-check: | $(STAMP) ## name whatever the paper runs lack (data, models, PSF-
 $(PAPER_OUT)/runs/%/summary.json: params/paper/%.yaml notebooks/evaluate.ipynb | paper-check
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $< -p output_dir $(@D) $(if $(call paper_questions,$*),-p questions $(call paper_questions,$*))
-	$(NBCONVERT) $(@D)/evaluate.ipynb
+	-$(NBCONVERT) $(@D)/evaluate.ipynb
 
 $(PAPER_OUT)/analysis/correlation.json: $(ANALYSIS_CODE) $(PAPER_SUMMARIES)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb -p runs_dir $(PAPER_OUT)/runs -p analysis_dir $(@D)
-	$(NBCONVERT) $(@D)/analysis.ipynb
+	-$(NBCONVERT) $(@D)/analysis.ipynb
 
 # -- end paper ------------------------------------------------------------------------------
 

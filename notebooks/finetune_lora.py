@@ -16,8 +16,8 @@
 # # Consistency LoRA fine-tuning (the paper's recipe)
 #
 # Trains a peft LoRA adapter on a base model so that two paraphrases of the same question get the same answer:
-# loss = cross-entropy on the first answer token (both paraphrases) + `kl_weight` x symmetric KL divergence between
-# the two yes/no answer distributions. `layers` chooses the decoder layers that get adapters ("targeted" vs "full");
+# loss = cross-entropy on the first answer token over the whole vocabulary (both paraphrases) + `kl_weight` x symmetric KL divergence between
+# the two yes/no answer distributions (renormalised over yes and no). `layers` chooses the decoder layers that get adapters ("targeted" vs "full");
 # `quantization: 4bit` trains on a 4-bit base (QLoRA). Works on the offline default models on CPU and on real
 # models (e.g. `google/medgemma-4b-it`) on a GPU. The adapter directory is what `evaluate.ipynb` loads as `adapter`.
 # `prompt_split` (the offline build's `prompt_split.json`) restricts training to the paraphrases no evaluation

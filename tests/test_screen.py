@@ -157,6 +157,13 @@ def test_bad_params_file_exits_2_naming_the_file(tiny_world, tmp_path, capsys):
     assert status == 2 and "params file not found" in stderr
     status, _, stderr = main(["screen", str(bad), "--model", "m"], capsys)
     assert status == 2 and "--model: give either a params file or the flags" in stderr
+    no_swap = tmp_path / "no_swap.yaml"
+    no_swap.write_text(yaml.safe_dump({"config": "x", "model": str(tiny_world["models"]["llava"]),
+                                       "dataset": "padchest", "data_root": str(tiny_world["data"]["padchest"]),
+                                       "split": "train", "reliance_checks": ["blank"]}))
+    status, _, stderr = main(["screen", str(no_swap), "--out", str(tmp_path / "out"), "--max-dangerous", "0.1"], capsys)
+    assert status == 2 and "--max-dangerous needs the swap check" in stderr and str(no_swap) in stderr
+    assert not (tmp_path / "out" / "evaluate.ipynb").exists()
     status, _, stderr = main(["evaluate", str(bad)], capsys)
     assert status == 2 and stderr.startswith("python -m lib evaluate: ") and "batchsize" in stderr
 

@@ -151,9 +151,18 @@ def absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def run_params_file(params_file: Path, overrides: dict, *, out: str | None = None,
-                    progress: bool = True) -> tuple[dict, Path]:
-    """Validate a params file with `-p` overrides (and `--out`), then run it; (params, output dir)."""
+def locate(params_file: str) -> Path:
+    """A params file from the command line: from the current directory, else from the repository
+    root (`python -m lib evaluate params/x.yaml` works from anywhere)."""
+    path = Path(params_file).expanduser()
+    if not path.is_absolute() and not path.exists() and (ROOT / path).exists():
+        return ROOT / path
+    return path.resolve()
+
+
+def from_params_file(params_file: Path, overrides: dict, out: str | None = None) -> tuple[dict, dict]:
+    """Validate a params file with `-p` overrides (and `--out`): (validated params, the values to
+    give the notebook)."""
     file_values = read_params_file(params_file)
     injected = dict(overrides)
     if out is not None:
@@ -161,20 +170,22 @@ def run_params_file(params_file: Path, overrides: dict, *, out: str | None = Non
     sources = {k: "-p" for k, v in injected.items() if k not in file_values or file_values[k] != v}
     if out is not None:
         sources["output_dir"] = "--out"
-    params = validate({**file_values, **injected}, str(params_file), sources,
-                      names={"--out": {"output_dir": "--out"}})
+    values = {**file_values, **injected}
+    return validate(values, str(params_file), sources, names={"--out": {"output_dir": "--out"}}), values
+
+
+def output_dir_of(params: dict) -> Path:
     output_dir = Path(params["output_dir"])
-    output_dir = output_dir if output_dir.is_absolute() else ROOT / output_dir
-    execute(params_file, {**file_values, **injected}, output_dir, progress=progress)
-    return params, output_dir
+    return output_dir if output_dir.is_absolute() else ROOT / output_dir
 
 
 # -- the commands -------------------------------------------------------------------------------
 
 def evaluate_command(args) -> int:
-    params_file = Path(absolute(args.params))
-    params, output_dir = run_params_file(params_file, overrides_from(args.p), out=args.out,
-                                         progress=not args.no_progress)
+    params_file = locate(args.params)
+    params, values = from_params_file(params_file, overrides_from(args.p), args.out)
+    output_dir = output_dir_of(params)
+    execute(params_file, values, output_dir, progress=not args.no_progress)
     print(f"{params['config']}__{params['dataset']}: outputs in {output_dir} "
           f"(summary.json, samples.parquet, {EXECUTED}, evaluate.html)")
     return OK
@@ -227,9 +238,9 @@ def screen_command(args) -> int:
         if given:
             raise InputError(f"{given[0]}: give either a params file or the flags, not both "
                              f"(-p key value overrides a params file's key)")
-        params_file = Path(absolute(args.params))
-        params, output_dir = run_params_file(params_file, overrides_from(args.p), out=args.out,
-                                             progress=progress)
+        params_file = locate(args.params)
+        params, values = from_params_file(params_file, overrides_from(args.p), args.out)
+        where = f"{params_file}: key 'reliance_checks'"
     else:
         if args.p:
             raise InputError("-p: overrides need a params file; with flags, give the flag itself")
@@ -237,13 +248,14 @@ def screen_command(args) -> int:
         source = "cxr-screen"
         names = {source: {key: flag(name) for name, key in SCREEN_FLAGS.items()}}
         params = validate(values, source, names=names)
-        output_dir = Path(params["output_dir"])
-        params_file = output_dir / "params.yaml"
-        params_file.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
-        execute(params_file, values, output_dir, progress=progress)
+        params_file = output_dir_of(params) / "params.yaml"
+        where = "the default reliance_checks"
     if "swap" not in params["reliance_checks"] and args.max_dangerous is not None:
-        raise InputError(f"{params_file}: --max-dangerous needs the swap check "
-                         f"(key 'reliance_checks' must include swap)")
+        raise InputError(f"--max-dangerous needs the swap check, which {where} leaves out")
+    output_dir = output_dir_of(params)
+    if args.params is None:
+        params_file.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    execute(params_file, values, output_dir, progress=progress)
     result = report.write_report(output_dir, max_dangerous=args.max_dangerous)
     print(result["verdict_line"])
     print(f"report: {result['path']}")

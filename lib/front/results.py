@@ -143,18 +143,41 @@ def seeds_section(seeds_dir: Path) -> str:
 
 
 def bench_section(bench: dict | None) -> str:
+    """`make bench` (outputs/bench/bench.json): ms per sample of each way and its agreement."""
     if not bench:
         return "Not run here (`make bench`).\n"
     rows = []
-    for model in bench.get("models", []):
-        ways = model.get("ms_per_sample", {})
-        agree = model.get("agreement_with_engine", {})
-        rows.append([Path(model.get("model", "?")).name, *(fmt(ways.get(w), 2) for w in ("naive", "forward_bs1", "engine")),
-                     " / ".join(fmt(v) for v in agree.values())])
-    return table(["model", "generate() ms/sample", "forward bs1", "engine", "agreement with engine"], rows) + "\n"
+    for name, model in bench.get("models", {}).items():
+        ms, agree = model.get("ms_per_sample", {}), model.get("agreement", {})
+        rows.append([name, *(fmt(ms.get(w), 2) for w in ("naive", "forward_bs1", "engine")),
+                     fmt(model.get("speedup_vs_naive"), 1), fmt(agree.get("naive")),
+                     fmt(agree.get("forward_bs1")), fmt(model.get("yes_no_mass_median"))])
+    return (f"{bench.get('n_samples')} test samples, one CPU thread; ms per sample:\n\n"
+            + table(["model", "generate() per prompt", "forward bs 1", "engine", "speedup",
+                     "agreement generate / engine", "agreement forward / engine", "yes/no mass"], rows) + "\n")
 
 
-def write(outputs: Path, out: Path) -> str:
+def gpu_section(results_dir: Path) -> str:
+    """The committed GPU measurements (bench/results/*.json, written by `make bench GPU=1`)."""
+    parts = []
+    for path in sorted(results_dir.glob("gpu_bench_*.json")):
+        report = json.loads(path.read_text())
+        rows = []
+        for model in report.get("models", {}).values():
+            ms, mem = model.get("ms_per_sample", {}), model.get("peak_memory_gib", {})
+            rows.append([model.get("shape"), *(fmt(ms.get(w), 1) for w in
+                                               ("naive", "forward_bs1", "batched", "engine", "engine_nf4", "floor")),
+                         f"{fmt(mem.get('engine_bf16'), 1)} / {fmt(mem.get('engine_nf4'), 1)}"])
+        versions = report.get("versions", {})
+        parts.append(f"`{path.name}`: {report.get('device')}, {report.get('dtype')}, {report.get('created')}, "
+                     f"torch {versions.get('torch')}, transformers {versions.get('transformers')}; "
+                     f"ms per sample ({report.get('settings', {}).get('prompts')} image prompts + 1 text-only):\n\n"
+                     + table(["shape", "generate() bs 1", "forward bs 1", "batched", "engine", "engine nf4",
+                              "FLOP floor", "peak GiB bf16 / nf4"], rows))
+    return "\n\n".join(parts) + "\n" if parts else "No committed GPU measurement.\n"
+
+
+def write(outputs: Path, out: Path, gpu_results: Path = Path("bench/results")) -> str:
     runs = summaries(outputs / "runs")
     report = read_json(outputs / "default" / "build_report.json")
     corr = read_json(outputs / "analysis" / "correlation.json")
@@ -181,6 +204,7 @@ def write(outputs: Path, out: Path) -> str:
         "\n## Across pairs\n", correlation_section(corr),
         "## Across seeds\n", seeds_section(outputs / "seeds"),
         "## Speed (CPU)\n", bench_section(read_json(outputs / "bench" / "bench.json")),
+        "## Speed (GPU, committed measurements)\n", gpu_section(gpu_results),
     ]
     text = "\n".join(parts)
     out.write_text(text)

@@ -44,7 +44,8 @@ HEADLINES = {
     "dangerous_precision": ("ground_truth", "dangerous", "precision"),
     "dangerous_recall": ("ground_truth", "dangerous", "recall"),
 }
-CORRELATIONS = {"r_dangerous": ("pearson_r",), "r_image_blind": ("image_blind", "pearson_r")}
+CORRELATIONS = {"r_dangerous": ("pearson_r",), "r_image_blind": ("image_blind", "pearson_r"),
+                "independence_r": ("independence_r",)}
 
 
 def dig(tree, path):
