@@ -29,6 +29,13 @@ import re
 import sys
 from pathlib import Path
 
+import nbformat
+import papermill as pm
+from nbconvert import HTMLExporter
+
+from ..protocol import config
+from . import report
+
 import yaml
 
 from .notebook import ROOT
@@ -70,7 +77,7 @@ def validate(raw: dict, source: str, sources: dict | None = None, names: dict | 
     """`config.validate` + `preflight.check` (run from the repository root, as the notebook is);
     a ParamsError becomes an InputError whose message names the flag (``names``: source label ->
     {params key: flag}) instead of the key where the value came from a flag."""
-    from ..protocol import config, preflight  # imports torch and transformers: not for --help
+    from ..protocol import preflight  # imports torch and transformers: not for --help
 
     cwd = os.getcwd()
     os.chdir(ROOT)
@@ -94,8 +101,6 @@ def rename_keys(message: str, names: dict) -> str:
 
 
 def read_params_file(path) -> dict:
-    from ..protocol import config
-
     try:
         return config.read_file(path)
     except config.ParamsError as err:
@@ -115,8 +120,6 @@ def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: 
     """Run notebooks/evaluate.ipynb into ``output_dir`` (papermill, cwd = the repository root),
     export it as HTML; returns the executed notebook. ``progress``: papermill's progress bar over
     the notebook's cells on stderr."""
-    import papermill as pm
-
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = output_dir / EXECUTED
     logging.getLogger("papermill").setLevel(logging.WARNING)
@@ -136,9 +139,6 @@ def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: 
 
 def export_html(notebook: Path) -> Path:
     """`jupyter nbconvert --to html --no-input NOTEBOOK`: the HTML beside it, code cells hidden."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     target = notebook.with_suffix(".html")
@@ -229,8 +229,6 @@ def check_limit(max_dangerous):
 
 
 def screen_command(args) -> int:
-    from . import report
-
     check_limit(args.max_dangerous)
     progress = not args.no_progress
     if args.params is not None:

@@ -21,6 +21,7 @@ import io
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..protocol import plots
@@ -181,8 +182,6 @@ def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = 
 
 
 def figure_png(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
