@@ -58,7 +58,7 @@ import json
 from pathlib import Path
 import lib.offline.finetune
 
-spec = lib.offline.finetune.resolve(globals(), params_file)
+spec = lib.offline.finetune.resolve(globals(), params_file, lib.front.notebook.injected_parameters())
 spec
 
 # %%

@@ -180,3 +180,24 @@ def test_show_images_false_by_default_and_in_the_default_params():
         assert "allow_patient_images" not in raw, path  # the offline default needs no second flag
     for path in sorted((ROOT / "params" / "paper").glob("*.yaml")):
         assert not yaml.safe_load(path.read_text()).get("show_images"), path
+
+
+@pytest.mark.parametrize("file_values, injected, words", [
+    ({"epochz": 3}, None, ["lora.yaml", "unknown key", "epochz"]),
+    ({}, {"rank": "8"}, ["-p", "unknown key", "rank"]),
+    ({"r": 1.5}, None, ["lora.yaml", "'r'", "1.5", "integer"]),
+    ({"layers": "1,2"}, None, ["layers", "list of integers"]),
+    ({}, {"dropout": "1.5"}, ["-p", "dropout", "1.5"]),
+    ({"shortcut_findings": ["nodules"]}, None, ["shortcut_findings", "nodules"]),
+])
+def test_finetune_params_are_checked_by_the_same_code(tmp_path, file_values, injected, words):
+    """The fine-tuning notebook's params go through config.Schema like the evaluate notebook's."""
+    from lib.offline import finetune
+
+    good = {"name": "x", "base_model": "m", "dataset": "mimic-cxr", "data_root": str(tmp_path)}
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump({**good, **file_values}))
+    with pytest.raises(config.ParamsError) as err:
+        finetune.resolve({}, path, None if injected is None else {**good, **file_values, **injected})
+    for word in words:
+        assert word in str(err.value), str(err.value)

@@ -135,11 +135,23 @@ def provenance_line(runs: dict, report: dict | None) -> str:
 
 
 def seeds_section(seeds_dir: Path) -> str:
-    summary = read_json(seeds_dir / "seeds.json")
-    if not summary:
-        return "Not run here (`make seeds` builds and evaluates the world for several seeds).\n"
-    rows = [[k, *(fmt(v.get(s)) for s in ("min", "median", "max"))] for k, v in summary.get("spread", {}).items()]
-    return (f"Seeds {summary.get('seeds')}:\n\n" + table(["number", "min", "median", "max"], rows) + "\n")
+    """`make seeds` (outputs/seeds/distribution.json): the spread of the headline numbers."""
+    dist = read_json(seeds_dir / "distribution.json")
+    if not dist:
+        return "Not run here (`make seeds` builds and evaluates the whole world for seeds 0, 1, 2).\n"
+
+    def span(entry) -> str:
+        if not entry or entry.get("mean") is None:
+            return "–"
+        return f"{fmt(entry['mean'])} ({fmt(entry['min'], 2)} to {fmt(entry['max'], 2)})"
+
+    corr = [[k, *(span(v) for v in [v])] for k, v in dist.get("correlations", {}).items()]
+    keys = ["flip_rate", "dangerous", "image_blind", "ignored_rate", "paper_precision", "paper_recall",
+            "swap_precision", "swap_recall"]
+    pairs = [[pair, *(span(values.get(k)) for k in keys)] for pair, values in dist.get("pairs", {}).items()]
+    return (f"Seeds {dist.get('seeds')} (commit `{dist.get('git_commit')}`); mean (min to max) over the seeds.\n\n"
+            + table(["across pairs", "value"], corr) + "\n\n"
+            + table(["pair", *keys], pairs) + "\n")
 
 
 def bench_section(bench: dict | None) -> str:

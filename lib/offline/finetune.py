@@ -18,9 +18,8 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from ..protocol import data, models, provenance
+from ..protocol import config, data, models, provenance
 from . import training
 from ..protocol.config import ParamsError
 from .default_models import TRAINING_PROMPTS, train_prompts, training_examples
@@ -33,6 +32,24 @@ DEFAULTS = {
     "prompt_split": None, "shortcut_findings": [],
 }
 REQUIRED = ("name", "base_model", "dataset", "data_root")
+SCHEMA = config.Schema(DEFAULTS, {
+    "name": config.Check("str"), "base_model": config.Check("str"),
+    "dataset": config.Check("str", choices=data.DATASETS), "data_root": config.Check("str"),
+    "split": config.Check("str", choices=("train", "validate", "test")),
+    "limit": config.Check("int", nullable=True, minimum=1),
+    "layers": config.Check("ints", nullable=True, minimum=0),
+    "target_modules": config.Check("list"),
+    "r": config.Check("int", minimum=1), "alpha": config.Check("int", minimum=1),
+    "dropout": config.Check("float", minimum=0, maximum=1, closed_minimum=True),
+    "lr": config.Check("float", minimum=0),
+    "batch_size": config.Check("int", minimum=1), "grad_accum": config.Check("int", minimum=1),
+    "epochs": config.Check("float", minimum=0),
+    "kl_weight": config.Check("float", minimum=0, closed_minimum=True),
+    "quantization": config.Check("str", choices=("none", "4bit")),
+    "seed": config.Check("int", minimum=0), "output_dir": config.Check("str", nullable=True),
+    "prompt_split": config.Check("str", nullable=True),
+    "shortcut_findings": config.Check("list", choices=tuple(data.FINDINGS), empty=True),
+}, REQUIRED)
 
 
 @dataclass
@@ -43,28 +60,14 @@ class FinetuneResult:
     trainable_fraction: float
 
 
-def resolve(values: dict, params_file=None) -> dict:
-    """Validate a fine-tuning spec; unknown keys in the file and missing keys are named."""
-    source = str(params_file or "notebook parameters")
-    if params_file:
-        raw = yaml.safe_load(Path(params_file).read_text()) or {}
-        unknown = sorted(set(raw) - set(DEFAULTS))
-        if unknown:
-            raise ParamsError(f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(DEFAULTS)})")
-    spec = {k: values.get(k, DEFAULTS[k]) for k in DEFAULTS}
-    for key in REQUIRED:
-        if spec[key] in (None, ""):
-            raise ParamsError(f"{source}: key {key!r} is required")
+def resolve(values: dict, params_file=None, injected: dict | None = None) -> dict:
+    """Validate a fine-tuning spec with the evaluate params' machinery (`config.Schema`): unknown
+    keys (from the file or `-p`), missing keys and bad values stop with one line naming the
+    source, the key and what is allowed."""
+    raw, source, sources = SCHEMA.merge(values, params_file, injected)
+    spec = SCHEMA.check(raw, source, sources)
     if spec["output_dir"] is None:
         spec["output_dir"] = f"outputs/default/adapters/{spec['name']}"
-    shortcut = spec["shortcut_findings"] or []
-    if isinstance(shortcut, str) or not all(isinstance(f, str) for f in shortcut):
-        raise ParamsError(f"{source}: key 'shortcut_findings' must be a list of finding names")
-    unknown = [f for f in shortcut if f not in data.FINDINGS]
-    if unknown:
-        raise ParamsError(f"{source}: key 'shortcut_findings': unknown finding {unknown[0]!r} "
-                          f"(known: {', '.join(data.FINDINGS)})")
-    spec["shortcut_findings"] = list(shortcut)
     return spec
 
 

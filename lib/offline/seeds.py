@@ -28,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..protocol import provenance
+
 DEFAULT_ROOT = "outputs/default"
 PAPERMILL = [sys.executable, "-m", "papermill", "--log-level", "WARNING"]
 # (column, path into summary.json)
@@ -139,12 +141,8 @@ def gather(out: Path, seeds) -> dict:
         "ignored_rate_span": spread(table.groupby("seed").ignored_rate.agg(lambda x: x.max() - x.min()))
         if len(table) else None,
     }
-    try:
-        from ..protocol import provenance
-        result["git_commit"] = provenance.git_commit()
-        result["machine"] = provenance.machine()
-    except Exception:  # provenance is a nicety here
-        pass
+    result["git_commit"] = provenance.git_commit()
+    result["machine"] = provenance.machine()
     (out / "distribution.json").write_text(json.dumps(result, indent=2))
     return result
 
