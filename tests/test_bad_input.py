@@ -201,3 +201,28 @@ def test_finetune_params_are_checked_by_the_same_code(tmp_path, file_values, inj
         finetune.resolve({}, path, None if injected is None else {**good, **file_values, **injected})
     for word in words:
         assert word in str(err.value), str(err.value)
+
+
+def test_bad_images_and_labels_are_skipped_counted_and_listed(tiny_world, good, tmp_path):
+    """A 1x1 image and a CheXpert value 2.0 through the notebook: skipped, counted by reason,
+    listed in skipped.csv; the run goes on."""
+    from PIL import Image
+
+    root = tmp_path / "mimic-cxr"
+    shutil.copytree(tiny_world["data"]["mimic-cxr"], root)
+    samples = list(data.iter_samples("mimic-cxr", root, split="train"))
+    tiny = samples[0]
+    Image.new("L", (1, 1)).save(tiny.image_path)
+    chexpert = next(root.glob(f"{data.MIMIC_CHEXPERT}*"))
+    labels = pd.read_csv(chexpert)
+    study = Path(samples[-1].image_path).parent.name.lstrip("s")  # a study of the split
+    labels.loc[labels.study_id.astype(str) == study, "Cardiomegaly"] = 2.0
+    labels.to_csv(chexpert, index=False)
+    run_notebook(tmp_path, {**good, "data_root": str(root), "limit": None, "bootstrap_resamples": 50})
+    summary = json.loads((Path(good["output_dir"]) / "summary.json").read_text())
+    assert summary["n_skipped"]["image_too_small"] == sum(s.image_path == tiny.image_path for s in samples)
+    assert summary["n_skipped"]["label_invalid"] >= 1
+    listed = pd.read_csv(Path(good["output_dir"]) / "skipped.csv")
+    assert tiny.sample_id in set(listed.loc[listed.reason == "image_too_small", "item"])
+    invalid = listed[listed.reason == "label_invalid"]
+    assert invalid["item"].str.contains(data.MIMIC_CHEXPERT).all() and "2.0" in " ".join(invalid.detail.astype(str))
