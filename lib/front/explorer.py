@@ -22,7 +22,8 @@ import pandas as pd
 
 from ..protocol import plots
 from ..protocol.taxonomy import QUADRANTS
-from .report import interval, lookup, number
+from ..protocol.stats import lookup
+from .report import interval, number
 
 ALL = "all quadrants"
 

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..protocol import plots
+from ..protocol.stats import lookup
 from ..protocol.taxonomy import QUADRANTS
 
 KIND_WORDS = {
@@ -49,16 +50,6 @@ def load_run(run_dir) -> tuple[dict, pd.DataFrame]:
     summary = json.loads((run_dir / "summary.json").read_text())
     samples = pd.read_parquet(run_dir / "samples.parquet")
     return summary, samples
-
-
-def lookup(summary: dict, *keys):
-    """summary[k1][k2]...; None where a level is missing or None."""
-    value = summary
-    for key in keys:
-        if not isinstance(value, dict) or value.get(key) is None:
-            return None
-        value = value[key]
-    return value
 
 
 def number(x, digits: int = 3) -> str:

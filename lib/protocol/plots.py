@@ -12,13 +12,18 @@ QUADRANT_COLORS = {"Ideal": "#2a9d8f", "Fragile": "#e9c46a", "Dangerous": "#e76f
 
 def entropy_by_quadrant(samples_table: pd.DataFrame, title: str = ""):
     """Histograms of the original prompt's answer entropy, one panel per quadrant."""
+    return per_quadrant_histograms(samples_table, "entropy", "entropy (bits)", title)
+
+
+def per_quadrant_histograms(samples_table: pd.DataFrame, column: str, xlabel: str, title: str = ""):
+    """One histogram of `column` (values in [0, 1]) per quadrant, side by side."""
     fig, axes = plt.subplots(1, 4, figsize=(13, 2.8), sharex=True)
     bins = np.linspace(0, 1, 21)
     for ax, quadrant in zip(axes, QUADRANTS):
-        values = samples_table.loc[samples_table.quadrant == quadrant, "entropy"]
+        values = samples_table.loc[samples_table.quadrant == quadrant, column].dropna()
         ax.hist(values, bins=bins, color=QUADRANT_COLORS[quadrant])
         ax.set_title(f"{quadrant} (n={len(values)})")
-        ax.set_xlabel("entropy (bits)")
+        ax.set_xlabel(xlabel)
     axes[0].set_ylabel("samples")
     fig.suptitle(title)
     fig.tight_layout()
@@ -143,17 +148,7 @@ def screening_auroc(pairs: pd.DataFrame):
 
 def reliance_by_quadrant(samples_table: pd.DataFrame, title: str = ""):
     """Histograms of reliance = |p_yes - p_yes_text_only| (original question), one panel per quadrant."""
-    fig, axes = plt.subplots(1, 4, figsize=(13, 2.8), sharex=True)
-    bins = np.linspace(0, 1, 21)
-    for ax, quadrant in zip(axes, QUADRANTS):
-        values = samples_table.loc[samples_table.quadrant == quadrant, "reliance"].dropna()
-        ax.hist(values, bins=bins, color=QUADRANT_COLORS[quadrant])
-        ax.set_title(f"{quadrant} (n={len(values)})")
-        ax.set_xlabel("reliance |p_yes - p_yes text-only|")
-    axes[0].set_ylabel("samples")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return per_quadrant_histograms(samples_table, "reliance", "reliance |p_yes - p_yes text-only|", title)
 
 
 def pair_distributions(samples_table: pd.DataFrame, title: str = "", quadrant: str | None = None):

@@ -147,9 +147,9 @@ def gather_runs(runs_dir) -> pd.DataFrame:
                             ("entropy", "entropy_by_quadrant")):
             row.update({f"{prefix}_{q}": summary[key].get(q) for q in QUADRANTS})
         row["n_skipped"] = int(sum((summary.get("n_skipped") or {}).values()))
-        row.update({name: _lookup(summary, keys) for name, keys in OPTIONAL_COLUMNS.items()})
+        row.update({name: lookup(summary, *keys) for name, keys in OPTIONAL_COLUMNS.items()})
         for name, keys in CI_COLUMNS.items():
-            interval = _lookup(summary, keys) or (None, None)
+            interval = lookup(summary, *keys) or (None, None)
             row[f"{name}_low"], row[f"{name}_high"] = interval
         row["run"] = path.parent.name
         rows.append(row)
@@ -324,7 +324,7 @@ def _table_of(row, samples_by_pair: dict) -> pd.DataFrame:
                      f"have {sorted(samples_by_pair)}")
 
 
-def _lookup(summary: dict, keys):
+def lookup(summary: dict, *keys):
     """summary[k1][k2]...; None where any level is missing or None."""
     value = summary
     for key in keys:
