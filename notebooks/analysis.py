@@ -133,7 +133,7 @@ fig.savefig(out / "screening_auroc.png", dpi=120)
 pd.concat(samples_by_pair, names=["pair"]).groupby(["pair", "quadrant"])[["entropy", "reliance"]].describe().round(3)
 
 # %%
-explorer = lib.front.explorer.Explorer(samples_by_pair, lib.front.explorer.load_summaries(runs_dir))
+explorer = lib.front.explorer.Explorer(samples_by_pair, lib.protocol.stats.read_summaries(runs_dir))
 explorer
 
 # %%

@@ -58,7 +58,7 @@ def test_analysis_gathers_every_run(runs, tmp_path):
 
 def test_explorer_redraws_for_another_pair_and_quadrant(runs):
     samples_by_pair = stats.gather_samples(runs)
-    summaries = explorer.load_summaries(runs)
+    summaries = stats.read_summaries(runs)
     assert set(summaries) == set(samples_by_pair)
     box = explorer.Explorer(samples_by_pair, summaries)
     pairs = list(box.pair.options)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
-from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -26,12 +24,6 @@ from ..protocol.stats import lookup
 from .report import interval, number
 
 ALL = "all quadrants"
-
-
-def load_summaries(runs_dir) -> dict[str, dict]:
-    """Each run's summary.json, keyed by the run folder's name (the key of `stats.gather_samples`)."""
-    return {path.parent.name: json.loads(path.read_text())
-            for path in sorted(Path(runs_dir).glob("*/summary.json"))}
 
 
 def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: str | None = None) -> list[tuple]:

@@ -14,6 +14,8 @@ import math
 import time
 from pathlib import Path
 
+from ..protocol import stats
+
 
 PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc.", "Ideal", "Fragile",
                 "Dangerous", "image-blind", "prior-coincident", "swap changes", "AUROC entropy",
@@ -45,10 +47,6 @@ def table(header, rows) -> str:
 
 def read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def summaries(runs_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/summary.json"))}
 
 
 def pair_row(pair: str, s: dict) -> list:
@@ -190,7 +188,7 @@ def gpu_section(results_dir: Path) -> str:
 
 
 def write(outputs: Path, out: Path, gpu_results: Path = Path("bench/results")) -> str:
-    runs = summaries(outputs / "runs")
+    runs = stats.read_summaries(outputs / "runs")
     report = read_json(outputs / "default" / "build_report.json")
     corr = read_json(outputs / "analysis" / "correlation.json")
     parts = [

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..protocol import config, data, models, provenance
+from ..protocol import config, data, models, provenance, questions
 from . import training
-from ..protocol.config import ParamsError
 from .default_models import TRAINING_PROMPTS, train_prompts, training_examples
 
 DEFAULTS = {
@@ -72,14 +71,11 @@ def resolve(values: dict, params_file=None, injected: dict | None = None) -> dic
 
 
 def read_prompt_split(path) -> dict:
-    """{finding: {"train": [...], "held_out": [...]}} from a prompt_split.json."""
+    """`questions.read_prompt_split`, its error a ParamsError naming the spec key."""
     try:
-        split = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ParamsError(f"prompt_split {path}: not a readable JSON file ({err})") from None
-    if not isinstance(split, dict) or not all(isinstance(v, dict) and "train" in v for v in split.values()):
-        raise ParamsError(f"prompt_split {path}: expected {{finding: {{\"train\": [...], \"held_out\": [...]}}}}")
-    return split
+        return questions.read_prompt_split(path)
+    except ValueError as err:
+        raise config.ParamsError(f"prompt_split {err}") from None
 
 
 def examples_of(spec: dict) -> list[training.Example]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..protocol import provenance
+from ..protocol import provenance, stats
 
 DEFAULT_ROOT = "outputs/default"
 PAPERMILL = [sys.executable, "-m", "papermill", "--log-level", "WARNING"]
@@ -51,12 +51,10 @@ CORRELATIONS = {"r_dangerous": ("pearson_r",), "r_image_blind": ("image_blind", 
 
 
 def dig(tree, path):
-    """tree[path[0]][path[1]]...; None where a key is missing or a value is not a number."""
-    for key in path:
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return float(tree) if isinstance(tree, (int, float)) and not isinstance(tree, bool) else None
+    """tree[path[0]][path[1]]... as a float (`stats.lookup`); None where a key is missing or the
+    value is not a number."""
+    value = stats.lookup(tree, *path)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def rewrite(values: dict, root: Path, seed: int) -> dict:

@@ -223,7 +223,7 @@ def check_value(key: str, value, check: Check, where: str, required: bool = Fals
 def check_label_policy(policy: dict, where: str) -> dict:
     """`label_policy` holds the fields of `data.LabelPolicy` only, with allowed values."""
     try:
-        return dataclasses.asdict(data.LabelPolicy.from_dict(policy))
+        return data.LabelPolicy.from_dict(policy).as_dict()
     except (TypeError, ValueError) as err:
         raise ParamsError(f"{where}: key 'label_policy': {err}") from None
 
@@ -414,12 +414,13 @@ def input_fingerprints(params: dict) -> dict:
             "twins": digest(params["twins"]), "prompt_split": digest(params["prompt_split"])}
 
 
-def run_hash(params: dict) -> str:
+def run_hash(params: dict, inputs: dict | None = None) -> str:
     """Hash of everything the run's results depend on: its params, the model's and adapter's
-    files and the fingerprints of every other file they name (`input_fingerprints`)."""
+    files and the fingerprints of every other file they name (`inputs`, computed by
+    `input_fingerprints` unless given)."""
     keyed = {k: v for k, v in params.items() if k not in OPERATIONAL}
     keyed["model_files"] = files_fingerprint(params["model"])
     keyed["adapter_files"] = files_fingerprint(params["adapter"])
-    keyed["inputs"] = input_fingerprints(params)
+    keyed["inputs"] = input_fingerprints(params) if inputs is None else inputs
     blob = json.dumps(keyed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

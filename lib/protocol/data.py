@@ -48,15 +48,11 @@ from .labels import PADCHEST_EXCLUDE, PADCHEST_METHODS, PADCHEST_SUBOPTIMAL, PAD
 DATASETS = ("mimic-cxr", "padchest")
 
 # The findings of the offline default (its synthetic images show these four): canonical name ->
-# the one label each dataset uses for it. The full mapping (13 findings, PadChest hierarchy) is
-# ``lib.protocol.labels.FINDING_LABELS``.
-FINDINGS = {
-    "cardiomegaly": {"mimic-cxr": "Cardiomegaly", "padchest": "cardiomegaly"},
-    "pleural effusion": {"mimic-cxr": "Pleural Effusion", "padchest": "pleural effusion"},
-    "pneumothorax": {"mimic-cxr": "Pneumothorax", "padchest": "pneumothorax"},
-    "nodule": {"mimic-cxr": "Lung Lesion", "padchest": "nodule"},
-}
-DEFAULT_FINDINGS = tuple(FINDINGS)
+# the one label each dataset uses for it (the head of its entry in the full mapping,
+# ``lib.protocol.labels.FINDING_LABELS``: 13 findings, PadChest hierarchy).
+DEFAULT_FINDINGS = ("cardiomegaly", "pleural effusion", "pneumothorax", "nodule")
+FINDINGS = {f: {"mimic-cxr": label_data.FINDING_LABELS[f]["mimic-cxr"],
+                "padchest": label_data.FINDING_LABELS[f]["padchest"][0]} for f in DEFAULT_FINDINGS}
 
 SPLITS = {"mimic-cxr": ("train", "validate", "test"), "padchest": ("train", "test")}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import config, data, models, prompts, questions, run
+from . import config, data, models, prompts, questions
 
 # Size of the probe image used to count a processor's image tokens (they do not depend on the
 # input size for the fixed-resolution families; tiling families get a typical radiograph tile).
@@ -87,15 +87,16 @@ def output_dir_problem(output_dir) -> str | None:
 
 
 def all_prompts(params: dict) -> list[str]:
-    """Every distinct prompt text the run will score (original questions and paraphrases)."""
-    if run.is_per_image_file(params["questions"]):
+    """Every distinct prompt text the run will score (original questions and paraphrases, with
+    the params' answer_instruction)."""
+    if questions.is_per_image_file(params["questions"]):
         rows = questions.load_per_image_questions(params["questions"]).values()
         texts = [p for image_rows in rows for row in image_rows for p in row["prompts"]]
     else:
         sets = questions.load_question_sets(params["questions"])
         texts = [p for finding in params["findings"]
                  for p in questions.prompts_for(finding, sets, params["max_paraphrases"])]
-    return list(dict.fromkeys(texts))
+    return list(dict.fromkeys(questions.with_instruction(t, params["answer_instruction"]) for t in texts))
 
 
 def prompt_length_problem(params: dict) -> str | None:

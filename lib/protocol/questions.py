@@ -615,15 +615,23 @@ def _as_list(value, path: Path) -> list:
     raise QuestionFileError(f"{path}: paraphrases value {value!r} is not a list")
 
 
-def read_prompt_split(path) -> dict[str, list[str]]:
-    """{finding: held-out prompt texts} from a prompt split JSON ({finding: {"train": [...],
-    "held_out": [...]}}, written by the offline default's build); ValueError naming the file."""
+def with_instruction(text: str, instruction: str | None) -> str:
+    """A question with the params' answer_instruction appended (e.g. "Answer yes or no.")."""
+    return f"{text} {instruction.strip()}" if instruction else text
+
+
+def read_prompt_split(path) -> dict[str, dict[str, list[str]]]:
+    """{finding: {"train": [...], "held_out": [...]}} from a prompt split JSON (written by the
+    offline default's build: the paraphrases training may use and those no training stage
+    sees); QuestionFileError (a ValueError) naming the file."""
     path = Path(path)
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise QuestionFileError(f"{path}: not a readable prompt split ({err})") from None
     if not isinstance(split, dict) or not all(
-            isinstance(v, dict) and isinstance(v.get("held_out"), list) for v in split.values()):
+            isinstance(v, dict) and isinstance(v.get("train"), list) and isinstance(v.get("held_out"), list)
+            for v in split.values()):
         raise QuestionFileError(f"{path}: expected {{finding: {{\"train\": [...], \"held_out\": [...]}}}}")
-    return {_finding_key(f): [str(p) for p in v["held_out"]] for f, v in split.items()}
+    return {_finding_key(f): {part: [str(p) for p in v[part]] for part in ("train", "held_out")}
+            for f, v in split.items()}

@@ -18,6 +18,7 @@ import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -42,7 +43,7 @@ def stream_samples(params: dict, skipped: data.Skips):
     `lib.protocol.questions.import_psf_med`) the samples are the file's rows joined with the reader's
     images instead (see `per_image_samples`).
     """
-    if is_per_image_file(params["questions"]):
+    if questions.is_per_image_file(params["questions"]):
         samples = per_image_samples(params, skipped)
     else:
         samples = data.iter_samples(
@@ -63,12 +64,9 @@ class QuestionSample(data.Sample):
     negated: tuple = ()
 
 
-is_per_image_file = questions.is_per_image_file
-
-
 def question_sets_for(params: dict) -> dict:
     """Question sets by finding; none for a per-image file (its prompts are in its samples)."""
-    if is_per_image_file(params["questions"]):
+    if questions.is_per_image_file(params["questions"]):
         return {}
     return questions.load_question_sets(params["questions"])
 
@@ -123,11 +121,12 @@ class Job:
     def sample_id(self) -> str:
         return self.sample.sample_id
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """What the sample's record is keyed by besides the store's key: the size and mtime
-        (ns) of its image file, of its swap image and of its twin, and its prompts. A rewritten image or an
-        edited paraphrase changes it; labels are not part of it."""
+        (ns) of its image file, of its swap image and of its twin, and its prompts. A rewritten
+        image or an edited paraphrase changes it; labels are not part of it. Taken once, when
+        the run is planned (it travels with the Job to a Ray actor)."""
         blob = json.dumps([self.sample.sample_id, file_stat(self.sample.image_path), list(self.prompts),
                            list(self.negated), self.swap_image_id, file_stat(self.swap_image_path),
                            file_stat(self.twin_image_path)])
@@ -151,11 +150,6 @@ def prompt_specs(sample: data.Sample, question_sets: dict, max_paraphrases) -> l
     return list(questions.prompt_specs_for(sample.finding, question_sets, max_paraphrases))
 
 
-def with_instruction(text: str, instruction: str | None) -> str:
-    """A question with the params' answer_instruction appended (e.g. "Answer yes or no.")."""
-    return f"{text} {instruction.strip()}" if instruction else text
-
-
 def jobs_for(params: dict, samples: list, question_sets: dict) -> list[Job]:
     """Every sample's Job; swaps chosen once over ALL samples of the run (`reliance.choose_swaps`)."""
     swaps = {}
@@ -167,8 +161,8 @@ def jobs_for(params: dict, samples: list, question_sets: dict) -> list[Job]:
     for sample in samples:
         specs = prompt_specs(sample, question_sets, params["max_paraphrases"])
         swap = swaps.get(sample.sample_id)
-        jobs.append(Job(sample, tuple(with_instruction(s.text, params["answer_instruction"]) for s in specs),
-                        tuple(s.negated for s in specs), swap, paths.get(swap),
+        texts = tuple(questions.with_instruction(s.text, params["answer_instruction"]) for s in specs)
+        jobs.append(Job(sample, texts, tuple(s.negated for s in specs), swap, paths.get(swap),
                         twins.get((sample.image_id, sample.finding))))
     return jobs
 
@@ -326,7 +320,8 @@ def held_out_prompts(params: dict) -> dict | None:
     if not params["prompt_split"]:
         return None
     split = questions.read_prompt_split(params["prompt_split"])
-    return {f: [with_instruction(p, params["answer_instruction"]) for p in texts] for f, texts in split.items()}
+    return {f: [questions.with_instruction(p, params["answer_instruction"]) for p in v["held_out"]]
+            for f, v in split.items()}
 
 
 def sample_row(sample: data.Sample) -> dict:
@@ -342,6 +337,7 @@ def finalize(params, store, jobs: list[Job], skipped, engine_info, reuse) -> Run
         raise NoSamplesError(
             f"no sample of {params['dataset']} at {params['data_root']} could be scored "
             f"(skipped: {dict(skipped)})")
+    inputs = config.input_fingerprints(params)
     scored_ids = set(raw_predictions.sample_id)
     sample_df = pd.DataFrame([sample_row(j.sample) for j in jobs if j.sample_id in scored_ids],
                              columns=["sample_id", "image_id", "finding", "label"])
@@ -356,7 +352,7 @@ def finalize(params, store, jobs: list[Job], skipped, engine_info, reuse) -> Run
                              ci_level=params["ci_level"], seed=params["seed"],
                              held_out_prompts=held_out_prompts(params)),
         "n_skipped": dict(sorted(skipped.items())), "records": reuse,
-        "run_hash": config.run_hash(params), "inputs": config.input_fingerprints(params),
+        "run_hash": config.run_hash(params, inputs), "inputs": inputs,
         "trust_remote_code": params["trust_remote_code"], "engine": engine_info,
         "params": params, **provenance.provenance(params["seed"]),
     }

@@ -127,14 +127,14 @@ def gather_runs(runs_dir) -> pd.DataFrame:
     ValueError for a summary missing a key or two summaries of the same pair.
     """
     runs_dir = Path(runs_dir)
-    paths = sorted(runs_dir.glob("*/summary.json")) if runs_dir.is_dir() else []
-    if not paths:
+    summaries = read_summaries(runs_dir)
+    if not summaries:
         raise FileNotFoundError(
             f"no */summary.json under {runs_dir}: run the evaluate notebooks first to produce the runs"
         )
     rows, seen = [], {}
-    for path in paths:
-        summary = json.loads(path.read_text())
+    for run, summary in summaries.items():
+        path = runs_dir / run / "summary.json"
         missing = [k for k in SUMMARY_KEYS if k not in summary]
         if missing:
             raise ValueError(f"{path}: summary is missing key(s) {missing}")
@@ -151,12 +151,19 @@ def gather_runs(runs_dir) -> pd.DataFrame:
         for name, keys in CI_COLUMNS.items():
             interval = lookup(summary, *keys) or (None, None)
             row[f"{name}_low"], row[f"{name}_high"] = interval
-        row["run"] = path.parent.name
+        row["run"] = run
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     rates = [c for c in PAIR_COLUMNS[4:] if c not in ("n_skipped", "run")]
     frame[rates] = frame[rates].astype(float)  # None -> NaN
     return frame.sort_values(["config", "dataset"], ignore_index=True)
+
+
+def read_summaries(runs_dir) -> dict[str, dict]:
+    """Each run's ``summary.json`` under ``runs_dir``, keyed by the run folder's name (the key of
+    ``gather_samples``); {} when there is none."""
+    return {path.parent.name: json.loads(path.read_text())
+            for path in sorted(Path(runs_dir).glob("*/summary.json"))}
 
 
 def gather_samples(runs_dir) -> dict[str, pd.DataFrame]:
