@@ -74,10 +74,10 @@ pd.DataFrame({"flip rate vs Dangerous fraction": correlation_table(corr),
 # (1 - f)(1 - rho): it falls as f rises by arithmetic alone, whatever the models do.
 # `independence_r` is the r between f and that product across the same pairs. An observed r close to
 # it says the correlation is what independent axes give; only the distance between the two is
-# evidence that consistency and image-blindness go together. The image-blind fraction (Dangerous
-# samples whose answer does not move when the image is swapped for one of the opposite label, and is
-# right) is the part of the Dangerous quadrant that really ignores the image: its r is the study's
-# claim with the prior-coincident samples taken out.
+# evidence that consistency and image-blindness go together. The image-blind rate (how often a
+# Dangerous answer would survive an image showing the opposite finding, estimated over reference
+# images; `lib/protocol/references.py`) is the part of the Dangerous quadrant that really ignores the
+# image: its r is the study's claim with the prior-coincident samples taken out.
 
 # %%
 print(f"flip rate vs Dangerous: r = {rounded(corr['pearson_r'])} (independent axes alone: r = "
@@ -95,10 +95,11 @@ fig = lib.protocol.plots.quadrant_fractions(pairs)
 fig.savefig(out / "quadrant_fractions.png", dpi=120)
 
 # %% [markdown]
-# ## The Dangerous fraction with its interval, split by the swap check
+# ## The Dangerous fraction with its interval, split by reference images
 # Each pair's Dangerous fraction with its cluster-bootstrap interval over images, and the two parts
-# the swap check tells apart: image-blind (the answer ignores the image) and prior-coincident (the
-# model reads the image; its answer merely equals its prior).
+# the reference images tell apart: image-blind (the answer would survive an image showing the opposite
+# finding; interval over images and references) and prior-coincident (the model reads the image; its
+# answer merely equals its prior).
 
 # %%
 fig = lib.protocol.plots.dangerous_forest(pairs)

@@ -39,6 +39,7 @@ lib.front.notebook.setup()
 # %% tags=["parameters"]
 out_root = "outputs/default"
 n_images = 400
+n_references = 1000
 seed = 0
 world = "real"
 prevalence_floor = 0.05
@@ -66,7 +67,10 @@ started = time.perf_counter()
 data_roots = lib.offline.synth.write_default_datasets(out / "data", n_images=n_images, seed=seed, world=world,
                                                       floor=prevalence_floor)
 twins = {d: lib.offline.synth.twin_csv(out / "data", d) for d in data_roots}
-{k: str(v) for k, v in data_roots.items()}
+# held-out reference images (lib.protocol.references): no training stage reads these roots
+reference_roots = lib.offline.synth.write_reference_sets(out / "data", n_images=n_references, seed=seed,
+                                                         world=world, floor=prevalence_floor)
+{k: str(v) for k, v in {**data_roots, **{f"{d} references": r for d, r in reference_roots.items()}}.items()}
 
 # %% [markdown]
 # ## The synthetic radiographs (one row per finding: without, with)
@@ -198,6 +202,7 @@ report = {"seed": seed, "n_images": n_images, "world": world, "build_seconds": t
           "prevalence_measured": measured, "train_prevalence": train_prevalence.to_dict(),
           "prompt_split": str(out / "prompt_split.json"),
           "twins": {d: str(p) for d, p in twins.items()},
+          "references": {d: str(p) for d, p in reference_roots.items()}, "n_references": n_references,
           "reliance_dial": dial,
           "checks": checks.to_dict("records"), "requirements_met": bool(checks.meets_requirements.all()),
           "training": {**training, "prompt_pool": prompt_pool, "n_pretrain": n_pretrain, "answer_pool": answer_pool},

@@ -51,7 +51,10 @@ questions = None
 max_paraphrases = None
 label_policy = {"uncertain": "skip", "blank": "no"}
 image_removal = "none"
-reliance_checks = ["swap", "blank", "noise"]
+reliance_checks = ["reference", "blank", "noise"]
+reference_pool = 200
+reference_split = "auto"
+reference_root = None
 answer_instruction = None
 bootstrap_resamples = 1000
 ci_level = 0.95
@@ -157,27 +160,35 @@ with_ci({
 
 # %% [markdown]
 # **Image-blind or prior-coincident?** A Dangerous sample answers the same with and without the image.
-# The swap check asks the same question with the image of another sample of the same finding and
-# the OPPOSITE label: if the answer changes, the model reads the image and its answer merely
-# coincides with its prior (**prior-coincident**); if it does not and the answer is right, the
-# image played no part (**image-blind**); if it does not and the answer is wrong, the swap cannot
-# tell (**undetermined**); **no_swap**: no opposite-label image in the run. Fractions of ALL
-# samples: the four add up to the Dangerous fraction.
+# Would it answer the same had the image shown the opposite finding? Reference images of the same
+# dataset with the opposite label, from outside the evaluated samples (a split the model was not
+# trained on), are each asked the finding's original question ONCE; a sample's
+# `reference_agreement` is the share of them answered like the sample. The **image-blind rate** is
+# the mean of [Dangerous] x reference_agreement over all samples; **prior-coincident** is the rest of
+# Dangerous. Its interval resamples the images AND the references (`lib/protocol/references.py`).
 
 # %% tags=["nbval-check-output"]
+blind = summary["image_blind"] or {}
 breakdown = summary["dangerous_breakdown"]
-with_ci({kind: (breakdown[kind], ci["dangerous_breakdown"].get(kind)) for kind in breakdown})
+print(f"references: {blind.get('reference_source')}; {blind.get('n_reference_images')} images, "
+      f"{blind.get('n_estimable')} of {blind.get('n_samples')} samples estimable")
+with_ci({**{kind: (breakdown[kind], ci["dangerous_breakdown"].get(kind)) for kind in breakdown},
+         "image-blind among Dangerous": (blind.get("among_dangerous"), blind.get("ci95_among_dangerous"))})
+
+# %%
+pd.DataFrame({f: {"samples": v["n_samples"], "references with": v["n_references"]["yes"],
+                  "references without": v["n_references"]["no"],
+                  "image-blind rate": v["rate"] if v["estimable"] else "too few references"}
+              for f, v in (blind.get("by_finding") or {}).items()}).T
 
 # %% [markdown]
-# How often each check moves the answer to the original question: the swapped-in image, a uniform
-# grey image, seeded noise with the image's statistics (`swap_unavailable`: samples without a swap).
+# How often a uniform grey image, or the run's few seeded noise images, move the answer to the
+# original question (each scored once per question, not per sample).
 
 # %%
 with_ci({
-    "swap changes the answer": (summary["swap_change_rate"], ci["swap_change_rate"]),
     "blank image changes the answer": (summary["blank_change_rate"], None),
-    "noise image changes the answer": (summary["noise_change_rate"], None),
-    "samples without a swap": (summary["swap_unavailable"], None),
+    "noise images change the answer": (summary["noise_change_rate"], None),
 })
 
 # %%

@@ -14,7 +14,7 @@ notebook as HTML with its code cells hidden (`evaluate.html` beside `evaluate.ip
 `screen` writes `DIR/params.yaml` from its flags (or reads the params file given), runs the pair
 into DIR (the run's usual outputs: summary.json, samples.parquet, predictions.parquet, the executed
 notebook and its HTML) and writes `DIR/report.html` (`lib.front.report`). Exit status: 0 when the
-image-blind Dangerous fraction is at most `--max-dangerous` (default: no limit), 3 when above, 2 on
+image-blind rate (lib.protocol.references) is at most `--max-dangerous` (default: no limit), 3 when above, 2 on
 bad input (the reason names the flag or file), 1 when the run itself fails.
 
 Paths given as flags are read from the current directory; paths inside a params file, as everywhere
@@ -248,8 +248,8 @@ def screen_command(args) -> int:
         params = validate(values, source, names=names)
         params_file = output_dir_of(params) / "params.yaml"
         where = "the default reliance_checks"
-    if "swap" not in params["reliance_checks"] and args.max_dangerous is not None:
-        raise InputError(f"--max-dangerous needs the swap check, which {where} leaves out")
+    if "reference" not in params["reliance_checks"] and args.max_dangerous is not None:
+        raise InputError(f"--max-dangerous needs the reference check, which {where} leaves out")
     output_dir = output_dir_of(params)
     if args.params is None:
         params_file.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
@@ -283,7 +283,7 @@ def add_screen_arguments(parser) -> None:
     parser.add_argument("--config", help="short name of the configuration (default: from --model)")
     parser.add_argument("--out", help="output directory: the run's outputs and report.html")
     parser.add_argument("--max-dangerous", dest="max_dangerous", type=float,
-                        help="exit 3 when the image-blind Dangerous fraction is above this (default: no limit)")
+                        help="exit 3 when the image-blind rate is above this (default: no limit)")
     parser.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"),
                         help="override a key of the params file (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -39,9 +39,8 @@ def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: s
         rows += [(f"{q} fraction", number(lookup(summary, "quadrant_fractions", q)), ci("quadrant_fractions", q))
                  for q in QUADRANTS]
         rows += [(f"Dangerous: {k}", number(lookup(summary, "dangerous_breakdown", k)),
-                  ci("dangerous_breakdown", k)) for k in ("image-blind", "prior-coincident", "undetermined")]
-        rows += [("swap changes the answer", number(summary.get("swap_change_rate")), ci("swap_change_rate")),
-                 ("screening AUROC (Dangerous)", number(lookup(summary, "screening", "auroc_entropy_dangerous")),
+                  ci("dangerous_breakdown", k)) for k in ("image-blind", "prior-coincident")]
+        rows += [("screening AUROC (Dangerous)", number(lookup(summary, "screening", "auroc_entropy_dangerous")),
                   interval(lookup(summary, "screening", "ci95"))),
                  ("yes/no mass, median", number(lookup(summary, "yes_no_mass", "median")), "")]
         return rows
@@ -55,7 +54,7 @@ def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: s
         rows.append(("median reliance", number(reliance.median() if len(reliance) else None), ""))
     if quadrant == "Dangerous":
         rows += [(k, number(lookup(summary, "dangerous_breakdown", k)), ci("dangerous_breakdown", k))
-                 for k in ("image-blind", "prior-coincident", "undetermined", "no_swap")]
+                 for k in ("image-blind", "prior-coincident")]
     return rows
 
 

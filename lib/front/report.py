@@ -2,14 +2,14 @@
 
 `write_report(run_dir, max_dangerous=None)` reads the run's `summary.json` and `samples.parquet`
 (written by the evaluate notebook) and writes `run_dir/report.html`: the four quadrants with their
-intervals; the Dangerous samples split by the swap check into image-blind and prior-coincident;
+intervals; the Dangerous samples split by reference images into image-blind and prior-coincident;
 accuracy against what the prior (the text-only answer) alone earns; the confidence-screening
 AUROC; the yes/no-mass warnings; a verdict paragraph. The definitions are those of
 `lib.protocol.taxonomy`.
 
 The report is aggregate only, whatever the dataset: it embeds no sample image (its two figures
 are histograms of numbers), no report text, no sample or image id, so it can be shared where the
-summary can. The verdict gates on the image-blind Dangerous fraction: `passed` is None without a
+summary can. The verdict gates on the image-blind rate: `passed` is None without a
 limit, else whether that fraction is at most ``max_dangerous``.
 """
 from __future__ import annotations
@@ -29,13 +29,10 @@ from ..protocol.stats import lookup
 from ..protocol.taxonomy import QUADRANTS
 
 KIND_WORDS = {
-    "image-blind": "the answer stays the same when the image is replaced by one of the opposite "
-                   "label, and it is right: it comes from the model's prior, not from the image",
-    "prior-coincident": "the swapped-in opposite-label image changes the answer: the model reads "
-                        "the image, and on the original image its answer merely equals its prior",
-    "undetermined": "the swap does not change the answer but the original answer is wrong: an "
-                    "image-reading model that misread the original may answer the swap the same way",
-    "no_swap": "no other sample of the run has the same finding and the opposite label to swap in",
+    "image-blind": "had the image shown the opposite finding, the answer would have been the same "
+                   "(estimated over reference images of the opposite label): it does not come from the image",
+    "prior-coincident": "an image showing the opposite finding would have changed the answer: the model "
+                        "reads the image, and here its answer merely equals what it says without one",
 }
 QUADRANT_WORDS = {
     "Ideal": "consistent across paraphrases, and the image changes the answer",
@@ -99,8 +96,7 @@ def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = 
     dangerous = lookup(summary, "quadrant_fractions", "Dangerous")
     blind = lookup(summary, "dangerous_breakdown", "image-blind")
     coincident = lookup(summary, "dangerous_breakdown", "prior-coincident")
-    undetermined = lookup(summary, "dangerous_breakdown", "undetermined")
-    no_swap = lookup(summary, "dangerous_breakdown", "no_swap")
+    block = summary.get("image_blind") or {}
     flip = summary.get("flip_rate")
     consistent = None if flip is None else 1 - flip
     base = baselines(samples)
@@ -113,20 +109,23 @@ def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = 
         f"every paraphrase and the same without the image. Paraphrase consistency alone would call "
         f"all of them reliable.")
     if blind is None:
-        words.append("The swap check did not run, so the Dangerous samples cannot be told apart into "
-                     "image-blind and prior-coincident ones.")
+        words.append("The image-blind rate could not be estimated ("
+                     + (block.get("reason") or "the reference check did not run") + "), so the Dangerous "
+                     "samples cannot be told apart into image-blind and prior-coincident ones.")
     else:
-        share = (f" Of the consistent samples ({percent(consistent)} of all), {percent(blind / consistent, 0)} "
-                 f"are image-blind: that part of the model's consistency is false reliability."
-                 if consistent else "")
+        among = block.get("among_dangerous")
+        refs = "; ".join(f"{f}: {v['n_references']['yes']} with / {v['n_references']['no']} without"
+                         + ("" if v["estimable"] else " (too few to tell: not estimable)")
+                         for f, v in sorted((block.get("by_finding") or {}).items()))
         words.append(
-            f"The swap check (the same question with an image of the opposite label) splits them: "
-            f"{percent(blind)} of all samples (CI {ci('dangerous_breakdown', 'image-blind')}) are "
-            f"image-blind, the answer does not move when the image changes and it is right, so it "
-            f"comes from the prior; {percent(coincident)} (CI {ci('dangerous_breakdown', 'prior-coincident')}) "
-            f"are prior-coincident, the model reads the image and its answer merely agrees with what "
-            f"it says without one; {percent(undetermined)} are undetermined (unchanged by the swap but "
-            f"wrong) and {percent(no_swap)} had no opposite-label image to swap in.{share}")
+            f"Had the image shown the opposite finding, the model would have answered the same on about "
+            f"{percent(among, 0)} of these Dangerous samples: the image-blind rate is {percent(blind)} of "
+            f"all samples (CI {ci('dangerous_breakdown', 'image-blind')}), estimated from reference "
+            f"images of the opposite label ({block.get('reference_source')}; references per finding, "
+            f"{refs}; a finding with fewer than {block.get('min_references')} is not estimable). "
+            f"The other {percent(coincident)} (CI {ci('dangerous_breakdown', 'prior-coincident')}) are "
+            f"prior-coincident: the model reads the image and its answer merely agrees with what it "
+            f"says without one.")
     gain = None if accuracy is None or base["prior_accuracy"] is None else accuracy - base["prior_accuracy"]
     words.append(
         f"Accuracy is {number(accuracy)} (CI {interval(lookup(summary, 'ci95', 'accuracy'))}), balanced "
@@ -160,10 +159,10 @@ def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = 
     if max_dangerous is None:
         passed, gate = None, "no limit set (--max-dangerous): the screen reports, it does not gate"
     elif blind is None:
-        passed, gate = False, "the image-blind fraction is unknown (no swap check): FAIL"
+        passed, gate = False, "the image-blind rate cannot be estimated: FAIL"
     else:
         passed = blind <= max_dangerous
-        gate = (f"image-blind Dangerous fraction {blind:.3f} {'<=' if passed else '>'} "
+        gate = (f"image-blind rate {blind:.3f} {'<=' if passed else '>'} "
                 f"--max-dangerous {max_dangerous:g}: {'PASS' if passed else 'FAIL (exit 3)'}")
     words.append(f"Gate: {gate}.")
     line = (f"{summary['config']}__{summary['dataset']}: Dangerous {percent(dangerous)}, image-blind "
@@ -224,9 +223,10 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
 
     kinds = [(k, KIND_WORDS[k], number(lookup(summary, "dangerous_breakdown", k)),
               interval(lookup(summary, "ci95", "dangerous_breakdown", k)))
-             for k in ("image-blind", "prior-coincident", "undetermined", "no_swap")]
-    parts += ["<h2>Dangerous samples, split by the swap check</h2>",
-              "<p class='note'>Fractions of ALL samples; the four add up to the Dangerous fraction.</p>",
+             for k in ("image-blind", "prior-coincident")]
+    parts += ["<h2>Dangerous samples, split by reference images of the opposite label</h2>",
+              "<p class='note'>Fractions of ALL samples; the two add up to the Dangerous fraction of "
+              "the samples whose finding had enough references.</p>",
               table_html(("kind", "meaning", "fraction of all samples", "95 % CI"), kinds)]
 
     ci = lambda key: interval(lookup(summary, "ci95", key))  # noqa: E731
@@ -239,10 +239,8 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
             ("flip rate", number(summary.get("flip_rate")), ci("flip_rate")),
             ("pairwise flip rate", number(summary.get("pairwise_flip_rate")), ci("pairwise_flip_rate")),
             ("image reliance rate", number(summary.get("image_reliance_rate")), ci("image_reliance_rate")),
-            ("swap changes the answer", number(summary.get("swap_change_rate")), ci("swap_change_rate")),
             ("blank image changes the answer", number(summary.get("blank_change_rate")), ""),
-            ("noise image changes the answer", number(summary.get("noise_change_rate")), ""),
-            ("samples without a swap", "" if summary.get("swap_unavailable") is None else summary["swap_unavailable"], "")]
+            ("noise images change the answer", number(summary.get("noise_change_rate")), "")]
     parts += ["<h2>Accuracy against what the prior alone earns</h2>",
               table_html(("measure", "value", "95 % CI"), perf)]
 

@@ -14,12 +14,15 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from ..protocol import stats
 
 
 PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc.", "Ideal", "Fragile",
-                "Dangerous", "image-blind", "prior-coincident", "swap changes", "AUROC entropy",
+                "Dangerous", "image-blind", "prior-coincident", "blank changes", "AUROC entropy",
                 "yes/no mass")
+SHORTCUT = "shortcut"   # the reliance dial's adapters, built to ignore the image (not "non-shortcut")
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -60,7 +63,7 @@ def pair_row(pair: str, s: dict) -> list:
             *(with_ci(q[k], qci.get(k)) for k in ("Ideal", "Fragile", "Dangerous")),
             with_ci(breakdown.get("image-blind"), bci.get("image-blind")),
             with_ci(breakdown.get("prior-coincident"), bci.get("prior-coincident")),
-            with_ci(s.get("swap_change_rate"), ci.get("swap_change_rate")),
+            fmt(s.get("blank_change_rate")),
             with_ci((s.get("screening") or {}).get("auroc_entropy_dangerous"),
                     (s.get("screening") or {}).get("ci95")),
             fmt((s.get("yes_no_mass") or {}).get("median"))]
@@ -78,8 +81,56 @@ def ground_truth_rows(runs: dict) -> list:
         gt = s.get("ground_truth")
         if gt:
             rows.append([pair, gt["n_samples"], fmt(gt["ignored_rate"]), precision_recall(gt["paper_measure"]),
-                         precision_recall(gt["swap_measure"]), precision_recall(gt["dangerous"])])
+                         precision_recall(gt["dangerous"]), fmt(gt.get("reference_auroc"))])
     return rows
+
+
+def coverage(entries: list[tuple[str, dict]]) -> dict:
+    """How often the image-blind interval covers its twin truth, and the median |estimate - truth|
+    over the pairs that are not shortcut adapters, from (pair, ground_truth.image_blind) entries."""
+    known = [(p, e) for p, e in entries if e and e.get("covered") is not None]
+    errors = sorted(abs(e["estimate"] - e["truth"]) for p, e in known if SHORTCUT not in p)
+    median = None
+    if errors:
+        mid = len(errors) // 2
+        median = errors[mid] if len(errors) % 2 else (errors[mid - 1] + errors[mid]) / 2
+    return {"covered": sum(bool(e["covered"]) for _, e in known), "n": len(known),
+            "median_abs_error_non_shortcut": median}
+
+
+def image_blind_section(runs: dict, seeds_dir: Path) -> str:
+    """The image-blind rate against the twins: per pair of `make all`, and per pair x seed."""
+    entries = [(p, (s.get("ground_truth") or {}).get("image_blind")) for p, s in runs.items()]
+    rows = []
+    for pair, e in entries:
+        if not e:
+            continue
+        block = runs[pair].get("image_blind") or {}
+        refs = [f"{f} {v['n_references']['yes']}/{v['n_references']['no']}"
+                for f, v in sorted((block.get("by_finding") or {}).items())]
+        rows.append([pair, e["n_samples"], with_ci(e["estimate"], e["ci95"]), fmt(e["truth"]),
+                     "yes" if e["covered"] else "no", fmt(abs(e["estimate"] - e["truth"])),
+                     fmt((runs[pair].get("ground_truth") or {}).get("reference_auroc"), 2), "; ".join(refs)])
+    if not rows:
+        return "No run has twins and references.\n"
+    c = coverage(entries)
+    text = (f"The interval covers the twin truth in **{c['covered']} of {c['n']}** pairs; median "
+            f"|estimate - truth| over the pairs that are not shortcut adapters: "
+            f"**{fmt(c['median_abs_error_non_shortcut'])}**.\n\n"
+            + table(["pair", "n", "image-blind rate [95 % CI]", "twin truth", "covered", "|error|",
+                     "AUROC of reference agreement", "references yes/no per finding"], rows) + "\n")
+    seeds_csv = seeds_dir / "seeds.csv"
+    if seeds_csv.is_file():
+        frame = pd.read_csv(seeds_csv)
+        if "image_blind_covered" in frame:
+            known = frame.dropna(subset=["image_blind_covered"])
+            per_seed = [[int(r.seed), r.pair, with_ci(r.image_blind, [r.image_blind_low, r.image_blind_high]),
+                         fmt(r.image_blind_truth), "yes" if r.image_blind_covered else "no"]
+                        for r in known.itertuples()]
+            text += (f"\nOver `make seeds` ({frame.seed.nunique()} seeds): the interval covers the truth in "
+                     f"**{int(known.image_blind_covered.sum())} of {len(known)}** pair x seed.\n\n"
+                     + table(["seed", "pair", "image-blind rate [95 % CI]", "twin truth", "covered"], per_seed) + "\n")
+    return text
 
 
 def correlation_section(corr: dict | None) -> str:
@@ -144,8 +195,8 @@ def seeds_section(seeds_dir: Path) -> str:
         return f"{fmt(entry['mean'])} ({fmt(entry['min'], 2)} to {fmt(entry['max'], 2)})"
 
     corr = [[k, *(span(v) for v in [v])] for k, v in dist.get("correlations", {}).items()]
-    keys = ["flip_rate", "dangerous", "image_blind", "ignored_rate", "paper_precision", "paper_recall",
-            "swap_precision", "swap_recall"]
+    keys = ["flip_rate", "dangerous", "image_blind", "image_blind_truth", "ignored_rate", "paper_precision",
+            "paper_recall"]
     pairs = [[pair, *(span(values.get(k)) for k in keys)] for pair, values in dist.get("pairs", {}).items()]
     return (f"Seeds {dist.get('seeds')} (commit `{dist.get('git_commit')}`); mean (min to max) over the seeds.\n\n"
             + table(["across pairs", "value"], corr) + "\n\n"
@@ -195,13 +246,16 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("bench/results")) -
         "# Results of the offline default\n",
         f"Written by `make results` on {time.strftime('%Y-%m-%d %H:%M %Z')} from `{outputs}/`. "
         f"{provenance_line(runs, report)} Do not edit by hand: rerun `make all` and `make results`.\n",
-        "Intervals: [low, high] at 95 %, a cluster bootstrap over images (`ci_method` in each "
-        "summary.json); definitions in `lib/protocol/taxonomy.py`.\n",
+        "Intervals: [low, high] at 95 %, a cluster bootstrap over images; the image-blind rate's "
+        "a crossed bootstrap over images and references (`ci_method` in each summary.json); "
+        "definitions in `lib/protocol/taxonomy.py` and `lib/protocol/references.py`.\n",
         "## The default build\n", build_section(report),
         "## The pairs\n",
         table(PAIR_COLUMNS, [pair_row(p, s) for p, s in runs.items()]) if runs else "No runs.",
-        "\nimage-blind / prior-coincident: fractions of ALL samples; Dangerous samples whose answer "
-        "a swap to an opposite-label image does not change (and is correct) / does change. "
+        "\nimage-blind / prior-coincident: fractions of ALL samples; the image-blind rate is the mean "
+        "of [Dangerous] x reference agreement (how often an image showing the opposite finding would "
+        "leave the answer unchanged; `lib/protocol/references.py`), prior-coincident the rest of "
+        "Dangerous. blank changes: share of samples whose answer differs with a grey image. "
         "AUROC entropy: the probability "
         "that a Dangerous sample has higher entropy than a sample of another quadrant (0.5: an "
         "entropy screen is blind to them).\n",
@@ -209,8 +263,14 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("bench/results")) -
         "Positive class: the model ignores the image on the sample (its answer does not change on "
         "the twin with the finding toggled). precision / recall of each measure.\n",
         table(["pair", "n", "ignored rate", "paper's measure (not image-reliant)",
-               "swap measure (swap does not change the answer)", "Dangerous vs consistent & ignored"],
+               "Dangerous vs consistent & ignored", "AUROC of reference agreement for ignored"],
               ground_truth_rows(runs)) if ground_truth_rows(runs) else "No run has twins.",
+        "\n## The image-blind rate against the twin truth\n",
+        "Twin truth: the share of samples that are Dangerous AND whose answer does not change on the "
+        "twin (same anatomy, the finding toggled). The estimate never sees the twins. The per-sample "
+        "AUROC of reference agreement is low by construction: references test the model on other "
+        "images, not on the sample's own (the local-counterfactual issue addresses that).\n",
+        image_blind_section(runs, outputs / "seeds"),
         "\n## Across pairs\n", correlation_section(corr),
         "## Across seeds\n", seeds_section(outputs / "seeds"),
         "## Speed (CPU)\n", bench_section(read_json(outputs / "bench" / "bench.json")),

@@ -7,8 +7,9 @@ into `<out>/<seed>/params/`, `outputs/default` replaced by the seed's build, `se
 whose output exists is skipped (delete `<out>/<seed>` to redo one). Then, from the outputs only:
 
 * `<out>/seeds.csv`: one row per (seed, pair): flip rate, Dangerous and image-blind fractions,
-  the truly-ignored rate and the ground-truth precision / recall of the paper's measure, the swap
-  measure and the Dangerous quadrant (`summary.json` `ground_truth`), balanced accuracy;
+  the truly-ignored rate and the ground-truth precision / recall of the paper's measure and the
+  Dangerous quadrant (`summary.json` `ground_truth`), the image-blind rate's interval, its twin
+  truth and whether the interval covers it, balanced accuracy;
 * `<out>/correlations.csv`: one row per seed: the analysis's flip rate vs Dangerous r (and the
   image-blind one where the analysis writes it);
 * `<out>/distribution.json`: for every headline number, its mean, standard deviation, min and max
@@ -41,8 +42,11 @@ HEADLINES = {
     "ignored_rate": ("ground_truth", "ignored_rate"),
     "paper_precision": ("ground_truth", "paper_measure", "precision"),
     "paper_recall": ("ground_truth", "paper_measure", "recall"),
-    "swap_precision": ("ground_truth", "swap_measure", "precision"),
-    "swap_recall": ("ground_truth", "swap_measure", "recall"),
+    "image_blind_low": ("ci95", "dangerous_breakdown", "image-blind", 0),
+    "image_blind_high": ("ci95", "dangerous_breakdown", "image-blind", 1),
+    "image_blind_truth": ("ground_truth", "image_blind", "truth"),
+    "image_blind_covered": ("ground_truth", "image_blind", "covered"),
+    "reference_auroc": ("ground_truth", "reference_auroc"),
     "dangerous_precision": ("ground_truth", "dangerous", "precision"),
     "dangerous_recall": ("ground_truth", "dangerous", "recall"),
 }
@@ -54,7 +58,7 @@ def dig(tree, path):
     """tree[path[0]][path[1]]... as a float (`stats.lookup`); None where a key is missing or the
     value is not a number."""
     value = stats.lookup(tree, *path)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def rewrite(values: dict, root: Path, seed: int) -> dict:

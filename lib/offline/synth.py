@@ -417,12 +417,33 @@ def write_default_datasets(out_root, n_images: int = 400, seed: int = 0, world: 
     return roots
 
 
+REFERENCES_DIR = "references"
+# The reference sets' splits: those lib.protocol.config.REFERENCE_SPLIT reads by default.
+REFERENCE_SET_SPLIT = {"mimic-cxr": "validate", "padchest": "train"}
+REFERENCE_SEED_OFFSET = 10_000   # other patients than the datasets' (same seed -> same bytes)
+
+
+def write_reference_sets(out_root, n_images: int, seed: int = 0, world: str = "balanced",
+                         floor: float = PREVALENCE_FLOOR) -> dict[str, Path]:
+    """Write a held-out reference set per dataset under ``<out_root>/references/<dataset>``, in the
+    dataset's layout and label priors, every patient in ``REFERENCE_SET_SPLIT`` (MIMIC: validate;
+    PadChest: patients hashing into train), drawn with other seeds than the datasets. No training
+    stage reads these roots: they are images the default models never saw, like MIMIC-CXR's validate
+    split for a model trained on its train split. Returns {dataset: root}."""
+    out_root = Path(out_root) / REFERENCES_DIR
+    rates = prevalence(world, floor)
+    writers = {"mimic-cxr": write_mimic, "padchest": write_padchest}
+    return {d: write(out_root / d, n_images, seed + REFERENCE_SEED_OFFSET, rates[d],
+                     split=REFERENCE_SET_SPLIT[d]) for d, write in writers.items()}
+
+
 def twin_csv(out_root, dataset: str) -> Path:
     """The twins mapping file of ``dataset`` written by ``write_default_datasets(out_root)``."""
     return Path(out_root) / TWINS_DIR / f"{dataset}.csv"
 
 
-def write_mimic(root, n_images: int, seed: int, prevalence=None, twins_dir=None) -> Path:
+def write_mimic(root, n_images: int, seed: int, prevalence=None, twins_dir=None,
+                split: str | None = None) -> Path:
     """Write ``n_images`` synthetic images in the MIMIC-CXR-JPG 2.0.0 layout under ``root``.
 
     Subjects have 1-3 studies; a study is a PA (with a lateral ~30 % of the time) or a portable AP,
@@ -432,7 +453,8 @@ def write_mimic(root, n_images: int, seed: int, prevalence=None, twins_dir=None)
     absent 0.0 (10 % left blank, not mentioned), "No Finding" 1.0 when none is present, the columns
     the phantom never draws blank. Subjects are 70 % train, 3 % validate, 27 % test. Existing files
     are overwritten; the CSVs define the dataset. With ``twins_dir``, the twins of the test
-    split's frontal images are written there (``write_twins``).
+    split's frontal images are written there (``write_twins``). ``split``: every subject in that
+    split instead (a reference set).
     """
     rng = np.random.default_rng([seed, 0])
     root = Path(root)
@@ -442,7 +464,7 @@ def write_mimic(root, n_images: int, seed: int, prevalence=None, twins_dir=None)
     while len(metadata) < n_images:
         subject = ids.draw(10_000_000, 20_000_000)
         draw = rng.random()
-        split = "train" if draw < 0.70 else "validate" if draw < 0.73 else "test"
+        subject_split = split or ("train" if draw < 0.70 else "validate" if draw < 0.73 else "test")
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             study = ids.draw(50_000_000, 60_000_000)
             findings = {f: bool(rng.random() < rates[f]) for f in FINDINGS}
@@ -457,7 +479,7 @@ def write_mimic(root, n_images: int, seed: int, prevalence=None, twins_dir=None)
                          + float(rng.uniform(0, 60)), 3)  # HHMMSS.fff
             for view in views[:n_images - len(metadata)]:
                 dicom_id = "-".join(rng.bytes(4).hex() for _ in range(5))
-                if view != "LATERAL" and split == "test":
+                if view != "LATERAL" and subject_split == "test":
                     twins.append((dicom_id, rng.bit_generator.state, findings, None))
                 pixels = _render_lateral(rng) if view == "LATERAL" else render_radiograph(rng, findings)
                 path = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom_id}.jpg"
@@ -472,7 +494,7 @@ def write_mimic(root, n_images: int, seed: int, prevalence=None, twins_dir=None)
                     "ViewCodeSequence_CodeMeaning": MIMIC_VIEW_MEANING[view],
                     "PatientOrientationCodeSequence_CodeMeaning": "Recumbent" if portable else "Erect"})
                 splits.append({"dicom_id": dicom_id, "study_id": study, "subject_id": subject,
-                               "split": split})
+                               "split": subject_split})
     _write_csv_gz(pd.DataFrame(chexpert, columns=["subject_id", "study_id", *CHEXPERT_COLUMNS]),
                   root / f"{MIMIC_CHEXPERT}.gz")
     _write_csv_gz(pd.DataFrame(metadata), root / f"{MIMIC_METADATA}.gz")
@@ -498,7 +520,8 @@ def _chexpert_row(rng: np.random.Generator, findings: dict[str, bool]) -> dict[s
     return row
 
 
-def write_padchest(root, n_images: int, seed: int, prevalence=None, twins_dir=None) -> Path:
+def write_padchest(root, n_images: int, seed: int, prevalence=None, twins_dir=None,
+                   split: str | None = None) -> Path:
     """Write ``n_images`` synthetic images in the PadChest layout under ``root``.
 
     Patients have 1-2 studies of one frontal image (PA 70 %, AP 15 %, AP_horizontal 15 %) plus a
@@ -507,7 +530,8 @@ def write_padchest(root, n_images: int, seed: int, prevalence=None, twins_dir=No
     with its own stored range (min 200-800, max 2500-4095), in ImageDir folders 0-2. ``Labels`` has
     the real quirks: ``['normal']`` when nothing is present, unrelated labels, leading spaces and
     empty entries. Existing files are overwritten; the CSV defines the dataset. With
-    ``twins_dir``, the twins of the test split's frontal images are written there.
+    ``twins_dir``, the twins of the test split's frontal images are written there. ``split``:
+    only patients whose PatientID hashes into that split (``split_of_patient``; a reference set).
     """
     rng = np.random.default_rng([seed, 1])
     root = Path(root)
@@ -515,6 +539,8 @@ def write_padchest(root, n_images: int, seed: int, prevalence=None, twins_dir=No
     rows, twins = [], []
     while len(rows) < n_images:
         patient = _digits(rng, 36)
+        while split is not None and split_of_patient(patient) != split:
+            patient = _digits(rng, 36)
         birth, sex = float(rng.integers(1925, 2000)), str(rng.choice(["M", "F"]))
         for _ in range(rng.choice([1, 1, 1, 2])):
             study = _digits(rng, 38)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from . import data, labels
+from . import data, labels, vocabulary
 
 REQUIRED = ("config", "model", "dataset", "data_root")
 DEFAULTS = {
@@ -43,7 +43,10 @@ DEFAULTS = {
     "max_paraphrases": None,    # cap on paraphrases per sample (None = all)
     "label_policy": {"uncertain": "skip", "blank": "no"},
     "image_removal": "none",    # none = no image tokens at all | blank = uniform grey image
-    "reliance_checks": ["swap", "blank", "noise"],  # extra passes of prompt 0 (see lib.protocol.taxonomy)
+    "reliance_checks": ["reference", "blank", "noise"],  # per-run conditions (lib.protocol.engine)
+    "reference_pool": 200,      # at most this many reference images per (finding, label)
+    "reference_split": "auto",  # auto (MIMIC: validate, PadChest: train) | a split | evaluated
+    "reference_root": None,     # None = data_root; else another root in the dataset's layout
     "answer_instruction": None,  # text appended to every question, e.g. "Answer yes or no."
     "bootstrap_resamples": 1000,  # cluster bootstrap over images for every ci95
     "ci_level": 0.95,
@@ -130,8 +133,11 @@ SCHEMA = {
     "questions": Check("str", nullable=True),
     "max_paraphrases": Check("int", nullable=True, minimum=0),
     "label_policy": Check("dict"),
-    "image_removal": Check("str", choices=("none", "blank")),  # engine.IMAGE_REMOVAL_MODES
-    "reliance_checks": Check("list", choices=("swap", "blank", "noise"), empty=True),  # engine.RELIANCE_CHECKS
+    "image_removal": Check("str", choices=vocabulary.IMAGE_REMOVAL_MODES),
+    "reliance_checks": Check("list", choices=vocabulary.RELIANCE_CHECKS, empty=True),
+    "reference_pool": Check("int", minimum=1),
+    "reference_split": Check("str", choices=("auto", "evaluated", "all") + tuple(sorted({s for v in data.SPLITS.values() for s in v}))),
+    "reference_root": Check("str", nullable=True),
     "answer_instruction": Check("str", nullable=True),
     "bootstrap_resamples": Check("int", minimum=1),
     "ci_level": Check("float", minimum=0, maximum=1),
@@ -322,10 +328,36 @@ def validate(raw: dict, source: str = "<params>", sources: dict | None = None) -
     if not Path(params["data_root"]).is_dir():
         raise ParamsError(f"{sources.get('data_root', source)}: key 'data_root': directory not found: "
                           f"{params['data_root']}")
+    check_references(params, sources, source)
     if params["output_dir"] is None:
         params["output_dir"] = f"outputs/runs/{params['config']}__{params['dataset']}"
     check_show_images(params, sources.get("show_images", source))
     return params
+
+
+# The split a model was not trained on, where the data's use is known: LLaVA-Rad trained on
+# MIMIC-CXR's train split; PadChest has no official split (lib.protocol.data.split_of_patient), and
+# the study's models never trained on PadChest, so its other split serves.
+REFERENCE_SPLIT = {"mimic-cxr": "validate", "padchest": "train"}
+
+
+def check_references(params: dict, sources: dict, source: str) -> None:
+    """``reference_split`` fits the dataset ("auto" becomes its ``REFERENCE_SPLIT``; "all" = every
+    split, only for a separate ``reference_root``), and ``reference_root`` exists."""
+    where = sources.get("reference_split", source)
+    split = params["reference_split"]
+    if split == "auto":
+        split = params["reference_split"] = REFERENCE_SPLIT[params["dataset"]]
+    if split == "all" and params["reference_root"] is None:
+        raise ParamsError(f"{where}: key 'reference_split': 'all' needs a separate reference_root "
+                          f"(the data_root's every split includes the evaluated samples)")
+    if split not in ("evaluated", "all") and split not in data.SPLITS[params["dataset"]]:
+        raise ParamsError(f"{where}: key 'reference_split': got {split!r}; allowed for "
+                          f"{params['dataset']}: auto, evaluated, all, {', '.join(data.SPLITS[params['dataset']])}")
+    root = params["reference_root"]
+    if root is not None and not Path(root).is_dir():
+        raise ParamsError(f"{sources.get('reference_root', source)}: key 'reference_root': directory "
+                          f"not found: {root}")
 
 
 def check_show_images(params: dict, where: str) -> None:
@@ -409,8 +441,17 @@ def input_fingerprints(params: dict) -> dict:
                                   findings=tuple(params["findings"]))
     except ValueError:
         files = {}  # preflight names the problem; without label files there is nothing to hash
+    reference_files = {}
+    if params.get("reference_root"):
+        try:
+            reference_files = data.check_layout(params["dataset"], params["reference_root"],
+                                                data.LabelPolicy.from_dict(params["label_policy"]),
+                                                findings=tuple(params["findings"]))
+        except ValueError:
+            reference_files = {}
     return {"questions": digest(params["questions"]),
             "label_files": {Path(p).name: sha256_file(p) for p in files.values()},
+            "reference_label_files": {Path(p).name: sha256_file(p) for p in reference_files.values()},
             "twins": digest(params["twins"]), "prompt_split": digest(params["prompt_split"])}
 
 

@@ -136,6 +136,7 @@ class Sample:
     image_path: str   # absolute path
     finding: str      # canonical finding name (key of labels.FINDING_LABELS)
     label: str        # "yes" or "no"
+    patient_id: str | None = None  # MIMIC subject_id / PadChest PatientID (references never share it)
 
 
 @dataclass(frozen=True)
@@ -412,7 +413,7 @@ def _iter_mimic(root, files, findings, split, policy, skipped, check_images):
             label = _chexpert_label(cell, policy, skipped, f"{dicom_id}/{finding}",
                                     f"{name}:{int(row_no)}", column)
             if label is not None:
-                yield _sample(dicom_id, path, finding, label)
+                yield _sample(dicom_id, path, finding, label, subject)
 
 
 def _chexpert_label(cell, policy: LabelPolicy, skipped, sample_id: str, where: str,
@@ -491,7 +492,7 @@ def _iter_padchest(root, csv, findings, split, policy, skipped, check_images):
             _skip(skipped, reason, image_id, n, f"Labels = {sorted(present)}")
             continue
         for finding, labels in zip(findings, implied):
-            yield _sample(image_id, path, finding, "yes" if present & labels else "no")
+            yield _sample(image_id, path, finding, "yes" if present & labels else "no", str(row.PatientID))
 
 
 def _no_info_reason(present: frozenset, policy: LabelPolicy) -> str | None:
@@ -530,9 +531,9 @@ def parse_padchest_labels(text) -> frozenset[str] | None:
     return labels or None
 
 
-def _sample(image_id: str, path: Path, finding: str, label: str) -> Sample:
+def _sample(image_id: str, path: Path, finding: str, label: str, patient_id: str) -> Sample:
     return Sample(sample_id=f"{image_id}/{finding}", image_id=image_id, image_path=str(path),
-                  finding=finding, label=label)
+                  finding=finding, label=label, patient_id=patient_id)
 
 
 def read_xray(path) -> Image.Image:

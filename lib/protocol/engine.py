@@ -14,23 +14,23 @@ float32 every p_yes equals the one-prompt-at-a-time forward. Where the format do
 (question before the image, or a tokenizer that merges across the cut) the engine says why in
 `fallback_reason` and uses plain batching of full prompts.
 
-Reliance checks (`reliance_checks`, default none; definitions in lib.protocol.taxonomy): each adds
-one forward pass per sample of the ORIGINAL question (prompt_id 0), after the paper's image and
-text-only passes of the batch, which they leave untouched. `swap` scores the question with the
-item's `swap_image` (another sample's image, chosen by lib.protocol.reliance.choose_swaps) through
-the same path as the image prompts (shared prefix when the format allows it), and its row carries
-`swap_image_id`; items without a swap image get no swap row. `blank` (uniform grey image of the
-same size, `blank_like`) and `noise` (Gaussian noise with the image's per-channel mean and
-standard deviation, seeded per sample from the engine's `seed`, `noise_like`) are full prompts
-batched together like the blank text-only pass.
-
-Ground truth (`twin`, the offline world only): an item's `twin_image` is the counterfactual twin of
-its image (same anatomy, the finding toggled); the original question is scored with it through
-the swap path, whenever the item has one.
+Conditions (names in CONDITIONS; definitions in lib.protocol.taxonomy and lib.protocol.references).
+Every Item carries its condition, and the engine scores each Item's prompts once:
+- ``image`` (a sample: its image, its prompts) and ``twin`` (the offline world: the sample's
+  counterfactual twin, the original question, scored through the same path whenever the item has
+  one);
+- per-run conditions, whose items the run builds once per distinct (image, prompt):
+  ``reference`` (a reference image with the original question of each finding it serves),
+  ``blank`` (a uniform grey image, ``blank_image``) and ``noise`` (``NULL_IMAGES`` seeded Gaussian
+  noise images, ``null_images``) with every distinct original question, all through the image path
+  (shared prefix when the format allows it); and ``text_only`` (an item without an image: every
+  distinct original question with no image tokens, or with the blank image when
+  ``image_removal == "blank"``).
+Counters (``passes``): image prefixes run through the vision tower, suffix rows that reuse a
+prefix, full prompts with an image, and prompts without one.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,32 +38,32 @@ import torch
 from PIL import Image
 
 from . import prompts as prompting
+from .vocabulary import BLANK as CONDITION_BLANK
+from .vocabulary import IMAGE as CONDITION_IMAGE
+from .vocabulary import IMAGE_REMOVAL_MODES
+from .vocabulary import NOISE as CONDITION_NOISE
+from .vocabulary import REFERENCE as CONDITION_REFERENCE
+from .vocabulary import TEXT_ONLY as CONDITION_TEXT_ONLY
+from .vocabulary import TWIN as CONDITION_TWIN
 
-CONDITION_IMAGE = "image"
-CONDITION_TEXT_ONLY = "text_only"
-CONDITION_SWAP = "swap"
-CONDITION_BLANK = "blank"
-CONDITION_NOISE = "noise"
-CONDITION_TWIN = "twin"
-RELIANCE_CHECKS = (CONDITION_SWAP, CONDITION_BLANK, CONDITION_NOISE)
-IMAGE_REMOVAL_MODES = ("none", "blank")
 BLANK_GREY = (128, 128, 128)
+# Derived images are made at this size: the processors resize every image to their own input
+# size (224-896 px), and a uniform or i.i.d. noise image carries nothing a larger one would add.
+DERIVED_SIZE = (224, 224)
+NULL_IMAGES = 4          # noise images per run (a null prior averaged over K images)
+NOISE_MEAN, NOISE_STD = 128.0, 64.0
 
 
 @dataclass
 class Item:
-    """One sample ready to score: its image (RGB) and its prompt set (original first).
-
-    `swap_image` / `swap_image_id`: the image (RGB) the `swap` check uses and its image_id;
-    None when the sample has no swap (or the check is off). `twin_image`: the sample's
-    counterfactual twin (offline world), None elsewhere.
-    """
+    """What the engine scores: an image (RGB; None for ``text_only``), its prompts and the
+    condition its rows carry. ``twin_image``: an ``image`` item's counterfactual twin (offline
+    world), scored with the original question (prompt 0)."""
 
     sample_id: str
-    image: Image.Image
+    image: Image.Image | None
     prompts: tuple[str, ...]
-    swap_image: Image.Image | None = None
-    swap_image_id: str | None = None
+    condition: str = CONDITION_IMAGE
     twin_image: Image.Image | None = None
 
 
@@ -83,42 +83,35 @@ def blank_like(image: Image.Image) -> Image.Image:
     return Image.new("RGB", image.size, BLANK_GREY)
 
 
-def noise_like(image: Image.Image, seed: int = 0, key: str = "") -> Image.Image:
-    """The `noise` check: Gaussian noise with the image's per-channel mean and standard deviation.
+def blank_image() -> Image.Image:
+    """The run's `blank` condition: a uniform grey image (``DERIVED_SIZE``)."""
+    return Image.new("RGB", DERIVED_SIZE, BLANK_GREY)
 
-    One standard-normal field z (the image's height x width) drawn from a generator seeded with
-    (seed, SHA-256 of `key`, the sample_id), every channel c = mean_c + std_c * z, rounded and
-    clipped to 0..255 (a grey image gives grey noise). Same seed and key: same pixels.
-    """
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
-    mean = pixels.mean(axis=(0, 1))
-    std = pixels.std(axis=(0, 1))
-    digest = hashlib.sha256(str(key).encode()).digest()
-    rng = np.random.default_rng([int(seed), int.from_bytes(digest[:8], "little")])
-    z = rng.standard_normal(pixels.shape[:2])
-    noisy = np.clip(np.rint(mean + std * z[..., None]), 0, 255).astype(np.uint8)
-    return Image.fromarray(noisy, "RGB")
+
+def null_images(seed: int = 0, k: int = NULL_IMAGES) -> list[Image.Image]:
+    """The run's `noise` condition: ``k`` grey Gaussian-noise images (mean ``NOISE_MEAN``, standard
+    deviation ``NOISE_STD``, rounded and clipped to 0..255, ``DERIVED_SIZE``), image j drawn from a
+    generator seeded with (seed, j). Same seed: same pixels."""
+    out = []
+    for j in range(k):
+        z = np.random.default_rng([int(seed), j]).standard_normal(DERIVED_SIZE[::-1])
+        pixels = np.clip(np.rint(NOISE_MEAN + NOISE_STD * z), 0, 255).astype(np.uint8)
+        out.append(Image.fromarray(pixels, "L").convert("RGB"))
+    return out
 
 
 class Engine:
-    """Scores batches of samples with and without the image.
+    """Scores batches of Items (module docstring).
 
-    `batch_size` samples are scored together; within a batch the prompts are grouped by token
-    length into forward passes of at most `max_rows` prompts each. `reliance_checks`: any of
-    RELIANCE_CHECKS (module docstring); `seed` seeds the noise images.
+    Within a call the items are grouped by condition; image items share their image prefix
+    (samples that ask about the same image share one prefix row) and their prompts are grouped by
+    token length into forward passes of at most `max_rows` prompts each.
     """
 
     def __init__(self, lm, image_removal: str = "none", prefix_sharing: bool = True,
-                 batch_size: int = 16, max_rows: int = 64, reliance_checks=(), seed: int = 0):
+                 batch_size: int = 16, max_rows: int = 64):
         if image_removal not in IMAGE_REMOVAL_MODES:
             raise ValueError(f"image_removal must be one of {IMAGE_REMOVAL_MODES}, got {image_removal!r}")
-        if isinstance(reliance_checks, str):
-            reliance_checks = (reliance_checks,)
-        unknown = [c for c in reliance_checks if c not in RELIANCE_CHECKS]
-        if unknown:
-            raise ValueError(f"reliance_checks: unknown check(s) {unknown}; expected any of {RELIANCE_CHECKS}")
-        self.reliance_checks = tuple(c for c in RELIANCE_CHECKS if c in reliance_checks)
-        self.seed = int(seed)
         self.lm = lm
         self.image_removal = image_removal
         self.batch_size = batch_size
@@ -130,6 +123,7 @@ class Engine:
         self._splits: dict = {}      # question -> SplitPrompt (None: cannot split)
         self._suffix_ids: dict = {}  # suffix text -> its token ids
         self._prefix_len: int | None = None
+        self.passes = {"image_prefixes": 0, "suffixes": 0, "full_with_image": 0, "text_only": 0}
         lm.tokenizer.padding_side = "left"
 
     @property
@@ -141,13 +135,18 @@ class Engine:
         rows = []
         for start in range(0, len(items), self.batch_size):
             batch = items[start:start + self.batch_size]
-            rows += self.score_image(batch)
-            rows += self.score_text_only(batch)
-            if self.reliance_checks or any(it.twin_image is not None for it in batch):
-                rows += self.score_reliance(batch)
+            with_image = [it for it in batch if it.image is not None]
+            if with_image:
+                rows += self.score_image(with_image)
+                twins = [Item(it.sample_id, it.twin_image, it.prompts[:1], CONDITION_TWIN)
+                         for it in with_image if it.twin_image is not None]
+                rows += self.score_image(twins) if twins else []
+            text = [it for it in batch if it.image is None]
+            rows += self.score_text_only(text) if text else []
         return rows
 
     def score_image(self, items: list[Item]) -> list[dict]:
+        """Every prompt of every item with its image; rows carry the item's condition."""
         if not self._checked:
             self._decide_sharing(items[0])
         jobs = [(it, pid, q) for it in items for pid, q in enumerate(it.prompts)]
@@ -156,54 +155,18 @@ class Engine:
         else:
             p_yes, mass = self._full_prompt_scores([(it.image, q) for it, _, q in jobs], True)
         return [
-            record(it.sample_id, pid, CONDITION_IMAGE, q, p, m)
+            record(it.sample_id, pid, it.condition, q, p, m)
             for (it, pid, q), p, m in zip(jobs, p_yes, mass)
         ]
 
     def score_text_only(self, items: list[Item]) -> list[dict]:
-        """The original question without the image (no image tokens), or with a blank image."""
+        """Every prompt of the items without the image (no image tokens), or with a blank image."""
         with_image = self.image_removal == "blank"
-        pairs = [(blank_like(it.image) if with_image else None, it.prompts[0]) for it in items]
+        jobs = [(it, pid, q) for it in items for pid, q in enumerate(it.prompts)]
+        pairs = [(blank_image() if with_image else None, q) for _, _, q in jobs]
         p_yes, mass = self._full_prompt_scores(pairs, with_image)
-        return [
-            record(it.sample_id, 0, CONDITION_TEXT_ONLY, it.prompts[0], p, m)
-            for it, p, m in zip(items, p_yes, mass)
-        ]
-
-    def score_reliance(self, items: list[Item]) -> list[dict]:
-        """Rows of the engine's reliance checks (prompt_id 0); see the module docstring."""
-        rows = []
-        if CONDITION_SWAP in self.reliance_checks:
-            rows += self._other_image_rows(items, CONDITION_SWAP, lambda it: it.swap_image,
-                                           lambda it: {"swap_image_id": it.swap_image_id})
-        rows += self._other_image_rows(items, CONDITION_TWIN, lambda it: it.twin_image, lambda it: {})
-        jobs = []
-        if CONDITION_BLANK in self.reliance_checks:
-            jobs += [(it, CONDITION_BLANK, blank_like(it.image)) for it in items]
-        if CONDITION_NOISE in self.reliance_checks:
-            jobs += [(it, CONDITION_NOISE, noise_like(it.image, self.seed, it.sample_id)) for it in items]
-        if jobs:
-            p_yes, mass = self._full_prompt_scores([(image, it.prompts[0]) for it, _, image in jobs], True)
-            rows += [record(it.sample_id, 0, condition, it.prompts[0], p, m)
-                     for (it, condition, _), p, m in zip(jobs, p_yes, mass)]
-        return rows
-
-    def _other_image_rows(self, items: list[Item], condition: str, image_of, extra_of) -> list[dict]:
-        """The original question with another image (a swap, a twin) where the item has one."""
-        others = [it for it in items if image_of(it) is not None]
-        if not others:
-            return []
-        if not self._checked:
-            self._decide_sharing(others[0])
-        proxies = [Item(it.sample_id, image_of(it), it.prompts[:1]) for it in others]
-        jobs = [(proxy, 0, proxy.prompts[0]) for proxy in proxies]
-        if self.prefix_sharing and self._fits_window(proxies):
-            p_yes, mass = self._shared_prefix_scores(proxies, jobs)
-        else:
-            p_yes, mass = self._full_prompt_scores(
-                [(proxy.image, proxy.prompts[0]) for proxy in proxies], True)
-        return [record(it.sample_id, 0, condition, it.prompts[0], p, m, **extra_of(it))
-                for it, p, m in zip(others, p_yes, mass)]
+        return [record(it.sample_id, pid, CONDITION_TEXT_ONLY, q, p, m)
+                for (it, pid, q), p, m in zip(jobs, p_yes, mass)]
 
     # -- forward passes ---------------------------------------------------------------------
 
@@ -217,6 +180,7 @@ class Engine:
         for chunk in self._length_chunks([len(t) for t in texts]):
             kwargs = {"images": [[pairs[i][0]] for i in chunk]} if with_image else {}
             enc = prompting.encode(processor, [texts[i] for i in chunk], padding=True, **kwargs)
+            self.passes["full_with_image" if with_image else "text_only"] += len(chunk)
             if not with_image:
                 drop_trivial_token_types(enc)
             logits = self._forward(enc)
@@ -242,6 +206,8 @@ class Engine:
         enc = prompting.encode(processor, [prefix] * len(images), [[im] for im in images])
         prefix_len = enc["input_ids"].shape[1]
         prefix_out = self._run(enc, use_cache=True)
+        self.passes["image_prefixes"] += len(images)
+        self.passes["suffixes"] += len(jobs)
         suffix_ids = [self._suffix_tokens(self._split(q).suffix) for _, _, q in jobs]
         out_p = [0.0] * len(jobs)
         out_m = [0.0] * len(jobs)
@@ -413,9 +379,9 @@ def select_rows(cache, index: torch.Tensor):
     return selected
 
 
-def record(sample_id, prompt_id, condition, prompt, p_yes, mass, **extra) -> dict:
-    """One prediction row; `extra` (swap rows: swap_image_id) is appended to the keys."""
+def record(sample_id, prompt_id, condition, prompt, p_yes, mass) -> dict:
+    """One prediction row."""
     return {
         "sample_id": sample_id, "prompt_id": prompt_id, "condition": condition,
-        "prompt": prompt, "p_yes": float(p_yes), "yes_no_mass": float(mass), **extra,
+        "prompt": prompt, "p_yes": float(p_yes), "yes_no_mass": float(mass),
     }

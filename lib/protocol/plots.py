@@ -123,8 +123,8 @@ def dangerous_forest(pairs: pd.DataFrame):
     ax.set_yticks(y, pairs["pair"])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("fraction of all samples (bars: cluster-bootstrap interval over images)")
-    ax.set_title("Dangerous fraction, split by the swap check")
+    ax.set_xlabel("fraction of all samples (bars: 95 % intervals; image-blind: samples x references)")
+    ax.set_title("Dangerous fraction, split by the reference images")
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     return fig

@@ -22,10 +22,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import config, data, models, provenance, questions, records, reliance, taxonomy
+from . import config, data, engine, labels, models, provenance, questions, records, references, taxonomy
 from .engine import Engine, Item
 
 
@@ -108,13 +109,11 @@ def per_image_samples(params: dict, skipped: data.Skips):
 @dataclass(frozen=True)
 class Job:
     """One sample as it is scored: its prompts (original first, each with the params'
-    answer_instruction), which of them are negated, and the image of its swap (if any)."""
+    answer_instruction), which of them are negated, and its counterfactual twin (if any)."""
 
     sample: data.Sample
     prompts: tuple[str, ...]
     negated: tuple[bool, ...]
-    swap_image_id: str | None = None
-    swap_image_path: str | None = None
     twin_image_path: str | None = None
 
     @property
@@ -124,13 +123,63 @@ class Job:
     @cached_property
     def fingerprint(self) -> str:
         """What the sample's record is keyed by besides the store's key: the size and mtime
-        (ns) of its image file, of its swap image and of its twin, and its prompts. A rewritten
-        image or an edited paraphrase changes it; labels are not part of it. Taken once, when
-        the run is planned (it travels with the Job to a Ray actor)."""
-        blob = json.dumps([self.sample.sample_id, file_stat(self.sample.image_path), list(self.prompts),
-                           list(self.negated), self.swap_image_id, file_stat(self.swap_image_path),
-                           file_stat(self.twin_image_path)])
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+        (ns) of its image file and of its twin, and its prompts. A rewritten image or an edited
+        paraphrase changes it; labels are not part of it. Taken once, when the run is planned
+        (it travels with the Job to a Ray actor)."""
+        return digest([self.sample.sample_id, file_stat(self.sample.image_path), list(self.prompts),
+                       list(self.negated), file_stat(self.twin_image_path)])
+
+    def item(self, image_of):
+        """(the Item to score, None) or (None, the skip entry of an unreadable image)."""
+        image, reasons = image_of(self.sample.image_path)
+        if image is None:
+            return None, {"sample_id": self.sample_id, "reason": next(iter(reasons)),
+                          "detail": self.sample.image_path, "fingerprint": self.fingerprint}
+        twin = image_of(self.twin_image_path)[0] if self.twin_image_path else None
+        return Item(self.sample_id, image, self.prompts, twin_image=twin), None
+
+
+@dataclass(frozen=True)
+class RunUnit:
+    """A per-run item, scored once however many samples read it (lib.protocol.engine): the
+    text-only questions, the blank image, one null (noise) image, or one reference image, each
+    with the distinct original questions it answers. ``unit_id`` keys its record."""
+
+    unit_id: str
+    condition: str
+    prompts: tuple[str, ...]
+    image_path: str | None = None   # a reference image
+    seed: int = 0                    # a null image's seed
+
+    @property
+    def sample_id(self) -> str:
+        return self.unit_id
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return digest([self.unit_id, self.condition, list(self.prompts), file_stat(self.image_path),
+                       self.seed, engine.DERIVED_SIZE, engine.NULL_IMAGES])
+
+    def item(self, image_of):
+        if self.condition == engine.CONDITION_TEXT_ONLY:
+            return Item(self.unit_id, None, self.prompts, self.condition), None
+        if self.condition == engine.CONDITION_BLANK:
+            return Item(self.unit_id, engine.blank_image(), self.prompts, self.condition), None
+        if self.condition == engine.CONDITION_NOISE:
+            j = int(self.unit_id.rsplit(":", 1)[1])
+            return Item(self.unit_id, engine.null_images(self.seed)[j], self.prompts, self.condition), None
+        image, reasons = image_of(self.image_path)
+        if image is None:
+            return None, {"sample_id": self.unit_id, "reason": next(iter(reasons)),
+                          "detail": self.image_path, "fingerprint": self.fingerprint}
+        return Item(self.unit_id, image, self.prompts, self.condition), None
+
+
+REFERENCE_UNIT = "reference:"
+
+
+def digest(value) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:20]
 
 
 def file_stat(path) -> list | None:
@@ -151,73 +200,110 @@ def prompt_specs(sample: data.Sample, question_sets: dict, max_paraphrases) -> l
 
 
 def jobs_for(params: dict, samples: list, question_sets: dict) -> list[Job]:
-    """Every sample's Job; swaps chosen once over ALL samples of the run (`reliance.choose_swaps`)."""
-    swaps = {}
-    if "swap" in params["reliance_checks"] and samples:
-        swaps = reliance.choose_swaps(pd.DataFrame([sample_row(s) for s in samples]), seed=params["seed"])
-    paths = {s.image_id: s.image_path for s in samples}
+    """Every sample's Job."""
     twins = data.read_twins(params["twins"]) if params["twins"] else {}
     jobs = []
     for sample in samples:
         specs = prompt_specs(sample, question_sets, params["max_paraphrases"])
-        swap = swaps.get(sample.sample_id)
         texts = tuple(questions.with_instruction(s.text, params["answer_instruction"]) for s in specs)
-        jobs.append(Job(sample, texts, tuple(s.negated for s in specs), swap, paths.get(swap),
+        jobs.append(Job(sample, texts, tuple(s.negated for s in specs),
                         twins.get((sample.image_id, sample.finding))))
     return jobs
 
 
-def image_paths(params: dict, image_ids) -> list[str]:
-    """Image files of the given image ids, found by streaming the pair's reader once more."""
-    wanted = list(image_ids)
-    keep = set(wanted)
-    found = {s.image_id: s.image_path for s in stream_samples(params, data.Skips()) if s.image_id in keep}
-    return [found[i] for i in wanted]
+def original_questions(jobs: list[Job]) -> dict:
+    """{finding: the distinct original questions (prompt 0, as scored) of its samples}."""
+    out: dict = {}
+    for job in jobs:
+        if job.sample.finding is not None:
+            out.setdefault(job.sample.finding, set()).add(job.prompts[0])
+    return {f: tuple(sorted(q)) for f, q in sorted(out.items())}
 
 
-def load_items(jobs: list[Job]):
-    """Items to score and the skip entries of samples whose image cannot be read or is too
-    small. A swap image that cannot be read leaves its sample without a swap row."""
+def reference_candidates(params: dict, samples: list) -> pd.DataFrame:
+    """Every image the references may come from (lib.protocol.references): the samples
+    themselves for ``reference_split: evaluated``, else the reader's frontal images of
+    ``reference_split`` ("all": every split) of ``reference_root`` (default: the data_root)."""
+    findings = sorted({s.finding for s in samples if s.finding in labels.FINDING_LABELS})
+    if params["reference_split"] == "evaluated":
+        rows = samples
+    elif not findings:
+        rows = []
+    else:
+        rows = data.iter_samples(
+            params["dataset"], params["reference_root"] or params["data_root"], findings=tuple(findings),
+            split=None if params["reference_split"] == "all" else params["reference_split"],
+            label_policy=data.LabelPolicy.from_dict(params["label_policy"]), skipped=data.Skips())
+    columns = ["image_id", "patient_id", "finding", "label", "image_path"]
+    return pd.DataFrame([{c: getattr(s, c) for c in columns} for s in rows if s.finding in findings],
+                        columns=columns)
+
+
+def plan_references(params: dict, samples: list) -> pd.DataFrame:
+    """The run's references (``references.choose_references``; none without the check)."""
+    if "reference" not in params["reliance_checks"]:
+        return pd.DataFrame(columns=list(references.REFERENCE_COLUMNS))
+    evaluated = pd.DataFrame([{"image_id": s.image_id, "patient_id": s.patient_id} for s in samples],
+                             columns=["image_id", "patient_id"])
+    if params["reference_split"] == "evaluated":
+        evaluated = evaluated.iloc[:0]   # the pool IS the evaluated images (said in the report)
+    return references.choose_references(reference_candidates(params, samples), evaluated,
+                                        params["reference_pool"], params["seed"])
+
+
+def run_units(params: dict, jobs: list[Job], refs: pd.DataFrame) -> list[RunUnit]:
+    """The per-run items: text-only over every distinct original question, the blank image and
+    the null images with them, and each reference image with the questions of its findings."""
+    by_finding = original_questions(jobs)
+    every = tuple(sorted({job.prompts[0] for job in jobs}))
+    units = [RunUnit("text_only", engine.CONDITION_TEXT_ONLY, every)] if every else []
+    checks = params["reliance_checks"]
+    if every and "blank" in checks:
+        units.append(RunUnit("blank", engine.CONDITION_BLANK, every))
+    if every and "noise" in checks:
+        units += [RunUnit(f"noise:{j}", engine.CONDITION_NOISE, every, seed=params["seed"])
+                  for j in range(engine.NULL_IMAGES)]
+    for (image_id, path), group in refs.groupby(["image_id", "image_path"], sort=True):
+        prompts = sorted({q for f in group["finding"] for q in by_finding.get(f, ())})
+        if prompts:
+            units.append(RunUnit(REFERENCE_UNIT + image_id, engine.CONDITION_REFERENCE,
+                                 tuple(prompts), image_path=path))
+    return units
+
+
+def load_items(work: list):
+    """Items to score and the skip entries of Jobs / reference units whose image cannot be read or
+    is too small (a twin that cannot be read leaves its sample without a twin row)."""
     items, bad, cache = [], [], {}
 
-    def image_of(sample):
-        if sample.image_path not in cache:
+    def image_of(path):
+        if path not in cache:
             reasons = data.Skips()
-            cache[sample.image_path] = (data.load_image(sample, reasons), reasons)
-        return cache[sample.image_path]
+            image = data.load_image(data.Sample("image", "image", path, "", "no"), reasons)
+            cache[path] = (image.convert("RGB") if image is not None else None, reasons)
+        return cache[path]
 
-    for job in jobs:
-        image, reasons = image_of(job.sample)
-        if image is None:
-            bad.append({"sample_id": job.sample_id, "reason": next(iter(reasons)),
-                        "detail": job.sample.image_path, "fingerprint": job.fingerprint})
-            continue
-        swap = other_image(image_of, job.swap_image_id, job.swap_image_path)
-        twin = other_image(image_of, f"{job.sample.image_id}/twin", job.twin_image_path)
-        items.append(Item(job.sample_id, image.convert("RGB"), job.prompts, swap_image=swap,
-                          swap_image_id=job.swap_image_id if swap is not None else None,
-                          twin_image=twin))
+    for unit in work:
+        item, skip = unit.item(image_of)
+        if item is not None:
+            items.append(item)
+        else:
+            bad.append(skip)
     return items, bad
 
 
-def other_image(image_of, image_id, path):
-    """A swap or twin image as RGB, or None when there is none or it cannot be read."""
-    if not path:
-        return None
-    image, _ = image_of(data.Sample("other", image_id, path, "", "no"))
-    return image.convert("RGB") if image is not None else None
-
-
-def score_batch(engine: Engine, store: records.RecordStore, jobs: list[Job]) -> int:
-    """Score one batch of jobs and write it to the store as one chunk; returns samples scored."""
-    items, bad = load_items(jobs)
-    rows = engine.score(items) if items else []
-    by_id = {job.sample_id: job for job in jobs}
+def score_batch(engine_: Engine, store: records.RecordStore, work: list) -> int:
+    """Score one batch of Jobs / RunUnits and write it to the store as one chunk; returns the
+    number of units scored."""
+    items, bad = load_items(work)
+    rows = engine_.score(items) if items else []
+    negated = {w.sample_id: w.negated for w in work if isinstance(w, Job)}
     for row in rows:
-        row["negated"] = bool(by_id[row["sample_id"]].negated[row["prompt_id"]])
+        flags = negated.get(row["sample_id"])
+        row["negated"] = bool(flags[row["prompt_id"]]) if flags and row["condition"] == "image" else False
     scored = {it.sample_id for it in items}
-    store.write([{"sample_id": j.sample_id, "fingerprint": j.fingerprint}
-                 for j in jobs if j.sample_id in scored], rows, bad)
+    store.write([{"sample_id": w.sample_id, "fingerprint": w.fingerprint}
+                 for w in work if w.sample_id in scored], rows, bad)
     return len(items)
 
 
@@ -231,8 +317,7 @@ def load_engine(params: dict, lm=None) -> Engine:
             allow_unsafe_weights=params["allow_unsafe_weights"],
         )
     return Engine(lm, image_removal=params["image_removal"], prefix_sharing=params["prefix_sharing"],
-                  batch_size=params["batch_size"], reliance_checks=tuple(params["reliance_checks"]),
-                  seed=params["seed"])
+                  batch_size=params["batch_size"])
 
 
 class NoSamplesError(ValueError):
@@ -266,37 +351,59 @@ class LocalScorer:
         elapsed = time.perf_counter() - start
         return {"mode": engine.mode, "fallback_reason": engine.fallback_reason,
                 "samples_per_second": n / elapsed if n and elapsed > 0 else None,
-                "device": str(engine.lm.device), "dtype": str(engine.lm.dtype)}
+                "device": str(engine.lm.device), "dtype": str(engine.lm.dtype),
+                "passes": dict(engine.passes)}
 
 
 def batched(samples: list, size: int) -> list[list]:
     return [samples[i:i + size] for i in range(0, len(samples), size)]
 
 
-def plan(params: dict, store: records.RecordStore, skipped: data.Skips) -> tuple[list, list[Job]]:
-    """(the pair's samples, the Jobs of those the store does not hold with their current
-    fingerprint); `skipped` receives the reader's skips. Fails before any model loads when the
-    reader yields no sample."""
+@dataclass
+class Plan:
+    """What a run scores: its samples' Jobs, its per-run units (RunUnit), its references, and the
+    work the store does not hold yet with its current fingerprint (Jobs first)."""
+
+    jobs: list[Job]
+    units: list[RunUnit]
+    references: pd.DataFrame
+    todo: list
+
+
+def plan(params: dict, store: records.RecordStore, skipped: data.Skips) -> Plan:
+    """The run's Plan; `skipped` receives the reader's skips. Fails before any model loads when
+    the reader yields no sample."""
     samples = list(stream_samples(params, skipped))
     if not samples:
         raise NoSamplesError(
             f"data_root {params['data_root']}: no {params['split']} sample of {params['dataset']} "
             f"to score (skipped: {dict(skipped) or 'none'})")
     jobs = jobs_for(params, samples, question_sets_for(params))
+    refs = plan_references(params, samples)
+    units = run_units(params, jobs, refs)
     held = store.index()
-    return jobs, [job for job in jobs if held.get(job.sample_id) != job.fingerprint]
+    return Plan(jobs, units, refs, [w for w in jobs + units if held.get(w.sample_id) != w.fingerprint])
 
 
-def batches_to_score(params: dict, store: records.RecordStore, skipped: data.Skips) -> list[list[Job]]:
-    """The Jobs still to score, cut into batches of `batch_size` (what every Scorer receives)."""
-    return batched(plan(params, store, skipped)[1], params["batch_size"])
+def batches_to_score(params: dict, store: records.RecordStore, skipped: data.Skips) -> list[list]:
+    """The work still to score, cut into batches of `batch_size` (what every Scorer receives)."""
+    return batched(plan(params, store, skipped).todo, params["batch_size"])
+
+
+def image_paths(params: dict, image_ids) -> list[str]:
+    """Image files of the given image ids, found by streaming the pair's reader once more."""
+    wanted = list(image_ids)
+    keep = set(wanted)
+    found = {s.image_id: s.image_path for s in stream_samples(params, data.Skips()) if s.image_id in keep}
+    return [found[i] for i in wanted]
 
 
 def evaluate(params: dict, scorer: Scorer | None = None, lm=None) -> RunResult:
     """Run the whole protocol for one validated params dict (see `config.load`).
 
-    Holds the output directory's lock throughout; scores only the samples that the record store
-    does not hold with their current fingerprint; writes the final files atomically.
+    Holds the output directory's lock throughout; scores only the samples and per-run units that
+    the record store does not hold with their current fingerprint; writes the final files
+    atomically.
     """
     provenance.seed_everything(params["seed"])
     if lm is None:
@@ -305,14 +412,15 @@ def evaluate(params: dict, scorer: Scorer | None = None, lm=None) -> RunResult:
     with records.OutputLock(out) as lock:
         store = records.RecordStore(out, config.records_key(params))
         skipped = data.Skips()
-        jobs, todo = plan(params, store, skipped)
+        work = plan(params, store, skipped)
         engine_info = {"mode": None, "fallback_reason": None, "samples_per_second": None}
-        if todo:
+        if work.todo:
             scorer = scorer or LocalScorer(lm)
-            engine_info = scorer(params, store, batched(todo, params["batch_size"]))
-        reuse = {"samples_reused": len(jobs) - len(todo), "samples_scored": len(todo),
-                 "took_over_lock_of": lock.took_over}
-        return finalize(params, store, jobs, skipped, engine_info, reuse)
+            engine_info = scorer(params, store, batched(work.todo, params["batch_size"]))
+        todo_jobs = sum(isinstance(w, Job) for w in work.todo)
+        reuse = {"samples_reused": len(work.jobs) - todo_jobs, "samples_scored": todo_jobs,
+                 "run_units_scored": len(work.todo) - todo_jobs, "took_over_lock_of": lock.took_over}
+        return finalize(params, store, work, skipped, engine_info, reuse)
 
 
 def held_out_prompts(params: dict) -> dict | None:
@@ -328,35 +436,121 @@ def sample_row(sample: data.Sample) -> dict:
     return {k: v for k, v in asdict(sample).items() if k in ("sample_id", "image_id", "finding", "label")}
 
 
-def finalize(params, store, jobs: list[Job], skipped, engine_info, reuse) -> RunResult:
-    """Build and write predictions.parquet, samples.parquet, skipped.csv and summary.json."""
-    raw_predictions, image_skips = store.tables({job.sample_id: job.fingerprint for job in jobs})
+def split_rows(raw: pd.DataFrame, jobs: list[Job], units: list[RunUnit]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the samples' prediction rows, text-only rows included; the per-run rows of blank, noise and
+    references, with sample_id null and the image in reference_image_id / null_image).
+
+    A sample's text-only row is the text-only unit's row of its original question: scored once per
+    distinct question, it is the same forward pass for every sample that asks it.
+    """
+    unit_ids = {u.unit_id for u in units}
+    is_unit = raw["sample_id"].isin(unit_ids)
+    sample_rows, unit_rows = raw[~is_unit], raw[is_unit]
+    text = unit_rows[unit_rows["condition"] == engine.CONDITION_TEXT_ONLY].set_index("prompt")
+    scored = set(sample_rows["sample_id"])
+    originals = [(j.sample_id, j.prompts[0]) for j in jobs if j.sample_id in scored]
+    text_rows = pd.DataFrame([{"sample_id": sid, "prompt_id": 0, "condition": engine.CONDITION_TEXT_ONLY,
+                               "prompt": q, "p_yes": text.at[q, "p_yes"],
+                               "yes_no_mass": text.at[q, "yes_no_mass"], "negated": False}
+                              for sid, q in originals if q in text.index])
+    samples = pd.concat([sample_rows, text_rows], ignore_index=True).sort_values(records.KEY, ignore_index=True)
+    per_run = unit_rows[unit_rows["condition"] != engine.CONDITION_TEXT_ONLY].copy()
+    ids = per_run["sample_id"].astype(str)
+    per_run["reference_image_id"] = np.where(ids.str.startswith(REFERENCE_UNIT),
+                                             ids.str.slice(len(REFERENCE_UNIT)), None)
+    per_run["null_image"] = pd.array([int(i.rsplit(":", 1)[1]) if i.startswith("noise:") else None
+                                      for i in ids], dtype="Int64")
+    per_run["sample_id"] = None
+    return samples, per_run.reset_index(drop=True)
+
+
+def reference_answers(refs: pd.DataFrame, per_run: pd.DataFrame, jobs: list[Job]) -> pd.DataFrame:
+    """references.csv: one row per (reference image, finding, question it was asked) with its
+    answer (image_id, finding, label, question, p_yes, answer); references whose image could not
+    be read are left out."""
+    columns = ["image_id", "finding", "label", "question", "p_yes", "answer"]
+    if per_run.empty:
+        return pd.DataFrame(columns=columns)
+    rows = per_run[per_run["condition"] == engine.CONDITION_REFERENCE]
+    scored = rows.set_index(["reference_image_id", "prompt"])[["p_yes", "pred"]]
+    by_finding = original_questions(jobs)
+    out = [{"image_id": r.image_id, "finding": r.finding, "label": r.label, "question": q,
+            "p_yes": float(scored.at[(r.image_id, q), "p_yes"]), "answer": scored.at[(r.image_id, q), "pred"]}
+           for r in refs.itertuples(index=False) for q in by_finding.get(r.finding, ())
+           if (r.image_id, q) in scored.index]
+    return pd.DataFrame(out, columns=columns)
+
+
+def finalize(params, store, work: Plan, skipped, engine_info, reuse) -> RunResult:
+    """Build and write predictions.parquet, samples.parquet, references.csv, skipped.csv and
+    summary.json."""
+    jobs = work.jobs
+    raw, image_skips = store.tables({w.sample_id: w.fingerprint for w in jobs + work.units})
+    unit_ids = {u.unit_id for u in work.units}
+    unreadable_references = [e for e in image_skips if e["sample_id"] in unit_ids]
     for entry in image_skips:
-        skipped.add(entry["reason"], entry["sample_id"], entry.get("detail", ""))
-    if raw_predictions.empty:
+        if entry["sample_id"] not in unit_ids:
+            skipped.add(entry["reason"], entry["sample_id"], entry.get("detail", ""))
+    sample_rows, per_run = split_rows(raw, jobs, work.units) if not raw.empty else (raw, raw)
+    if sample_rows.empty:
         raise NoSamplesError(
             f"no sample of {params['dataset']} at {params['data_root']} could be scored "
             f"(skipped: {dict(skipped)})")
     inputs = config.input_fingerprints(params)
-    scored_ids = set(raw_predictions.sample_id)
-    sample_df = pd.DataFrame([sample_row(j.sample) for j in jobs if j.sample_id in scored_ids],
-                             columns=["sample_id", "image_id", "finding", "label"])
-    if "swap_image_id" not in raw_predictions.columns:
-        raw_predictions["swap_image_id"] = None  # one schema whether or not a swap ran
-    predictions = taxonomy.add_answers(raw_predictions)
-    samples_table = taxonomy.classify_samples(predictions, sample_df.sort_values("sample_id", ignore_index=True))
+    scored_ids = set(sample_rows.sample_id)
+    sample_df = pd.DataFrame([{**sample_row(j.sample), "question": j.prompts[0]} for j in jobs
+                              if j.sample_id in scored_ids],
+                             columns=["sample_id", "image_id", "finding", "label", "question"])
+    predictions = taxonomy.add_answers(sample_rows)
+    per_run = taxonomy.add_answers(per_run) if not per_run.empty else per_run
+    samples_table = taxonomy.classify_samples(predictions, sample_df.sort_values("sample_id", ignore_index=True),
+                                              per_run)
+    answers = reference_answers(work.references, per_run, jobs)
+    block = None
+    if "reference" in params["reliance_checks"]:
+        block, per_sample = references.image_blind(
+            samples_table, answers, resamples=params["bootstrap_resamples"], ci_level=params["ci_level"],
+            seed=params["seed"])
+        samples_table = samples_table.merge(per_sample, on="sample_id", how="left")
+        block.update(reference_source=reference_source(params), reference_split=params["reference_split"],
+                     references_unreadable=len(unreadable_references))
+    summary_measures = taxonomy.summarize(
+        samples_table, predictions, image_blind=block, reliance_checks=params["reliance_checks"],
+        bootstrap_resamples=params["bootstrap_resamples"], ci_level=params["ci_level"], seed=params["seed"],
+        held_out_prompts=held_out_prompts(params))
+    engine_info = {**engine_info, "dedup": dedup_counts(jobs, work.units, params)}
     summary = {
-        "config": params["config"], "dataset": params["dataset"],
-        **taxonomy.summarize(samples_table, predictions, reliance_checks=params["reliance_checks"],
-                             bootstrap_resamples=params["bootstrap_resamples"],
-                             ci_level=params["ci_level"], seed=params["seed"],
-                             held_out_prompts=held_out_prompts(params)),
+        "config": params["config"], "dataset": params["dataset"], **summary_measures,
         "n_skipped": dict(sorted(skipped.items())), "records": reuse,
         "run_hash": config.run_hash(params, inputs), "inputs": inputs,
         "trust_remote_code": params["trust_remote_code"], "engine": engine_info,
         "params": params, **provenance.provenance(params["seed"]),
     }
+    all_predictions = pd.concat([predictions, per_run], ignore_index=True) if not per_run.empty else predictions
     records.write_atomically(params["output_dir"], {
-        "predictions.parquet": predictions, "samples.parquet": samples_table,
-        "skipped.csv": skipped.table()}, summary)
-    return RunResult(samples_table, predictions, summary)
+        "predictions.parquet": all_predictions, "samples.parquet": samples_table,
+        "references.csv": answers, "skipped.csv": skipped.table()}, summary)
+    return RunResult(samples_table, all_predictions, summary)
+
+
+def reference_source(params: dict) -> str:
+    """In words: where the run's references came from (the report names it)."""
+    split = params["reference_split"]
+    if split == "evaluated":
+        return (f"the evaluated samples' own split ({params['split']}) of {params['data_root']}: "
+                f"references may share a patient with the samples and may include images the model "
+                f"was trained on")
+    root = params["reference_root"] or params["data_root"]
+    where = "every split" if split == "all" else f"the {split} split"
+    return f"{where} of {root}, never an evaluated image or patient"
+
+
+def dedup_counts(jobs: list[Job], units: list[RunUnit], params: dict) -> dict:
+    """Prompts scored with deduplication vs the per-sample protocol it replaces (each sample's
+    prompts, its text-only pass, and one pass per reliance check and twin)."""
+    per_sample = sum(len(j.prompts) + 1 + len(params["reliance_checks"]) + (j.twin_image_path is not None)
+                     for j in jobs)
+    scored = sum(len(j.prompts) + (j.twin_image_path is not None) for j in jobs) + \
+        sum(len(u.prompts) for u in units)
+    return {"prompts_scored": scored, "prompts_per_sample_protocol": per_sample,
+            "share_saved": 1 - scored / per_sample if per_sample else None}

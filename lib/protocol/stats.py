@@ -22,8 +22,9 @@ Added beside them (issue 12), in ``flip_vs_dangerous`` / ``flip_vs``:
   arithmetic alone produces if consistency and image reliance were independent. An observed r
   close to it says little beyond that arithmetic.
 - ``image_blind``: the same correlation (with its bootstrap and permutation p) for the
-  image-blind fraction (Dangerous samples whose answer survives a swap to an opposite-label
-  image and is correct), the part of Dangerous that does mean "ignores the image".
+  image-blind rate (lib.protocol.references: how often a Dangerous answer would survive an image
+  showing the opposite finding), the part of Dangerous that does mean "ignores the image"; its
+  bootstrap holds each pair's reference answers fixed.
 """
 
 from __future__ import annotations
@@ -49,12 +50,10 @@ OPTIONAL_COLUMNS = {
     "sensitivity": ("sensitivity",),
     "specificity": ("specificity",),
     "balanced_accuracy": ("balanced_accuracy",),
-    "swap_change_rate": ("swap_change_rate",),
-    "swap_unavailable": ("swap_unavailable",),
+    "blank_change_rate": ("blank_change_rate",),
     "frac_image_blind": ("dangerous_breakdown", "image-blind"),
     "frac_prior_coincident": ("dangerous_breakdown", "prior-coincident"),
-    "frac_undetermined": ("dangerous_breakdown", "undetermined"),
-    "frac_no_swap": ("dangerous_breakdown", "no_swap"),
+    "image_blind_among_dangerous": ("image_blind", "among_dangerous"),
     "auroc_entropy_dangerous": ("screening", "auroc_entropy_dangerous"),
 }
 # Interval columns <name>_low / <name>_high: name -> path of the [low, high] list in summary.json.
@@ -62,11 +61,9 @@ CI_COLUMNS = {
     "flip_rate": ("ci95", "flip_rate"),
     "accuracy": ("ci95", "accuracy"),
     "balanced_accuracy": ("ci95", "balanced_accuracy"),
-    "swap_change_rate": ("ci95", "swap_change_rate"),
     "frac_Dangerous": ("ci95", "quadrant_fractions", "Dangerous"),
     "frac_image_blind": ("ci95", "dangerous_breakdown", "image-blind"),
     "frac_prior_coincident": ("ci95", "dangerous_breakdown", "prior-coincident"),
-    "frac_undetermined": ("ci95", "dangerous_breakdown", "undetermined"),
     "auroc_entropy_dangerous": ("ci95", "auroc_entropy_dangerous"),
 }
 PAIR_COLUMNS = (
@@ -79,9 +76,24 @@ PAIR_COLUMNS = (
     + tuple(f"{name}_{end}" for name in CI_COLUMNS for end in ("low", "high"))
     + ("run",)
 )
-# samples-table definitions of the across-pair variables the bootstrap recomputes
-BOOTSTRAP_VARIABLES = {"frac_Dangerous": ("quadrant", "Dangerous"),
-                       "frac_image_blind": ("dangerous_kind", "image-blind")}
+
+
+def _dangerous(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return (table["quadrant"] == "Dangerous").to_numpy(dtype=float), np.ones(len(table))
+
+
+def _image_blind(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    if "reference_agreement" not in table.columns:
+        return np.zeros(len(table)), np.zeros(len(table))
+    agreement = table["reference_agreement"].to_numpy(dtype=float)
+    ok = ~np.isnan(agreement)
+    value = np.where(ok, (table["quadrant"] == "Dangerous").to_numpy() * np.nan_to_num(agreement), 0.0)
+    return value, ok.astype(float)
+
+
+# samples-table definitions of the across-pair variables the bootstrap recomputes: each gives a
+# per-sample value and the per-sample weight of its denominator
+BOOTSTRAP_VARIABLES = {"frac_Dangerous": _dangerous, "frac_image_blind": _image_blind}
 
 
 def correlation(x, y) -> dict:
@@ -258,12 +270,12 @@ def bootstrap_correlation(tables: list[pd.DataFrame], column: str = "frac_Danger
 
     Every resample draws each pair's images with replacement, independently of the other pairs
     (all samples of a drawn image come with it), recomputes each pair's flip rate (not
-    consistent) and ``column`` (``BOOTSTRAP_VARIABLES``: the fraction of samples whose quadrant
-    is Dangerous, or whose dangerous_kind is image-blind), then r. Returns ``ci95`` ([low, high],
+    consistent) and ``column`` (``BOOTSTRAP_VARIABLES``: the Dangerous fraction, or the
+    image-blind rate with each pair's reference answers held fixed), then r. Returns ``ci95`` ([low, high],
     None with fewer than 3 pairs or when no resample defines r) and ``method`` (a sentence).
     """
     validate_bootstrap(resamples, ci_level)
-    field, value = BOOTSTRAP_VARIABLES[column]
+    variable = BOOTSTRAP_VARIABLES[column]
     method = (f"percentile bootstrap (scipy.stats.bootstrap) of Pearson r over {resamples} "
               f"resamples, each pair's images drawn with replacement independently of the other "
               f"pairs and its flip rate and {column} recomputed from its samples; level "
@@ -274,11 +286,10 @@ def bootstrap_correlation(tables: list[pd.DataFrame], column: str = "frac_Danger
     for table in tables:
         image_index, _ = pd.factorize(table["image_id"], use_na_sentinel=False)
         n_images = int(image_index.max()) + 1
-        sums = np.zeros((n_images, 3))
-        hit = (table[field] == value).fillna(False).to_numpy(dtype=float) if field in table.columns \
-            else np.zeros(len(table))
+        sums = np.zeros((n_images, 4))
+        value, weight = variable(table)
         np.add.at(sums, image_index, np.column_stack(
-            [np.ones(len(table)), ~table["consistent"].to_numpy(bool), hit]))
+            [np.ones(len(table)), ~table["consistent"].to_numpy(bool), value, weight]))
         per_pair.append(sums)
 
     def statistic(*indices, axis=-1):
@@ -290,7 +301,8 @@ def bootstrap_correlation(tables: list[pd.DataFrame], column: str = "frac_Danger
                                   minlength=b * n).reshape(b, n)
             totals = weights @ sums
             x.append(totals[:, 1] / totals[:, 0])
-            y.append(totals[:, 2] / totals[:, 0])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                y.append(totals[:, 2] / totals[:, 3])
         return _pearson_rows(np.column_stack(x), np.column_stack(y))
 
     # a pair of one image cannot be resampled by scipy: two draws of its one image, same rates
@@ -332,12 +344,17 @@ def _table_of(row, samples_by_pair: dict) -> pd.DataFrame:
 
 
 def lookup(summary: dict, *keys):
-    """summary[k1][k2]...; None where any level is missing or None."""
+    """summary[k1][k2]... (an int key indexes a list); None where any level is missing or None."""
     value = summary
     for key in keys:
-        if not isinstance(value, dict) or value.get(key) is None:
+        if isinstance(key, int) and isinstance(value, list):
+            value = value[key] if -len(value) <= key < len(value) else None
+        elif isinstance(value, dict):
+            value = value.get(key)
+        else:
             return None
-        value = value[key]
+        if value is None:
+            return None
     return value
 
 

@@ -34,33 +34,25 @@ Definitions (each one is implemented by the function named in brackets):
 
 Added beside the paper's definitions (they change none of the above):
 
-- Reliance checks (``RELIANCE_CHECKS``), each one more forward pass of the ORIGINAL question
-  (prompt_id 0; rows of these conditions with prompt_id > 0 are ignored), condition named after
-  the check: ``"swap"`` = the question with the image of another sample of the run that has
-  the same finding and the opposite label (lib.protocol.reliance.choose_swaps); the row
-  carries that image's ``swap_image_id``. ``"blank"`` = with a uniform grey image of the same
-  size; ``"noise"`` = with seeded Gaussian noise of the image's per-channel mean and standard
-  deviation (lib.protocol.engine.noise_like).
-  A sample may lack any of these rows (no opposite-label image, or the check was not run).
+- Reliance checks (``RELIANCE_CHECKS``): per-run conditions, each scored once per distinct
+  (image, original question) of the run (lib.protocol.engine). ``"reference"``: reference images of
+  the opposite label (lib.protocol.references defines them, the image-blind rate and its interval).
+  ``"blank"``: a uniform grey image with every distinct original question; ``"noise"``: a small
+  fixed set of seeded noise images (a null prior, VisualGPTScore-style) with every distinct
+  original question. Their rows in predictions.parquet have a null sample_id.
 - p_yes, p_yes_text_only [classify_samples]: p_yes of the original question with the image,
   and without it. reliance = |p_yes - p_yes_text_only| (how far the image moves the answer).
-- pred_swap, pred_blank, pred_noise [classify_samples]: the prediction of the swap, blank and
-  noise rows (null where the sample has no such row); swap_image_id: the swapped-in image.
-- swap_changes [classify_samples]: pred_swap != pred; null without a swap row.
-- dangerous_kind [classify_samples], only for Dangerous samples with a swap row (null for the
-  other quadrants and without a swap): ``"prior-coincident"`` when the swap changes the answer
-  (the model reads the image; on the original image its answer merely equals its prior);
-  ``"image-blind"`` when it does not and the original answer is correct; ``"undetermined"``
-  when it does not and the original answer is wrong (an image-reading model that got the
-  original wrong may answer the opposite-label image the same way).
+- question [classify_samples]: the sample's original question as scored (prompt 0).
+- pred_blank, pred_noise [classify_samples]: the prediction for the sample's original question
+  with the blank image, and from the mean p_yes over the null images (null without those rows).
+- reference_agreement, n_references: see lib.protocol.references (added by the run).
 - sensitivity, specificity [summarize]: among samples labelled "yes" (resp. "no"), the fraction
   with pred "yes" (resp. "no"); balanced_accuracy = their mean (None unless both are defined).
-- swap_change_rate [summarize]: fraction of the samples with a swap row whose swap changes the
-  answer; swap_unavailable: samples without a swap row when the swap check ran.
-  blank_change_rate / noise_change_rate: likewise, pred_blank != pred, pred_noise != pred.
-- dangerous_breakdown [summarize]: for each dangerous_kind, and ``"no_swap"`` (Dangerous
-  samples without a swap row), its number of samples divided by ALL samples of the run; the four
-  add up to the Dangerous fraction (None when the swap check did not run).
+- blank_change_rate / noise_change_rate [summarize]: fraction of the samples with such a row whose
+  prediction differs from pred (pred_blank != pred, pred_noise != pred).
+- dangerous_breakdown [summarize]: ``"image-blind"`` and ``"prior-coincident"``, the pooled rates of
+  lib.protocol.references (fractions of ALL estimable samples; they add up to their Dangerous
+  fraction; None when not estimable); ``image_blind``: the whole block, with per-finding rates.
 - prior_accuracy_by_quadrant [summarize]: in each quadrant, the fraction of samples whose
   text-only prediction equals the label (what the prior alone earns there).
 - screening [screening]: ``auroc_entropy_dangerous`` = P(entropy of a random Dangerous sample >
@@ -84,8 +76,11 @@ Added beside the paper's definitions (they change none of the above):
   follows the finding in the image. ground_truth [ground_truth], over samples with a twin row,
   positive class "the model ignores the image on this sample" (not truly_image_reliant):
   ``ignored_rate``; precision and recall [precision_recall] of ``paper_measure`` (not
-  image_reliant), ``swap_measure`` (the swap does not change the answer; samples with a swap
-  row) and ``dangerous`` (quadrant Dangerous, against "consistent and ignored").
+  image_reliant) and ``dangerous`` (quadrant Dangerous, against "consistent and ignored");
+  ``reference_auroc``: the per-sample AUROC of reference_agreement for "ignored" (low by
+  construction: references do not test the sample's own image); ``image_blind``: the twin truth
+  of the image-blind rate, mean of [Dangerous and pred_twin == pred] over the samples with a twin
+  and references, beside the estimate on the same samples, its interval and whether it covers.
 - pairwise_flip_rate_held_out [held_out_pairwise_flip_rate]: the pairwise flip rate over pairs
   whose paraphrase no training stage saw (params ``prompt_split``); None without one.
 - ci95 [bootstrap_ci]: percentile intervals from a cluster bootstrap over images (every
@@ -106,13 +101,9 @@ import pandas as pd
 from scipy import stats as sps
 from scipy.special import entr
 
-QUADRANTS = ("Ideal", "Fragile", "Dangerous", "Worst")
-RELIANCE_CHECKS = ("swap", "blank", "noise")
-GROUND_TRUTH_CONDITION = "twin"
-CONDITIONS = ("image", "text_only") + RELIANCE_CHECKS + (GROUND_TRUTH_CONDITION,)
-ANSWERS = ("yes", "no")
-DANGEROUS_KINDS = ("image-blind", "prior-coincident", "undetermined")
-BREAKDOWN_KEYS = DANGEROUS_KINDS + ("no_swap",)
+from .vocabulary import ANSWERS, CONDITIONS, QUADRANTS, RELIANCE_CHECKS
+from .vocabulary import TWIN as GROUND_TRUTH_CONDITION
+
 THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
 FLAG_FRACTIONS = (0.1, 0.2, 0.3)
 YES_NO_MASS_WARNING = 0.5
@@ -123,8 +114,8 @@ SAMPLE_TABLE_COLUMNS = (
     "sample_id", "image_id", "finding", "label", "pred", "pred_text_only", "consistent",
     "image_reliant", "quadrant", "correct", "entropy", "n_prompts",
     # added beside the paper's columns (see the module docstring)
-    "p_yes", "p_yes_text_only", "reliance", "pred_swap", "swap_image_id", "swap_changes",
-    "pred_blank", "pred_noise", "dangerous_kind", "pred_twin", "truly_image_reliant",
+    "question", "p_yes", "p_yes_text_only", "reliance", "pred_blank", "pred_noise", "pred_twin",
+    "truly_image_reliant",
 )
 
 
@@ -166,8 +157,12 @@ def quadrant_of(consistent: bool, image_reliant: bool) -> str:
     return "Fragile" if image_reliant else "Worst"
 
 
-def classify_samples(predictions: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+def classify_samples(predictions: pd.DataFrame, samples: pd.DataFrame,
+                     per_run: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per sample (in ``samples`` order) with its taxonomy columns, ``SAMPLE_TABLE_COLUMNS``.
+
+    ``per_run``: the run's blank and noise rows (condition, prompt, p_yes; lib.protocol.run), read
+    by the sample's original question.
 
     ``entropy`` is that of the original image-conditioned prompt; ``n_prompts`` counts the
     image-conditioned prompts (original included). The reliance columns are null where the
@@ -216,20 +211,9 @@ def classify_samples(predictions: pd.DataFrame, samples: pd.DataFrame) -> pd.Dat
     out["p_yes"] = original["p_yes"].reindex(ids).to_numpy(dtype=float) if has_p else nan
     out["p_yes_text_only"] = text["p_yes"].reindex(ids).to_numpy(dtype=float) if has_p else nan
     out["reliance"] = np.abs(out["p_yes"] - out["p_yes_text_only"])
-    swap = _original_rows(predictions, "swap")
-    out["pred_swap"] = _nullable(swap["pred"].reindex(ids))
-    swap_ids = swap["swap_image_id"] if "swap_image_id" in swap.columns else pd.Series(dtype=object)
-    out["swap_image_id"] = _nullable(swap_ids.reindex(ids))
-    has_swap = out["pred_swap"].notna().to_numpy()
-    changes = out["pred_swap"].to_numpy() != out["pred"].to_numpy()
-    out["swap_changes"] = pd.array(np.where(has_swap, changes, False), dtype="boolean")
-    out.loc[~has_swap, "swap_changes"] = pd.NA
+    out["question"] = original["prompt"].reindex(ids).to_numpy() if "prompt" in original else None
     for check in ("blank", "noise"):
-        out[f"pred_{check}"] = _nullable(_original_rows(predictions, check)["pred"].reindex(ids))
-    dangerous = (out["quadrant"] == "Dangerous").to_numpy() & has_swap
-    kind = np.where(changes, "prior-coincident",
-                    np.where(out["correct"].to_numpy(), "image-blind", "undetermined"))
-    out["dangerous_kind"] = pd.Series(np.where(dangerous, kind, None), dtype=object)
+        out[f"pred_{check}"] = _per_question_pred(per_run, check, out["question"])
     out["pred_twin"] = _nullable(_original_rows(predictions, GROUND_TRUTH_CONDITION)["pred"].reindex(ids))
     has_twin = out["pred_twin"].notna().to_numpy()
     truly = pd.array(np.where(has_twin, out["pred_twin"].to_numpy() != out["pred"].to_numpy(), False),
@@ -237,6 +221,17 @@ def classify_samples(predictions: pd.DataFrame, samples: pd.DataFrame) -> pd.Dat
     truly[~has_twin] = pd.NA
     out["truly_image_reliant"] = truly
     return out[list(SAMPLE_TABLE_COLUMNS)]
+
+
+def _per_question_pred(per_run: pd.DataFrame | None, condition: str, question: pd.Series) -> np.ndarray:
+    """The prediction of each question under a per-run condition (mean p_yes over its images,
+    >= 0.5 is "yes"); None where the condition has no row for the question."""
+    if per_run is None or per_run.empty or "prompt" not in per_run:
+        return np.full(len(question), None, dtype=object)
+    rows = per_run[per_run["condition"] == condition]
+    mean = rows.groupby("prompt")["p_yes"].mean()
+    p = question.map(mean).to_numpy(dtype=float)
+    return np.where(np.isnan(p), None, np.where(p >= 0.5, "yes", "no")).astype(object)
 
 
 def flip_rate(samples_table: pd.DataFrame) -> float:
@@ -383,15 +378,15 @@ def yes_no_mass(predictions: pd.DataFrame) -> dict:
 
 # -- the summary --------------------------------------------------------------------------------
 
-def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, reliance_checks=None,
-              bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0,
+def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, image_blind: dict | None = None,
+              reliance_checks=None, bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0,
               held_out_prompts: dict | None = None) -> dict:
     """JSON-ready summary of a classified run (plain Python types; None where a rate is undefined).
 
     The pairwise flip rate is computed on the predictions of the table's samples only.
     ``reliance_checks``: the checks the run asked for (None: those with rows in
-    ``predictions``); it decides whether ``swap_unavailable`` and ``dangerous_breakdown`` are
-    reported. ``bootstrap_resamples``, ``ci_level`` and ``seed`` drive ``ci95`` (see
+    ``predictions``). ``image_blind``: the block of lib.protocol.references.image_blind, from which
+    ``dangerous_breakdown`` and its interval are read (None: not estimated). ``bootstrap_resamples``, ``ci_level`` and ``seed`` drive ``ci95`` (see
     ``bootstrap_ci``). ``held_out_prompts`` ({finding: [texts]}, the paraphrases no training
     stage saw) gives ``pairwise_flip_rate_held_out``. Every key is defined in the module docstring.
     """
@@ -422,15 +417,14 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, relianc
     summary["prior_accuracy_by_quadrant"] = {q: _plain(prior_correct.get(q, float("nan")))
                                              for q in QUADRANTS}
     summary["reliance_checks"] = list(checks)
-    has_swap = samples_table["swap_changes"].notna()
-    summary["swap_unavailable"] = int((~has_swap).sum()) if "swap" in checks else None
-    summary["swap_change_rate"] = _plain(
-        samples_table.loc[has_swap, "swap_changes"].astype(float).mean() if has_swap.any() else float("nan"))
     for check in ("blank", "noise"):
         done = samples_table[f"pred_{check}"].notna()
         changed = samples_table.loc[done, f"pred_{check}"] != samples_table.loc[done, "pred"]
         summary[f"{check}_change_rate"] = _plain(changed.mean() if done.any() else float("nan"))
-    summary["dangerous_breakdown"] = _dangerous_breakdown(samples_table, "swap" in checks)
+    block = image_blind or {}
+    summary["dangerous_breakdown"] = {"image-blind": block.get("rate"),
+                                      "prior-coincident": block.get("prior_coincident")}
+    summary["image_blind"] = image_blind
     summary["screening"] = screening(samples_table)
     summary["threshold_sensitivity"] = threshold_sensitivity(samples_table, in_table)
     mass = yes_no_mass(in_table)
@@ -438,13 +432,15 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, relianc
     summary["warnings"] = mass["warnings"]
     ci = bootstrap_ci(samples_table, in_table, resamples=bootstrap_resamples, ci_level=ci_level,
                       seed=seed)
-    if "swap" not in checks:
-        ci["dangerous_breakdown"] = {k: None for k in BREAKDOWN_KEYS}
+    ci["dangerous_breakdown"] = {"image-blind": block.get("ci95"),
+                                 "prior-coincident": block.get("ci95_prior_coincident")}
     summary["ci95"] = ci
     summary["screening"]["ci95"] = ci["auroc_entropy_dangerous"]
-    summary["ground_truth"] = ground_truth(samples_table)
+    summary["ground_truth"] = ground_truth(samples_table, image_blind)
     summary["ci_method"] = ci_method(bootstrap_resamples, ci_level, seed,
                                      samples_table["image_id"].nunique(dropna=False))
+    if image_blind and image_blind.get("ci_method"):
+        summary["ci_method"] += "; " + image_blind["ci_method"]
     return summary
 
 
@@ -457,7 +453,7 @@ def precision_recall(predicted, truth) -> dict:
             "n_predicted": int(predicted.sum()), "n_true": int(truth.sum())}
 
 
-def ground_truth(samples_table: pd.DataFrame) -> dict | None:
+def ground_truth(samples_table: pd.DataFrame, image_blind: dict | None = None) -> dict | None:
     """Each measure of "the model ignores the image on this sample" scored against the twins.
 
     Over the samples with a twin row; positive class: NOT truly_image_reliant. None when no
@@ -467,17 +463,39 @@ def ground_truth(samples_table: pd.DataFrame) -> dict | None:
     if table.empty:
         return None
     ignored = ~table["truly_image_reliant"].astype(bool).to_numpy()
-    with_swap = table["swap_changes"].notna().to_numpy()
-    swap_says = ~table["swap_changes"].fillna(True).astype(bool).to_numpy()
     consistent = table["consistent"].astype(bool).to_numpy()
     return {
         "n_samples": int(len(table)),
         "ignored_rate": float(ignored.mean()),
         "paper_measure": precision_recall(~table["image_reliant"].astype(bool).to_numpy(), ignored),
-        "swap_measure": (precision_recall(swap_says[with_swap], ignored[with_swap])
-                         if with_swap.any() else None),
         "dangerous": precision_recall((table["quadrant"] == "Dangerous").to_numpy(), consistent & ignored),
+        "reference_auroc": _reference_auroc(table, ignored),
+        "image_blind": _image_blind_truth(table, ignored, image_blind),
     }
+
+
+def _reference_auroc(table: pd.DataFrame, ignored: np.ndarray) -> float | None:
+    """AUROC of reference_agreement for "ignored" over the samples that have one."""
+    if "reference_agreement" not in table:
+        return None
+    score = table["reference_agreement"].to_numpy(dtype=float)
+    ok = ~np.isnan(score)
+    pos, neg = score[ok & ignored], score[ok & ~ignored]
+    if not len(pos) or not len(neg):
+        return None
+    return float(sps.mannwhitneyu(pos, neg, method="asymptotic").statistic / (len(pos) * len(neg)))
+
+
+def _image_blind_truth(table: pd.DataFrame, ignored: np.ndarray, image_blind: dict | None) -> dict | None:
+    """The image-blind rate's twin truth beside its estimate (module docstring)."""
+    if not image_blind or image_blind.get("rate") is None or "reference_agreement" not in table:
+        return None
+    ok = table["reference_agreement"].notna().to_numpy()
+    truth = float(((table["quadrant"] == "Dangerous").to_numpy() & ignored)[ok].mean()) if ok.any() else None
+    ci = image_blind.get("ci95")
+    covered = None if truth is None or ci is None else bool(ci[0] <= truth <= ci[1])
+    return {"truth": truth, "estimate": image_blind["rate"], "ci95": ci, "covered": covered,
+            "n_samples": int(ok.sum())}
 
 
 def held_out_pairwise_flip_rate(predictions: pd.DataFrame, samples_table: pd.DataFrame,
@@ -497,17 +515,6 @@ def held_out_pairwise_flip_rate(predictions: pd.DataFrame, samples_table: pd.Dat
     return _plain(pairwise_flip_rate(chosen))
 
 
-def _dangerous_breakdown(samples_table: pd.DataFrame, swap_ran: bool) -> dict:
-    n = len(samples_table)
-    if not swap_ran or not n:
-        return {k: None for k in BREAKDOWN_KEYS}
-    kinds = samples_table["dangerous_kind"]
-    no_swap = (samples_table["quadrant"] == "Dangerous") & samples_table["swap_changes"].isna()
-    out = {k: float((kinds == k).sum() / n) for k in DANGEROUS_KINDS}
-    out["no_swap"] = float(no_swap.sum() / n)
-    return out
-
-
 # -- intervals: a cluster bootstrap over images --------------------------------------------------
 
 # (name, numerator column, denominator column) of the ratio statistics; the denominator "one"
@@ -519,9 +526,7 @@ _RATIOS = (
     ("image_reliance_rate", "reliant", "one"),
     ("sensitivity", "true_yes", "label_yes"),
     ("specificity", "true_no", "label_no"),
-    ("swap_change_rate", "swap_changes", "has_swap"),
-) + tuple((f"quadrant:{q}", f"q_{q}", "one") for q in QUADRANTS) + tuple(
-    (f"breakdown:{k}", f"k_{k}", "one") for k in BREAKDOWN_KEYS)
+) + tuple((f"quadrant:{q}", f"q_{q}", "one") for q in QUADRANTS)
 
 
 def ci_method(resamples: int, ci_level: float, seed: int, n_images: int) -> str:
@@ -538,8 +543,8 @@ def bootstrap_ci(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resa
     """Percentile intervals ``[low, high]`` from a cluster bootstrap that resamples images.
 
     Keys: flip_rate, pairwise_flip_rate, accuracy, image_reliance_rate, sensitivity,
-    specificity, balanced_accuracy, swap_change_rate, auroc_entropy_dangerous, and the dicts
-    quadrant_fractions (by quadrant) and dangerous_breakdown (by kind and no_swap). An interval
+    specificity, balanced_accuracy, auroc_entropy_dangerous, and the dict quadrant_fractions
+    (by quadrant); the image-blind rate has its own crossed bootstrap (lib.protocol.references). An interval
     is None where the statistic itself is undefined on the run. All statistics share the same
     resamples (one scipy.stats.bootstrap call, vector-valued statistic, rng = ``seed``).
     """
@@ -563,10 +568,8 @@ def bootstrap_ci(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resa
                  for name, p, lo, hi in zip(names, point, low, high)}
     out = {k: intervals[k] for k in ("flip_rate", "pairwise_flip_rate", "accuracy",
                                      "image_reliance_rate", "sensitivity", "specificity",
-                                     "balanced_accuracy", "swap_change_rate",
-                                     "auroc_entropy_dangerous")}
+                                     "balanced_accuracy", "auroc_entropy_dangerous")}
     out["quadrant_fractions"] = {q: intervals[f"quadrant:{q}"] for q in QUADRANTS}
-    out["dangerous_breakdown"] = {k: intervals[f"breakdown:{k}"] for k in BREAKDOWN_KEYS}
     return out
 
 
@@ -581,7 +584,6 @@ def _bootstrap_statistic(samples_table: pd.DataFrame, predictions: pd.DataFrame)
     pairs = pairs.reindex(t["sample_id"]).fillna(0)
     label_yes = (t["label"] == "yes").to_numpy()
     pred_yes = (t["pred"] == "yes").to_numpy()
-    has_swap = t["swap_changes"].notna().to_numpy()
     columns = {
         "one": np.ones(len(t)),
         "inconsistent": ~t["consistent"].to_numpy(bool),
@@ -591,15 +593,10 @@ def _bootstrap_statistic(samples_table: pd.DataFrame, predictions: pd.DataFrame)
         "reliant": t["image_reliant"].to_numpy(bool),
         "true_yes": pred_yes & label_yes, "label_yes": label_yes,
         "true_no": ~pred_yes & ~label_yes, "label_no": ~label_yes,
-        "swap_changes": t["swap_changes"].fillna(False).to_numpy(bool), "has_swap": has_swap,
     }
     quadrant = t["quadrant"].to_numpy()
     for q in QUADRANTS:
         columns[f"q_{q}"] = quadrant == q
-    kinds = t["dangerous_kind"].to_numpy(dtype=object)
-    for k in DANGEROUS_KINDS:
-        columns[f"k_{k}"] = kinds == k
-    columns["k_no_swap"] = (quadrant == "Dangerous") & ~has_swap
     keys = list(columns)
     per_sample = np.column_stack([np.asarray(columns[k], dtype=float) for k in keys]) \
         if len(t) else np.zeros((0, len(keys)))

@@ -314,16 +314,15 @@ def bench_workers(params: dict, workers=(1, 2)) -> list[dict]:
     peak_rss_mb_per_worker (largest actor), device.
     """
     rows = []
-    samples = list(run.stream_samples(params, run.data.Skips()))
-    jobs = run.jobs_for(params, samples, run.question_sets_for(params))
     gpu = torch.cuda.is_available() and params["device"] != "cpu"
     with ray_cluster(None, num_cpus=local_cpus(max(workers), gpu)):
         for n in workers:
             with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
                 run_params = {**params, "workers": n, "ray_address": None, "output_dir": tmp}
                 store = records.RecordStore(tmp, config.records_key(run_params))
+                work = run.plan(run_params, store, run.data.Skips()).todo
                 start = time.perf_counter()
-                info = score_with_ray(run_params, store, run.batched(jobs, params["batch_size"]))
+                info = score_with_ray(run_params, store, run.batched(work, params["batch_size"]))
                 wall = time.perf_counter() - start
             rows.append({
                 "workers": n, "samples": info.get("n_scored", 0), "wall_s": round(wall, 2),
