@@ -20,7 +20,7 @@ from PIL import Image
 from lib.offline import default_models
 from lib.protocol import models, prompts
 from lib.protocol.engine import (BLANK_GREY, CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item,
-                        yes_probability)
+                                 paper_items, yes_probability)
 from lib.protocol.questions import BUILTIN_QUESTIONS
 
 FAMILIES = ("llava", "gemma3")
@@ -114,7 +114,7 @@ def test_prefix_sharing_equals_one_prompt_forward(loaded, family):
     lm = loaded[family]
     items = make_items(6)
     engine = Engine(lm, batch_size=16)
-    rows = engine.score(items)
+    rows = engine.score(paper_items(items))
     assert engine.mode == "prefix_sharing", engine.fallback_reason
     assert engine.fallback_reason is None
     check_against_reference(lm, items, rows)
@@ -131,7 +131,7 @@ def test_predictions_do_not_depend_on_batch_size(loaded, family):
     results = {}
     for batch_size, max_rows in ((1, 64), (16, 3), (16, 64)):
         engine = Engine(lm, batch_size=batch_size, max_rows=max_rows)
-        results[(batch_size, max_rows)] = by_key(engine.score(items))
+        results[(batch_size, max_rows)] = by_key(engine.score(paper_items(items)))
         assert engine.mode == "prefix_sharing"
     base = results[(1, 64)]
     for other in results.values():
@@ -166,7 +166,7 @@ def test_text_only_rows_have_no_image_tokens(loaded, family):
     engine = Engine(lm, image_removal="none")
     calls, handle = capture_forwards(lm.model)
     try:
-        rows = engine.score_text_only(items)
+        rows = engine.score_text_only(paper_items(items)[len(items):])
     finally:
         handle.remove()
     assert calls and all("pixel_values" not in c for c in calls)
@@ -188,7 +188,7 @@ def test_blank_mode_uses_a_grey_image(loaded, family):
     engine = Engine(lm, image_removal="blank")
     calls, handle = capture_forwards(lm.model)
     try:
-        text_rows = engine.score_text_only(items)
+        text_rows = engine.score_text_only(paper_items(items)[len(items):])
     finally:
         handle.remove()
     grey = lm.processor.image_processor(images=[Image.new("RGB", (64, 64), BLANK_GREY)],
@@ -198,7 +198,7 @@ def test_blank_mode_uses_a_grey_image(loaded, family):
         assert pixels.shape[0] == len(c["input_ids"])
         assert torch.allclose(pixels, grey[:1].expand_as(pixels), atol=1e-6)
         assert set(c["input_ids"].flatten().tolist()) & image_token_ids(lm.processor)
-    rows = engine.score(items)
+    rows = engine.score(paper_items(items))
     assert engine.mode == "prefix_sharing"
     check_against_reference(lm, items, rows,
                             text_image=lambda im: Image.new("RGB", im.size, BLANK_GREY))
@@ -233,7 +233,7 @@ def test_falls_back_when_the_question_comes_before_the_image(tiny_dirs, family):
     text = prompts.chat_text(lm.processor, items[0].prompts[0], with_image=True)
     assert text.index(items[0].prompts[0]) < text.index(prompts.image_placeholder(lm.processor))
     engine = Engine(lm, batch_size=2, max_rows=4)
-    rows = engine.score(items)
+    rows = engine.score(paper_items(items))
     assert engine.mode == "batched"
     assert engine.fallback_reason and "image before the question" in engine.fallback_reason
     check_against_reference(lm, items, rows)
@@ -244,7 +244,7 @@ def test_disabled_sharing_says_why_and_agrees(loaded, family):
     lm = loaded[family]
     items = make_items(6)
     engine = Engine(lm, prefix_sharing=False, batch_size=16, max_rows=5)
-    rows = engine.score(items)
+    rows = engine.score(paper_items(items))
     assert engine.mode == "batched" and "disabled" in engine.fallback_reason
     check_against_reference(lm, items, rows)
 
@@ -259,7 +259,7 @@ def test_samples_of_one_image_share_one_prefix_row(loaded, family):
              for n, it in enumerate(base) for k in range(len(sets))]
     calls, handle = capture_forwards(lm.model)
     try:
-        rows = Engine(lm, batch_size=16).score(items)
+        rows = Engine(lm, batch_size=16).score(paper_items(items))
     finally:
         handle.remove()
     with_pixels = [c for c in calls if "pixel_values" in c]
@@ -277,127 +277,68 @@ def test_prompts_longer_than_a_sliding_window_stay_exact(tiny_dirs):
         if layer.self_attn.sliding_window:
             layer.self_attn.sliding_window = 24
     items = make_items(4)
-    rows = Engine(lm, batch_size=16).score(items)
+    rows = Engine(lm, batch_size=16).score(paper_items(items))
     check_against_reference(lm, items, rows)
 
 
-# -- reliance checks (issue 12): swap, blank, noise on the original question ------------------
+# -- per-run conditions (issues 18, 20): references, blank, null images, text-only per question ----
 
-from lib.protocol.engine import RELIANCE_CHECKS, blank_like, noise_like  # noqa: E402
-from lib.protocol import taxonomy  # noqa: E402
+from lib.protocol.engine import (CONDITION_BLANK, CONDITION_NOISE, CONDITION_REFERENCE,  # noqa: E402
+                                 DERIVED_SIZE, NULL_IMAGES, blank_image, null_images)
 
 
-def with_swaps(items: list[Item]) -> list[Item]:
-    """Every item but the last gets the next item's image as its swap image."""
-    out = []
-    for k, it in enumerate(items):
-        if k + 1 < len(items):
-            out.append(Item(it.sample_id, it.image, it.prompts, items[k + 1].image.copy(),
-                            f"img{k + 1}"))
-        else:
-            out.append(it)
-    return out
+def per_run_items(items: list[Item]) -> list[Item]:
+    """What a run adds beside its samples: two reference images with two questions each, the blank
+    image and the null images with every distinct original question, and those questions alone."""
+    questions = tuple(sorted({it.prompts[0] for it in items}))
+    refs = [Item(f"reference:r{k}", items[k].image.copy(), questions[:2], CONDITION_REFERENCE) for k in range(2)]
+    nulls = [Item(f"noise:{j}", image, questions, CONDITION_NOISE) for j, image in enumerate(null_images(7))]
+    return refs + nulls + [Item("blank", blank_image(), questions, CONDITION_BLANK),
+                           Item("text_only", None, questions, CONDITION_TEXT_ONLY)]
 
 
 @pytest.mark.parametrize("sharing", (True, False))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_reliance_rows_equal_one_prompt_forward(loaded, family, sharing):
+def test_per_run_rows_equal_one_prompt_forward(loaded, family, sharing):
     lm = loaded[family]
-    items = with_swaps(make_items(5))
-    engine = Engine(lm, prefix_sharing=sharing, batch_size=3, max_rows=4,
-                    reliance_checks=RELIANCE_CHECKS, seed=7)
-    rows = engine.score(items)
+    units = per_run_items(make_items(5))
+    engine = Engine(lm, prefix_sharing=sharing, batch_size=3, max_rows=4)
+    rows = engine.score(units)
     assert engine.mode == ("prefix_sharing" if sharing else "batched")
     table = by_key(rows)
-    assert len(table) == len(rows)
+    assert len(table) == len(rows) == sum(len(u.prompts) for u in units)
     worst = 0.0
-    for k, it in enumerate(items):
-        q0 = it.prompts[0]
-        if it.swap_image is None:
-            assert (it.sample_id, 0, "swap") not in table
-        else:
-            row = table[(it.sample_id, 0, "swap")]
-            assert row["swap_image_id"] == f"img{k + 1}" and row["prompt"] == q0
-            worst = max(worst, abs(row["p_yes"] - reference(lm, it.swap_image, q0)))
-        blank = table[(it.sample_id, 0, "blank")]
-        worst = max(worst, abs(blank["p_yes"] - reference(lm, blank_like(it.image), q0)))
-        noise = table[(it.sample_id, 0, "noise")]
-        worst = max(worst, abs(noise["p_yes"] - reference(lm, noise_like(it.image, 7, it.sample_id), q0)))
-        for condition in ("blank", "noise"):
-            assert "swap_image_id" not in table[(it.sample_id, 0, condition)]
+    for unit in units:
+        for pid, q in enumerate(unit.prompts):
+            row = table[(unit.sample_id, pid, unit.condition)]
+            assert row["prompt"] == q
+            worst = max(worst, abs(row["p_yes"] - reference(lm, unit.image, q)))
     assert worst < TOL, f"largest |p_yes - reference| = {worst:.3g}"
-    # reliance rows are prompt 0 only; the other rows are those of a plain engine
-    assert {r["prompt_id"] for r in rows if r["condition"] in RELIANCE_CHECKS} == {0}
-    assert sum(r["condition"] == "swap" for r in rows) == len(items) - 1
-    assert set(RELIANCE_CHECKS) <= set(taxonomy.CONDITIONS)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_reliance_checks_leave_the_paper_rows_bit_identical(loaded, family):
+def test_each_distinct_image_runs_its_prefix_once(loaded, family):
+    """Four samples of one image and a reference that is the same picture: one prefix row each
+    time the engine meets the pixels in a call; the counters say what ran."""
     lm = loaded[family]
-    items = with_swaps(make_items(6))
-    plain = Engine(lm, batch_size=4).score(items)
-    assert Engine(lm).reliance_checks == ()
-    assert {r["condition"] for r in plain} == {CONDITION_IMAGE, CONDITION_TEXT_ONLY}
-    assert all("swap_image_id" not in r for r in plain)
-    checked = Engine(lm, batch_size=4, reliance_checks=("noise", "swap")).score(items)
-    paper = [r for r in checked if r["condition"] in (CONDITION_IMAGE, CONDITION_TEXT_ONLY)]
-    assert paper == plain   # same dicts, same order, exactly equal floats
-    assert {r["condition"] for r in checked} == {CONDITION_IMAGE, CONDITION_TEXT_ONLY, "swap", "noise"}
+    base = make_items(2, seed=4)
+    sets = list(BUILTIN_QUESTIONS.values())
+    items = [Item(f"{it.sample_id}/{k}", it.image.copy(), tuple(sets[k][:3])) for it in base for k in range(4)]
+    engine = Engine(lm, batch_size=16)
+    engine.score(paper_items(items))
+    assert engine.passes["image_prefixes"] == 2                      # two distinct images
+    assert engine.passes["suffixes"] == sum(len(it.prompts) for it in items)
+    assert engine.passes["text_only"] == len(items)
+    assert engine.passes["full_with_image"] == 0
 
 
-def test_noise_like_is_seeded_and_matches_the_image_statistics():
-    rng = np.random.default_rng(3)
-    grey = rng.normal(100, 30, size=(64, 48)).clip(0, 255).astype(np.uint8)
-    image = Image.fromarray(np.stack([grey] * 3, -1))
-    a, b = noise_like(image, 0, "s1"), noise_like(image, 0, "s1")
-    assert a.size == image.size and a.mode == "RGB"
-    assert a.tobytes() == b.tobytes()                            # same seed and key: same pixels
-    assert noise_like(image, 1, "s1").tobytes() != a.tobytes()   # another seed
-    assert noise_like(image, 0, "s2").tobytes() != a.tobytes()   # another sample
-    src, out = np.asarray(image, float), np.asarray(a, float)
-    assert np.all(out[..., 0] == out[..., 1]) and np.all(out[..., 1] == out[..., 2])  # grey in, grey out
-    assert abs(out.mean() - src.mean()) < 2.0 and abs(out.std() - src.std()) < 2.0
-    assert abs(np.corrcoef(out[..., 0].ravel(), src[..., 0].ravel())[0, 1]) < 0.1  # no trace of the image
-    colour = Image.fromarray(rng.integers([0, 100, 200], [50, 150, 255], size=(40, 40, 3)).astype(np.uint8))
-    means = np.asarray(noise_like(colour, 0, "c"), float).mean(axis=(0, 1))
-    assert means == pytest.approx(np.asarray(colour, float).mean(axis=(0, 1)), abs=2.0)
-    assert blank_like(image).getextrema() == ((128, 128),) * 3
-
-
-def test_unknown_reliance_check_is_rejected(loaded):
-    with pytest.raises(ValueError, match="flip"):
-        Engine(loaded["llava"], reliance_checks=("swap", "flip"))
-
-
-def test_swaps_scored_classified_and_summarised_end_to_end(loaded):
-    """choose_swaps -> Items with swap images -> Engine -> taxonomy, as a run wires them."""
-    import json
-
-    import pandas as pd
-
-    from lib.protocol import reliance
-
-    lm = loaded["llava"]
-    base = make_items(6, seed=2)
-    samples = pd.DataFrame({"sample_id": [it.sample_id for it in base],
-                            "image_id": [f"img{k}" for k in range(6)],
-                            "finding": ["cardiomegaly"] * 4 + ["nodule"] * 2,
-                            "label": ["yes", "no", "no", "yes", "yes", "yes"]})
-    swaps = reliance.choose_swaps(samples, seed=0)
-    assert reliance.swap_unavailable(swaps) == 2           # no nodule-negative image
-    image_of = dict(zip(samples.image_id, (it.image for it in base)))
-    items = [Item(it.sample_id, it.image, it.prompts,
-                  image_of[swaps[it.sample_id]] if swaps[it.sample_id] else None, swaps[it.sample_id])
-             for it in base]
-    rows = Engine(lm, batch_size=4, reliance_checks=RELIANCE_CHECKS, seed=0).score(items)
-    predictions = taxonomy.add_answers(pd.DataFrame(rows))
-    table = taxonomy.classify_samples(predictions, samples)
-    assert table["swap_image_id"].tolist()[:4] == [swaps[s] for s in samples.sample_id[:4]]
-    assert table["swap_changes"].isna().tolist() == [False] * 4 + [True] * 2
-    summary = taxonomy.summarize(table, predictions, reliance_checks=list(RELIANCE_CHECKS),
-                                 bootstrap_resamples=50)
-    json.dumps(summary)
-    assert summary["swap_unavailable"] == 2
-    assert summary["reliance_checks"] == list(RELIANCE_CHECKS)
-    assert table["pred_blank"].notna().all() and table["pred_noise"].notna().all()
+def test_null_images_are_seeded_grey_noise_at_the_derived_size():
+    a, b = null_images(0), null_images(0)
+    assert len(a) == NULL_IMAGES and all(im.size == DERIVED_SIZE and im.mode == "RGB" for im in a)
+    assert [im.tobytes() for im in a] == [im.tobytes() for im in b]       # same seed: same pixels
+    assert a[0].tobytes() != a[1].tobytes()                                # K different images
+    assert null_images(1)[0].tobytes() != a[0].tobytes()                   # another seed
+    pixels = np.asarray(a[0], float)
+    assert np.all(pixels[..., 0] == pixels[..., 1])                        # grey
+    assert abs(pixels.mean() - 128) < 2 and abs(pixels.std() - 60) < 5     # N(128, 64), clipped
+    assert blank_image().getextrema() == ((128, 128),) * 3 and blank_image().size == DERIVED_SIZE

@@ -32,7 +32,7 @@ from PIL import Image
 
 from lib.families import registry
 from lib.protocol import config, data, models, prompts, questions, run
-from lib.protocol.engine import Engine, Item, blank_like, yes_probability
+from lib.protocol.engine import Engine, Item, blank_image, paper_items, yes_probability
 from tests import tiny_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def worst_difference(lm, items, rows, removal: str) -> float:
         if row["condition"] == "image":
             image, with_image = item.image, True
         else:
-            image, with_image = blank_like(item.image), removal == "blank"
+            image, with_image = blank_image(), removal == "blank"
         p_yes, mass = reference(lm, image, row["prompt"], with_image)
         worst = max(worst, abs(p_yes - row["p_yes"]), abs(mass - row["yes_no_mass"]))
     return worst
@@ -199,7 +199,7 @@ def test_engine_equals_one_prompt_forwards(checkpoints, family, removal):
     lm = load(checkpoints(family))
     items = make_items(MIXED_SIZES)
     engine = Engine(lm, image_removal=removal, batch_size=3, max_rows=5)
-    rows = engine.score(items)
+    rows = engine.score(paper_items(items))
     check_rows(items, rows)
     assert worst_difference(lm, items, rows, removal) <= TOL
     if family == "idefics3":  # image splitting: the number of image tokens follows the size
@@ -218,7 +218,7 @@ def test_idefics3_shares_the_prefix_when_tiles_are_fixed(checkpoints):
                             torch.device("cpu"), torch.float32)
     items = make_items(MIXED_SIZES)
     engine = Engine(lm, batch_size=4)
-    rows = engine.score(items)
+    rows = engine.score(paper_items(items))
     assert engine.mode == "prefix_sharing", engine.fallback_reason
     assert worst_difference(lm, items, rows, "none") <= TOL
 
@@ -238,7 +238,7 @@ def test_qwen2_5_vl_falls_back_from_sharing_and_is_exact(qwen, removal):
     assert type(qwen.processor).__name__ == "Qwen2_5_VLProcessor"
     items = make_items(SAME_SIZE[:3])
     engine = Engine(qwen, image_removal=removal, batch_size=3)
-    rows = engine.score(items)
+    rows = engine.score(paper_items(items))
     assert engine.mode == "batched"
     assert "mRoPE" in engine.fallback_reason
     check_rows(items, rows)

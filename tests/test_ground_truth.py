@@ -9,9 +9,8 @@ from lib.protocol import config, data, questions, run, taxonomy
 
 
 def table(rows):
-    cols = ["sample_id", "image_reliant", "swap_changes", "consistent", "quadrant", "truly_image_reliant"]
+    cols = ["sample_id", "image_reliant", "reference_agreement", "consistent", "quadrant", "truly_image_reliant"]
     out = pd.DataFrame(rows, columns=cols)
-    out["swap_changes"] = out["swap_changes"].astype("boolean")
     out["truly_image_reliant"] = out["truly_image_reliant"].astype("boolean")
     return out
 
@@ -24,22 +23,29 @@ def test_precision_recall_known_values():
 
 
 def test_ground_truth_by_hand():
-    # s1: ignored (twin same), paper says ignored, swap says ignored, Dangerous   -> TP for all
-    # s2: ignored, paper says reliant, swap says ignored, Fragile (inconsistent)   -> paper FN, swap TP
-    # s3: reads image, paper says ignored (prior coincides), swap changes, Dangerous -> paper FP, Dangerous FP
-    # s4: reads image, reliant, swap changes, Ideal                                -> TN
+    # s1: ignored (twin same), paper says ignored, agreement 0.9, Dangerous   -> TP for all
+    # s2: ignored, paper says reliant, agreement 0.4, Fragile (inconsistent)   -> paper FN
+    # s3: reads image, paper says ignored (prior coincides), agreement 0.5, Dangerous -> paper FP, Dangerous FP
+    # s4: reads image, reliant, agreement 0.1, Ideal                            -> TN
     # s5: no twin row: left out
     t = table([
-        ("s1", False, False, True, "Dangerous", False),
-        ("s2", True, False, False, "Fragile", False),
-        ("s3", False, True, True, "Dangerous", True),
-        ("s4", True, True, True, "Ideal", True),
-        ("s5", False, None, True, "Dangerous", None),
+        ("s1", False, 0.9, True, "Dangerous", False),
+        ("s2", True, 0.4, False, "Fragile", False),
+        ("s3", False, 0.5, True, "Dangerous", True),
+        ("s4", True, 0.1, True, "Ideal", True),
+        ("s5", False, 0.7, True, "Dangerous", None),
     ])
-    gt = taxonomy.ground_truth(t)
+    block = {"rate": 0.3, "ci95": [0.2, 0.4]}
+    gt = taxonomy.ground_truth(t, block)
     assert gt["n_samples"] == 4 and gt["ignored_rate"] == 0.5
     assert gt["paper_measure"] == {"precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2}
-    assert gt["swap_measure"] == {"precision": 1.0, "recall": 1.0, "n_predicted": 2, "n_true": 2}
+    # reference agreement, ignored (0.9, 0.4) against not (0.5, 0.1): wins 0.9>0.5, 0.9>0.1, 0.4>0.1 -> 3/4
+    assert gt["reference_auroc"] == 0.75
+    # twin truth: Dangerous and ignored = s1 of the 4 -> 0.25, inside [0.2, 0.4]
+    assert gt["image_blind"] == {"truth": 0.25, "estimate": 0.3, "ci95": [0.2, 0.4], "covered": True,
+                                 "n_samples": 4}
+    assert taxonomy.ground_truth(t, {"rate": 0.5, "ci95": [0.45, 0.6]})["image_blind"]["covered"] is False
+    assert taxonomy.ground_truth(t)["image_blind"] is None
     # truth for Dangerous: consistent and ignored = s1 only; predicted Dangerous = s1, s3
     assert gt["dangerous"] == {"precision": 0.5, "recall": 1.0, "n_predicted": 2, "n_true": 1}
     assert taxonomy.ground_truth(t[t.sample_id == "s5"]) is None

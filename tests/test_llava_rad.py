@@ -29,7 +29,7 @@ from lib.families.llava_rad import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Conversio
                                    adapter_layout, convert, remap_adapter)
 from lib.families.tiny import Vocabulary, train_tokenizer
 from lib.protocol import models, prompts
-from lib.protocol.engine import Engine, Item, yes_probability
+from lib.protocol.engine import Engine, Item, paper_items, yes_probability
 
 ORIGINAL_IMAGE_TOKEN = -200  # LLaVA's IMAGE_TOKEN_INDEX
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -309,7 +309,7 @@ def test_engine_p_yes_equals_the_original_model(original, converted):
              for i, (w, h) in enumerate(rng.integers(56, 140, size=(3, 2)))]
     for removal in ("none", "blank"):
         engine = Engine(lm, image_removal=removal, batch_size=2)
-        rows = engine.score(items)
+        rows = engine.score(paper_items(items))
         assert engine.mode == "prefix_sharing", engine.fallback_reason
         by_id = {it.sample_id: it for it in items}
         for row in rows:

@@ -107,7 +107,9 @@ def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(wor
     out = tmp_path / "run"
     params = make_params(model_dir, root, out, questions=str(qfile))
     first = run.evaluate(params)
-    assert first.summary["records"] == {"samples_reused": 0, "samples_scored": 12, "took_over_lock_of": None}
+    records = first.summary["records"]
+    assert (records["samples_reused"], records["samples_scored"], records["took_over_lock_of"]) == (0, 12, None)
+    assert records["run_units_scored"] >= 1 + 1 + 4          # text-only, blank, 4 null images (+ references)
 
     samples = list(data.iter_samples("mimic-cxr", root, split="train",
                                      label_policy=data.LabelPolicy(uncertain="yes")))[:12]
@@ -132,12 +134,8 @@ def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(wor
 
     second = run.evaluate(make_params(model_dir, root, out, questions=str(qfile)))
     touched = {s.sample_id for s in samples if s.finding == edited_finding or s.image_id == repaired.image_id}
-    # a sample's swap row depends on its swap image: a repaired one, or another one after the
-    # relabel changed the pool of opposite-label images
-    swaps = first.samples.set_index("sample_id").swap_image_id.to_frame("before").join(
-        second.samples.set_index("sample_id").swap_image_id.rename("after"))
-    swaps = swaps.fillna("none")
-    touched |= set(swaps.index[(swaps.before != swaps.after) | (swaps.after == repaired.image_id)])
+    # the per-run units (text-only, blank, null images, references) ask prompt 0 only: untouched
+    assert second.summary["records"]["run_units_scored"] == 0
     assert second.summary["records"]["samples_scored"] == len(touched)
     assert second.summary["records"]["samples_reused"] == 12 - len(touched)
     assert second.summary["run_hash"] != first.summary["run_hash"]

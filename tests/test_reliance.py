@@ -1,5 +1,5 @@
 """Known-answer tests for the measures added beside the paper's (issue 12): the reliance columns,
-the swap choice, the new summary keys and the cluster bootstrap.
+the new summary keys and the cluster bootstrap (the image-blind rate: tests/test_references.py).
 
 Hand-worked run: 8 samples on 7 images (a1 and a2 share image A). pred: p_yes >= 0.5 -> yes.
 
@@ -14,18 +14,9 @@ Hand-worked run: 8 samples on 7 images (a1 and a2 share image A). pred: p_yes >=
 | f1 | F   | yes   | 0.9, 0.2                    | y n   | 0.6  -> y      | Worst     | yes     | H(0.9)   |
 | g1 | G   | yes   | 0.0, 0.45                   | n n   | 0.4  -> n      | Dangerous | no      | 0        |
 
-Reliance rows (prompt 0):
-
-| s  | swap p (image)  | pred_swap | swap_changes | dangerous_kind   | blank p -> pred | noise p -> pred |
-|----|-----------------|-----------|--------------|------------------|-----------------|-----------------|
-| a1 | 0.3 (B)         | n         | True         | -                | 0.4  -> n       | 0.6  -> y       |
-| a2 | 0.1 (C)         | n         | False        | -                | 0.45 -> n       | -               |
-| b1 | 0.7 (A)         | y         | True         | prior-coincident | 0.2  -> n       | 0.55 -> y       |
-| c1 | 0.8 (A)         | y         | False        | image-blind      | 0.6  -> y       | -               |
-| d1 | 0.1 (B)         | n         | False        | undetermined     | 0.5  -> y       | -               |
-| e1 | -               | -         | -            | - (no swap)      | 0.3  -> n       | -               |
-| f1 | 0.4 (C)         | n         | True         | -                | 0.7  -> y       | -               |
-| g1 | 0.2 (B)         | n         | False        | undetermined     | 0.1  -> n       | -               |
+Per-run rows (lib.protocol.run: scored once per distinct question; every sample asks "q0"):
+blank p 0.4 -> pred_blank "no" for all; noise over two null images 0.6 and 0.3 -> mean 0.45 ->
+pred_noise "no" for all. pred "yes": a1, c1, e1, f1, so both change rates are 4 / 8.
 """
 
 import json
@@ -38,7 +29,6 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
-from lib.protocol import reliance
 from lib.protocol import taxonomy as tx
 
 H = {p: float(tx.binary_entropy(p)) for p in (0.9, 0.2)}
@@ -49,17 +39,13 @@ TEXT_P = {"a1": 0.2, "a2": 0.7, "b1": 0.1, "c1": 0.9, "d1": 0.35, "e1": 0.55, "f
 LABELS = {"a1": "yes", "a2": "no", "b1": "no", "c1": "yes", "d1": "yes", "e1": "no", "f1": "yes",
           "g1": "yes"}
 IMAGES = {"a1": "A", "a2": "A", "b1": "B", "c1": "C", "d1": "D", "e1": "E", "f1": "F", "g1": "G"}
-SWAP = {"a1": (0.3, "B"), "a2": (0.1, "C"), "b1": (0.7, "A"), "c1": (0.8, "A"), "d1": (0.1, "B"),
-        "f1": (0.4, "C"), "g1": (0.2, "B")}
-BLANK = {"a1": 0.4, "a2": 0.45, "b1": 0.2, "c1": 0.6, "d1": 0.5, "e1": 0.3, "f1": 0.7, "g1": 0.1}
-NOISE = {"a1": 0.6, "b1": 0.55}
 IDS = list(LABELS)
 # yes_no_mass of the 15 image rows, in row order: 0.05, 0.10, ..., 0.75 (median 0.40; p10 at
 # rank 0.1 x 14 = 1.4: 0.10 + 0.4 x 0.05 = 0.12); reliance rows get mass 1 (not counted).
 MASSES = [0.05 * (k + 1) for k in range(15)]
 
 
-def make_predictions(with_reliance=True, masses=MASSES):
+def make_predictions(masses=MASSES):
     rows, k = [], 0
     for sid, ps in IMAGE_P.items():
         for j, p in enumerate(ps):
@@ -69,14 +55,14 @@ def make_predictions(with_reliance=True, masses=MASSES):
     for sid, p in TEXT_P.items():
         rows.append(dict(sample_id=sid, prompt_id=0, condition="text_only", prompt="q0", p_yes=p,
                          yes_no_mass=1.0))
-    if with_reliance:
-        for sid, (p, image) in SWAP.items():
-            rows.append(dict(sample_id=sid, prompt_id=0, condition="swap", prompt="q0", p_yes=p,
-                             yes_no_mass=1.0, swap_image_id=image))
-        for condition, values in (("blank", BLANK), ("noise", NOISE)):
-            for sid, p in values.items():
-                rows.append(dict(sample_id=sid, prompt_id=0, condition=condition, prompt="q0",
-                                 p_yes=p, yes_no_mass=1.0))
+    return tx.add_answers(pd.DataFrame(rows))
+
+
+def make_per_run():
+    """The run's blank and noise rows (sample_id null), as lib.protocol.run writes them."""
+    rows = [dict(sample_id=None, prompt_id=0, condition="blank", prompt="q0", p_yes=0.4, yes_no_mass=1.0),
+            dict(sample_id=None, prompt_id=0, condition="noise", prompt="q0", p_yes=0.6, yes_no_mass=1.0),
+            dict(sample_id=None, prompt_id=0, condition="noise", prompt="q0", p_yes=0.3, yes_no_mass=1.0)]
     return tx.add_answers(pd.DataFrame(rows))
 
 
@@ -92,7 +78,7 @@ def preds():
 
 @pytest.fixture
 def table(preds):
-    return tx.classify_samples(preds, make_samples())
+    return tx.classify_samples(preds, make_samples(), make_per_run())
 
 
 def nullable(series):
@@ -102,7 +88,7 @@ def nullable(series):
 # -- the samples table -------------------------------------------------------------------------
 
 def test_paper_columns_unchanged_by_reliance_rows(table):
-    plain = tx.classify_samples(make_predictions(with_reliance=False), make_samples())
+    plain = tx.classify_samples(make_predictions(), make_samples())
     paper = list(tx.SAMPLE_TABLE_COLUMNS[:12])
     pd.testing.assert_frame_equal(table[paper], plain[paper])
     assert list(table["quadrant"]) == ["Ideal", "Fragile", "Dangerous", "Dangerous", "Dangerous",
@@ -112,46 +98,41 @@ def test_paper_columns_unchanged_by_reliance_rows(table):
 
 def test_reliance_columns_by_hand(table):
     assert tuple(table.columns) == tx.SAMPLE_TABLE_COLUMNS
+    assert list(table["question"]) == ["q0"] * 8
     assert list(table["p_yes"]) == [0.9, 0.2, 0.0, 1.0, 0.2, 0.5, 0.9, 0.0]
     assert list(table["p_yes_text_only"]) == [0.2, 0.7, 0.1, 0.9, 0.35, 0.55, 0.6, 0.4]
     assert list(table["reliance"]) == pytest.approx([0.7, 0.5, 0.1, 0.1, 0.15, 0.05, 0.3, 0.4])
-    assert nullable(table["pred_swap"]) == ["no", "no", "yes", "yes", "no", None, "no", "no"]
-    assert nullable(table["swap_image_id"]) == ["B", "C", "A", "A", "B", None, "C", "B"]
-    assert nullable(table["swap_changes"]) == [True, False, True, False, False, None, True, False]
-    assert nullable(table["pred_blank"]) == ["no", "no", "no", "yes", "yes", "no", "yes", "no"]
-    assert nullable(table["pred_noise"]) == ["yes", None, "yes", None, None, None, None, None]
-    assert nullable(table["dangerous_kind"]) == [None, None, "prior-coincident", "image-blind",
-                                                 "undetermined", None, None, "undetermined"]
+    assert nullable(table["pred_blank"]) == ["no"] * 8
+    assert nullable(table["pred_noise"]) == ["no"] * 8      # mean of the null images, 0.45
 
 
-def test_without_reliance_rows_the_new_columns_are_null():
-    table = tx.classify_samples(make_predictions(with_reliance=False), make_samples())
-    for column in ("pred_swap", "swap_image_id", "swap_changes", "pred_blank", "pred_noise",
-                   "dangerous_kind"):
+def test_per_run_rows_are_read_by_question():
+    other = make_per_run().assign(prompt="another question")
+    table = tx.classify_samples(make_predictions(), make_samples(), other)
+    assert table["pred_blank"].isna().all() and table["pred_noise"].isna().all()
+
+
+def test_without_per_run_rows_the_new_columns_are_null():
+    table = tx.classify_samples(make_predictions(), make_samples())
+    for column in ("pred_blank", "pred_noise", "pred_twin"):
         assert table[column].isna().all(), column
-    no_p = make_predictions(with_reliance=False).drop(columns=["p_yes"])
+    no_p = make_predictions().drop(columns=["p_yes"])
     assert tx.classify_samples(no_p, make_samples())["reliance"].isna().all()
-
-
-def test_reliance_rows_of_paraphrases_are_ignored(preds, table):
-    extra = tx.add_answers(pd.DataFrame([dict(sample_id="e1", prompt_id=1, condition="swap",
-                                              prompt="q1", p_yes=0.9, swap_image_id="Z")]))
-    again = tx.classify_samples(pd.concat([preds, extra], ignore_index=True), make_samples())
-    assert again["pred_swap"].isna().tolist() == table["pred_swap"].isna().tolist()
 
 
 def test_samples_table_survives_parquet(table, tmp_path):
     table.to_parquet(tmp_path / "samples.parquet", index=False)
     back = pd.read_parquet(tmp_path / "samples.parquet")
-    assert nullable(back["swap_changes"]) == nullable(table["swap_changes"])
-    assert nullable(back["dangerous_kind"]) == nullable(table["dangerous_kind"])
+    assert nullable(back["pred_blank"]) == nullable(table["pred_blank"])
+    assert nullable(back["truly_image_reliant"]) == nullable(table["truly_image_reliant"])
 
 
 # -- the summary -------------------------------------------------------------------------------
 
 @pytest.fixture
 def summary(table, preds):
-    return tx.summarize(table, preds, bootstrap_resamples=200, seed=1)
+    return tx.summarize(table, pd.concat([preds, make_per_run()], ignore_index=True),
+                        bootstrap_resamples=200, seed=1)
 
 
 def test_detection_rates(summary):
@@ -162,17 +143,13 @@ def test_detection_rates(summary):
     assert summary["balanced_accuracy"] == pytest.approx((0.6 + 2 / 3) / 2)
 
 
-def test_swap_blank_noise_rates_and_breakdown(summary):
+def test_blank_noise_rates_and_breakdown(summary):
     json.dumps(summary)
-    assert summary["reliance_checks"] == ["swap", "blank", "noise"]
-    assert summary["swap_unavailable"] == 1                       # e1
-    assert summary["swap_change_rate"] == pytest.approx(3 / 7)    # a1, b1, f1 of 7 swaps
-    assert summary["blank_change_rate"] == pytest.approx(3 / 8)   # a1, d1, e1
-    assert summary["noise_change_rate"] == pytest.approx(1 / 2)   # b1 of a1, b1
-    assert summary["dangerous_breakdown"] == pytest.approx(
-        {"image-blind": 1 / 8, "prior-coincident": 1 / 8, "undetermined": 2 / 8, "no_swap": 1 / 8})
-    assert sum(summary["dangerous_breakdown"].values()) == pytest.approx(
-        summary["quadrant_fractions"]["Dangerous"])
+    assert summary["reliance_checks"] == ["blank", "noise"]       # the conditions with rows
+    assert summary["blank_change_rate"] == pytest.approx(4 / 8)   # a1, c1, e1, f1
+    assert summary["noise_change_rate"] == pytest.approx(4 / 8)
+    assert summary["dangerous_breakdown"] == {"image-blind": None, "prior-coincident": None}
+    assert summary["image_blind"] is None
 
 
 def test_prior_accuracy_by_quadrant(summary):
@@ -223,18 +200,13 @@ def test_yes_no_mass_and_warning(summary, table):
 
 
 def test_old_call_still_works_and_new_keys_are_null_without_checks():
-    preds = make_predictions(with_reliance=False)
+    preds = make_predictions()
     table = tx.classify_samples(preds, make_samples())
     s = tx.summarize(table, preds)
     json.dumps(s)
-    assert s["reliance_checks"] == [] and s["swap_unavailable"] is None
-    assert s["swap_change_rate"] is None and s["blank_change_rate"] is None
-    assert s["dangerous_breakdown"] == {k: None for k in tx.BREAKDOWN_KEYS}
-    assert s["ci95"]["dangerous_breakdown"] == {k: None for k in tx.BREAKDOWN_KEYS}
-    assert s["ci95"]["swap_change_rate"] is None
-    # asked for, but no sample had a swap image: all unavailable, breakdown all no_swap
-    s = tx.summarize(table, preds, reliance_checks=["swap"], bootstrap_resamples=10)
-    assert s["swap_unavailable"] == 8 and s["dangerous_breakdown"]["no_swap"] == pytest.approx(5 / 8)
+    assert s["reliance_checks"] == [] and s["blank_change_rate"] is None
+    assert s["dangerous_breakdown"] == {"image-blind": None, "prior-coincident": None}
+    assert s["ci95"]["dangerous_breakdown"] == {"image-blind": None, "prior-coincident": None}
 
 
 def test_bad_input():
@@ -247,7 +219,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="ci_level"):
         tx.summarize(table, preds, ci_level=1.0)
     with pytest.raises(ValueError, match="flip"):
-        tx.summarize(table, preds, reliance_checks=["swap", "flip"])
+        tx.summarize(table, preds, reliance_checks=["reference", "flip"])
     bad = preds.copy()
     bad.loc[0, "condition"] = "mirror"
     with pytest.raises(ValueError, match="mirror"):
@@ -259,13 +231,13 @@ def test_bad_input():
 def test_ci_keys_and_that_intervals_hold_the_estimate(summary):
     ci = summary["ci95"]
     assert "images" in summary["ci_method"] and "200 resamples" in summary["ci_method"]
-    for key in ("flip_rate", "pairwise_flip_rate", "accuracy", "balanced_accuracy", "swap_change_rate"):
+    for key in ("flip_rate", "pairwise_flip_rate", "accuracy", "balanced_accuracy"):
         low, high = ci[key]
         assert low <= summary[key] <= high, key
     for q in tx.QUADRANTS:
         low, high = ci["quadrant_fractions"][q]
         assert 0 <= low <= summary["quadrant_fractions"][q] <= high <= 1
-    assert set(ci["dangerous_breakdown"]) == set(tx.BREAKDOWN_KEYS)
+    assert set(ci["dangerous_breakdown"]) == {"image-blind", "prior-coincident"}
     assert summary["screening"]["ci95"] == ci["auroc_entropy_dangerous"]
 
 
@@ -276,9 +248,7 @@ def test_identity_resample_reproduces_the_point_values(table, preds, summary):
     assert point["flip_rate"] == pytest.approx(summary["flip_rate"])
     assert point["pairwise_flip_rate"] == pytest.approx(summary["pairwise_flip_rate"])  # 2 / 7
     assert point["balanced_accuracy"] == pytest.approx(summary["balanced_accuracy"])
-    assert point["swap_change_rate"] == pytest.approx(3 / 7)
     assert point["quadrant:Dangerous"] == pytest.approx(5 / 8)
-    assert point["breakdown:undetermined"] == pytest.approx(2 / 8)
     assert point["auroc_entropy_dangerous"] == pytest.approx(5.5 / 15)
     # Image A drawn twice, B..G once except G: weights a1, a2 = 2; weighted AUROC by hand:
     # D = b1 c1 d1 e1 (w 1 each), O = a1 a2 (w 2), f1 (w 1): wins b1 c1 0; d1 2 + 0.5*2 + 1 = 4;
@@ -360,8 +330,6 @@ def test_bootstrap_of_a_large_run_takes_seconds():
             rows += [dict(sample_id=sid, prompt_id=j, condition="image", p_yes=rng.beta(0.3, 0.3))
                      for j in range(prompts)]
             rows.append(dict(sample_id=sid, prompt_id=0, condition="text_only", p_yes=rng.random()))
-            rows.append(dict(sample_id=sid, prompt_id=0, condition="swap", p_yes=rng.random(),
-                             swap_image_id="x"))
     preds = tx.add_answers(pd.DataFrame(rows))
     table = tx.classify_samples(preds, pd.DataFrame(samples))
     start = time.perf_counter()
@@ -380,8 +348,7 @@ def test_weighted_auroc_equals_mann_whitney_on_random_tables():
             sample_id=[f"s{i}" for i in range(n)], image_id=[f"i{i}" for i in range(n)],
             label="yes", pred="yes", pred_text_only="yes", consistent=True, image_reliant=False,
             quadrant=rng.choice(list(tx.QUADRANTS), n), correct=True,
-            entropy=rng.choice([0.0, 0.25, 0.5, 1.0], n),  # many ties
-            swap_changes=pd.array([pd.NA] * n, dtype="boolean"), dangerous_kind=None))
+            entropy=rng.choice([0.0, 0.25, 0.5, 1.0], n)))  # many ties
         preds = pd.DataFrame(dict(sample_id=table.sample_id, prompt_id=0, condition="image",
                                   pred="yes", entropy=table.entropy))
         stat, names, n_images = tx._bootstrap_statistic(table, preds)
@@ -389,61 +356,3 @@ def test_weighted_auroc_equals_mann_whitney_on_random_tables():
         u = sps.mannwhitneyu(table.entropy[d], table.entropy[~d]).statistic
         got = stat(np.arange(n_images)[None, :])[names.index("auroc_entropy_dangerous"), 0]
         assert got == pytest.approx(u / (d.sum() * (~d).sum()))
-
-
-# -- choosing the swap images ------------------------------------------------------------------
-
-SWAP_SAMPLES = pd.DataFrame([
-    ("s1", "I1", "cardiomegaly", "yes"),
-    ("s2", "I2", "cardiomegaly", "no"),
-    ("s3", "I3", "cardiomegaly", "no"),
-    ("s4", "I1", "pleural effusion", "no"),   # no effusion-positive image in the run
-    ("s5", "I4", "pleural effusion", "no"),
-    ("s6", "I5", "nodule", "yes"),            # no nodule-negative image
-    ("s7", "I6", None, "yes"),                # no finding: nothing to match
-    ("s8", "I2", "cardiomegaly", "yes"),      # same image as s2, opposite label
-], columns=["sample_id", "image_id", "finding", "label"])
-
-
-def test_choose_swaps_by_hand():
-    swaps = reliance.choose_swaps(SWAP_SAMPLES, seed=0)
-    assert list(swaps) == list(SWAP_SAMPLES.sample_id)
-    assert swaps["s1"] in {"I2", "I3"}          # cardiomegaly-negative images
-    assert swaps["s2"] == "I1"                  # positives I1, I2 minus its own image I2
-    assert swaps["s3"] in {"I1", "I2"}
-    assert swaps["s8"] == "I3"                  # negatives I2, I3 minus its own image I2
-    assert swaps["s4"] is swaps["s5"] is swaps["s6"] is swaps["s7"] is None
-    assert reliance.swap_unavailable(swaps) == 4
-
-
-def test_choose_swaps_is_deterministic_and_order_free():
-    swaps = reliance.choose_swaps(SWAP_SAMPLES, seed=3)
-    assert swaps == reliance.choose_swaps(SWAP_SAMPLES, seed=3)
-    shuffled = SWAP_SAMPLES.sample(frac=1, random_state=1)
-    assert reliance.choose_swaps(shuffled, seed=3) == swaps
-    assert reliance.choose_swaps(SWAP_SAMPLES.iloc[:3], seed=3)["s2"] == "I1"
-
-
-def test_choose_swaps_matches_finding_and_flips_label_and_uses_the_seed():
-    rng = np.random.default_rng(0)
-    n = 300
-    samples = pd.DataFrame(dict(sample_id=[f"s{i}" for i in range(n)], image_id=[f"i{i // 3}" for i in range(n)],
-                                finding=[("a", "b", "c")[i % 3] for i in range(n)],
-                                label=rng.choice(["yes", "no"], n)))
-    by_image = samples.groupby("image_id")
-    swaps = reliance.choose_swaps(samples, seed=0)
-    for row in samples.itertuples():
-        other = by_image.get_group(swaps[row.sample_id])
-        assert ((other.finding == row.finding) & (other.label != row.label)).any()
-        assert swaps[row.sample_id] != row.image_id
-    assert reliance.choose_swaps(samples, seed=1) != swaps
-    assert len(set(swaps.values())) > 30       # spread over the candidates, not one image
-
-
-def test_choose_swaps_rejects_bad_input():
-    with pytest.raises(ValueError, match="label"):
-        reliance.choose_swaps(SWAP_SAMPLES.drop(columns="label"))
-    with pytest.raises(ValueError, match="duplicate"):
-        reliance.choose_swaps(pd.concat([SWAP_SAMPLES, SWAP_SAMPLES.iloc[:1]]))
-    with pytest.raises(ValueError, match="maybe"):
-        reliance.choose_swaps(SWAP_SAMPLES.assign(label="maybe"))

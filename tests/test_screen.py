@@ -43,7 +43,7 @@ def main(args, capsys):
 def flags(tiny_world):
     return ["--model", str(tiny_world["models"]["gemma3"]), "--dataset", "padchest",
             "--data-root", str(tiny_world["data"]["padchest"]), "--split", "train", "--limit", "32",
-            "--no-progress"]
+            "--reference-root", str(tiny_world["references"]["padchest"]), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +89,22 @@ def test_report_holds_the_measures_and_no_sample_data(screened):
     assert "Beside the paper" in exported
 
 
-def test_max_dangerous_gates_on_the_image_blind_fraction(screened, flags, capsys):
+def test_max_dangerous_gates_on_the_image_blind_rate(screened, flags, capsys):
     out = screened["out"]
     summary = json.loads((out / "summary.json").read_text())
     blind = summary["dangerous_breakdown"]["image-blind"]
     assert 0 < blind < 1, "the tiny run must have image-blind Dangerous samples for this test"
     status, stdout, stderr = main(["screen"] + flags + ["--out", str(out), "--max-dangerous", "0"], capsys)
     assert status == 3, stderr[-3000:]
-    assert f"image-blind Dangerous fraction {blind:.3f} > --max-dangerous 0: FAIL" in stdout
+    assert f"image-blind rate {blind:.3f} > --max-dangerous 0: FAIL" in stdout
     assert json.loads((out / "summary.json").read_text())["records"]["samples_scored"] == 0  # reused
     samples = pd.read_parquet(out / "samples.parquet")
-    assert (samples.dangerous_kind == "image-blind").mean() == pytest.approx(blind)
+    dangerous = (samples.quadrant == "Dangerous").to_numpy()
+    assert (dangerous * samples.reference_agreement.fillna(0)).sum() / samples.reference_agreement.notna().sum() \
+        == pytest.approx(blind)
+    # exit 3 / 0 on either side of the rate, the scoring reused
+    status, stdout, _ = main(["screen"] + flags + ["--out", str(out), "--max-dangerous", f"{blind + 1e-6:.9f}"], capsys)
+    assert status == 0 and "PASS" in stdout
     # the gate itself: at the limit passes, below it fails
     assert report.verdict(summary, samples, blind)["passed"] is True
     assert report.verdict(summary, samples, blind - 1e-9)["passed"] is False
@@ -157,12 +162,12 @@ def test_bad_params_file_exits_2_naming_the_file(tiny_world, tmp_path, capsys):
     assert status == 2 and "params file not found" in stderr
     status, _, stderr = main(["screen", str(bad), "--model", "m"], capsys)
     assert status == 2 and "--model: give either a params file or the flags" in stderr
-    no_swap = tmp_path / "no_swap.yaml"
-    no_swap.write_text(yaml.safe_dump({"config": "x", "model": str(tiny_world["models"]["llava"]),
+    no_reference = tmp_path / "no_reference.yaml"
+    no_reference.write_text(yaml.safe_dump({"config": "x", "model": str(tiny_world["models"]["llava"]),
                                        "dataset": "padchest", "data_root": str(tiny_world["data"]["padchest"]),
                                        "split": "train", "reliance_checks": ["blank"]}))
-    status, _, stderr = main(["screen", str(no_swap), "--out", str(tmp_path / "out"), "--max-dangerous", "0.1"], capsys)
-    assert status == 2 and "--max-dangerous needs the swap check" in stderr and str(no_swap) in stderr
+    status, _, stderr = main(["screen", str(no_reference), "--out", str(tmp_path / "out"), "--max-dangerous", "0.1"], capsys)
+    assert status == 2 and "--max-dangerous needs the reference check" in stderr and str(no_reference) in stderr
     assert not (tmp_path / "out" / "evaluate.ipynb").exists()
     status, _, stderr = main(["evaluate", str(bad)], capsys)
     assert status == 2 and stderr.startswith("python -m lib evaluate: ") and "batchsize" in stderr

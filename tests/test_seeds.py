@@ -25,7 +25,8 @@ def summary(flip, dangerous, blind, ignored, paper):
     return {"flip_rate": flip, "balanced_accuracy": 0.9, "quadrant_fractions": {"Dangerous": dangerous},
             "dangerous_breakdown": {"image-blind": blind},
             "ground_truth": {"ignored_rate": ignored, "paper_measure": {"precision": paper, "recall": 1.0},
-                             "swap_measure": None, "dangerous": {"precision": paper, "recall": 0.5}}}
+                             "dangerous": {"precision": paper, "recall": 0.5},
+                             "image_blind": {"truth": 0.25, "covered": True}}}
 
 
 def test_gather_writes_the_spread_over_seeds(tmp_path):
@@ -39,11 +40,12 @@ def test_gather_writes_the_spread_over_seeds(tmp_path):
             json.dumps({"pearson_r": -0.5 - shift, "image_blind": {"pearson_r": 0.1}}))
     result = seeds.gather(tmp_path, [0, 1, 2])
     table = pd.read_csv(tmp_path / "seeds.csv")
-    assert len(table) == 6 and table.swap_precision.isna().all()
+    assert len(table) == 6 and table.image_blind_covered.eq(1.0).all() and table.image_blind_low.isna().all()
     assert result["correlations"]["r_dangerous"]["mean"] == pytest.approx(-0.6)
     assert result["correlations"]["r_dangerous"]["sd"] == pytest.approx(0.1)
     assert result["correlations"]["r_image_blind"]["min"] == pytest.approx(0.1)
     assert result["pairs"]["a__mimic-cxr"]["paper_precision"]["max"] == pytest.approx(0.5)
-    assert result["pairs"]["a__mimic-cxr"]["swap_recall"]["n"] == 0
+    assert result["pairs"]["a__mimic-cxr"]["image_blind_truth"]["mean"] == pytest.approx(0.25)
+    assert result["pairs"]["a__mimic-cxr"]["reference_auroc"]["n"] == 0
     assert result["ignored_rate_span"]["mean"] == pytest.approx(0.8)
     assert json.loads((tmp_path / "distribution.json").read_text())["seeds"] == [0, 1, 2]

@@ -174,12 +174,12 @@ def test_independence_r_by_hand():
     assert stats.independence(pairs.drop(columns="image_reliance_rate"))["pearson_r"] is None
 
 
-def uniform_table(quadrant, n=6, n_images=3, kind=None):
-    """A samples table whose samples are all in one quadrant (and of one dangerous_kind)."""
+def uniform_table(quadrant, n=6, n_images=3, agreement=1.0):
+    """A samples table whose samples are all in one quadrant (and of one reference agreement)."""
     return pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)],
                          "image_id": [f"i{i % n_images}" for i in range(n)],
                          "quadrant": quadrant, "consistent": quadrant in ("Ideal", "Dangerous"),
-                         "dangerous_kind": kind})
+                         "reference_agreement": agreement})
 
 
 def test_bootstrap_correlation_of_uniform_pairs_has_zero_width():
@@ -202,8 +202,7 @@ def mixed_table(n_images, flip, dangerous, rng):
     u = rng.random(2 * n_images)
     quadrant = np.where(u < flip, "Worst", np.where(u < flip + dangerous, "Dangerous", "Ideal"))
     return pd.DataFrame({"image_id": [f"i{k // 2}" for k in range(2 * n_images)], "quadrant": quadrant,
-                         "consistent": quadrant != "Worst",
-                         "dangerous_kind": np.where(quadrant == "Dangerous", "image-blind", None)})
+                         "consistent": quadrant != "Worst", "reference_agreement": 1.0})
 
 
 def test_bootstrap_correlation_covers_the_observed_r_and_narrows_with_more_samples():
@@ -223,13 +222,12 @@ def test_bootstrap_correlation_covers_the_observed_r_and_narrows_with_more_sampl
 
 def summary_with_new_keys(config, dataset, flip, dangerous, reliance, blind):
     s = summary(config, dataset, flip, dangerous, image_reliance_rate=reliance,
-                sensitivity=0.7, specificity=0.9, balanced_accuracy=0.8, swap_change_rate=0.6,
-                swap_unavailable=3,
-                dangerous_breakdown={"image-blind": blind, "prior-coincident": dangerous - blind,
-                                     "undetermined": 0.0, "no_swap": 0.0},
+                sensitivity=0.7, specificity=0.9, balanced_accuracy=0.8, blank_change_rate=0.6,
+                dangerous_breakdown={"image-blind": blind, "prior-coincident": dangerous - blind},
+                image_blind={"among_dangerous": blind / dangerous},
                 screening={"auroc_entropy_dangerous": 0.3, "catch_rate": {}},
                 ci95={"flip_rate": [flip - 0.01, flip + 0.01], "accuracy": [0.7, 0.9],
-                      "balanced_accuracy": None, "swap_change_rate": [0.5, 0.7],
+                      "balanced_accuracy": None,
                       "quadrant_fractions": {"Dangerous": [dangerous - 0.05, dangerous + 0.05]},
                       "dangerous_breakdown": {"image-blind": [blind / 2, blind * 2]},
                       "auroc_entropy_dangerous": [0.2, 0.4]})
@@ -246,7 +244,8 @@ def test_gather_runs_reads_the_new_keys_and_tolerates_old_summaries(tmp_path):
     new, old = pairs.loc["new"], pairs.loc["old"]
     assert new["image_reliance_rate"] == pytest.approx(0.3) and old["image_reliance_rate"] == pytest.approx(0.2)
     assert new["frac_image_blind"] == pytest.approx(0.2) and new["frac_prior_coincident"] == pytest.approx(0.6)
-    assert new["auroc_entropy_dangerous"] == pytest.approx(0.3) and new["swap_unavailable"] == 3
+    assert new["auroc_entropy_dangerous"] == pytest.approx(0.3) and new["blank_change_rate"] == pytest.approx(0.6)
+    assert new["image_blind_among_dangerous"] == pytest.approx(0.25)
     assert new["frac_Dangerous_low"] == pytest.approx(0.75) and new["frac_Dangerous_high"] == pytest.approx(0.85)
     assert new["frac_image_blind_low"] == pytest.approx(0.1) and new["auroc_entropy_dangerous_high"] == pytest.approx(0.4)
     assert math.isnan(new["balanced_accuracy_low"]) and math.isnan(new["frac_prior_coincident_low"])
@@ -274,7 +273,7 @@ def test_flip_vs_dangerous_with_samples_tables(tmp_path):
     assert 0 < res["permutation_p"] <= 1
     expected = (1 - pairs.flip_rate) * (1 - pairs.image_reliance_rate)
     assert res["independence_r"] == pytest.approx(np.corrcoef(pairs.flip_rate, expected)[0, 1])
-    # every Dangerous sample of these tables is image-blind: the same correlation and interval
+    # every Dangerous sample of these tables has reference agreement 1: the same correlation and interval
     blind = res["image_blind"]
     assert blind["pearson_r"] == pytest.approx(res["pearson_r"])
     assert blind["bootstrap_ci95"] == pytest.approx(res["bootstrap_ci95"])
@@ -308,5 +307,7 @@ def test_bootstrap_correlation_reads_taxonomy_tables():
     r = stats.correlation(x, y)["pearson_r"]
     low, high = stats.bootstrap_correlation([t for t, _ in runs], resamples=300)["ci95"]
     assert low <= r <= high
-    assert stats.BOOTSTRAP_VARIABLES["frac_image_blind"] == ("dangerous_kind", "image-blind")
-    assert "image-blind" in taxonomy.DANGEROUS_KINDS
+    # the image-blind variable: [Dangerous] x reference agreement over the samples that have one
+    table = uniform_table("Dangerous", n=4, agreement=np.array([0.5, 0.25, np.nan, 1.0]))
+    value, weight = stats.BOOTSTRAP_VARIABLES["frac_image_blind"](table)
+    assert value.tolist() == [0.5, 0.25, 0.0, 1.0] and weight.tolist() == [1, 1, 0, 1]

@@ -50,9 +50,9 @@ INPUT_ERRORS = ("ParamsError", "NoSamplesError")
 SCREEN_FLAGS = {
     "config": "config", "model": "model", "adapter": "adapter", "quantization": "quantization",
     "dataset": "dataset", "data_root": "data_root", "split": "split", "questions": "questions",
-    "limit": "limit", "device": "device", "out": "output_dir",
+    "limit": "limit", "device": "device", "out": "output_dir", "reference_root": "reference_root",
 }
-PATH_FLAGS = ("data_root", "questions", "out")   # always paths
+PATH_FLAGS = ("data_root", "questions", "out", "reference_root")   # always paths
 MAYBE_PATH_FLAGS = ("model", "adapter")          # a directory if it exists here, else a hub id
 
 
@@ -278,6 +278,9 @@ def add_screen_arguments(parser) -> None:
     parser.add_argument("--data-root", dest="data_root", help="the dataset in its official layout")
     parser.add_argument("--split", help="official split (default: test)")
     parser.add_argument("--questions", help="CSV/JSONL question file (default: built-in sets)")
+    parser.add_argument("--reference-root", dest="reference_root",
+                        help="another root in the dataset's layout to draw the opposite-label reference "
+                             "images from (default: the data root's split the model did not train on)")
     parser.add_argument("--limit", type=int, help="score at most N samples")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--config", help="short name of the configuration (default: from --model)")

@@ -67,6 +67,13 @@ class Item:
     twin_image: Image.Image | None = None
 
 
+def paper_items(items: list[Item]) -> list[Item]:
+    """The paper's per-sample protocol: each item as it is, plus its original question without the
+    image (a ``text_only`` item with the same sample_id) — one text-only pass per sample, where a run
+    scores one per distinct question (lib.protocol.run)."""
+    return list(items) + [Item(it.sample_id, None, it.prompts[:1], CONDITION_TEXT_ONLY) for it in items]
+
+
 def yes_probability(logits: torch.Tensor, yes_ids, no_ids) -> tuple[torch.Tensor, torch.Tensor]:
     """(p_yes renormalised over yes+no, yes_no_mass) from next-token logits of shape (N, V)."""
     logits = logits.float()
@@ -78,13 +85,9 @@ def yes_probability(logits: torch.Tensor, yes_ids, no_ids) -> tuple[torch.Tensor
     return p_yes, mass
 
 
-def blank_like(image: Image.Image) -> Image.Image:
-    """The `blank` image removal: a uniform grey image of the same size."""
-    return Image.new("RGB", image.size, BLANK_GREY)
-
-
 def blank_image() -> Image.Image:
-    """The run's `blank` condition: a uniform grey image (``DERIVED_SIZE``)."""
+    """The run's `blank` condition, and the image of ``image_removal: blank``: a uniform grey image
+    (``DERIVED_SIZE``; the processors resize it, and a uniform image stays the same grey)."""
     return Image.new("RGB", DERIVED_SIZE, BLANK_GREY)
 
 

@@ -546,11 +546,14 @@ def reference_source(params: dict) -> str:
 
 
 def dedup_counts(jobs: list[Job], units: list[RunUnit], params: dict) -> dict:
-    """Prompts scored with deduplication vs the per-sample protocol it replaces (each sample's
-    prompts, its text-only pass, and one pass per reliance check and twin)."""
+    """Prompts scored with deduplication against the per-sample protocol it replaces (each sample's
+    prompts, its text-only pass, one pass per reliance check and its twin); the references, a
+    per-run cost with no per-sample counterpart, are counted beside them."""
     per_sample = sum(len(j.prompts) + 1 + len(params["reliance_checks"]) + (j.twin_image_path is not None)
                      for j in jobs)
+    references = sum(len(u.prompts) for u in units if u.condition == engine.CONDITION_REFERENCE)
     scored = sum(len(j.prompts) + (j.twin_image_path is not None) for j in jobs) + \
-        sum(len(u.prompts) for u in units)
+        sum(len(u.prompts) for u in units) - references
     return {"prompts_scored": scored, "prompts_per_sample_protocol": per_sample,
-            "share_saved": 1 - scored / per_sample if per_sample else None}
+            "share_saved": 1 - scored / per_sample if per_sample else None,
+            "reference_prompts": references}
