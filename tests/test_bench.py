@@ -1,10 +1,15 @@
 """The benchmark package: the FLOP floor's arithmetic, and the GPU bench run end to end at tiny
 shapes on the CPU (the same code `make bench GPU=1` runs at the real shapes)."""
+import inspect
 import json
+from pathlib import Path
 
 import pytest
 
 from lib.bench import floor, gpu, ways
+from lib.front import results
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ONES = dict(h=1, q=1, kv=1, inter=1, layers=1, vocab=1)
 
@@ -38,3 +43,10 @@ def test_tiny_gpu_bench_runs_on_cpu(tmp_path):
     assert model["max_abs_p_yes_diff_engine_vs_forward_bs1"] < 1e-4
     assert model["agreement_vs_forward_bs1"]["engine"] == 1.0
     assert model["peak_memory_gib"] == {"engine_bf16": None}
+
+
+def test_committed_gpu_results_are_where_make_results_reads_them():
+    default = inspect.signature(results.write).parameters["gpu_results"].default
+    text = results.gpu_section(ROOT / default)
+    assert "`gpu_bench_h200_2026-11-26.json`: NVIDIA H200" in text
+    assert "| llava-1.5-7b-shape | 1079.5 |" in text and "| medgemma-4b-shape |" in text
