@@ -37,7 +37,7 @@ DEFAULT_FAMILY := $(addprefix lib/offline/,default_models.py training.py synth.p
 # only, and the figures inside outputs/default/build_default.ipynb and outputs/runs/*/evaluate.ipynb
 # are redrawn the next time those steps run (`touch params/*.yaml && make runs` redraws the runs'
 # figures from their saved records, without scoring again).
-DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) $(DEFAULT_FAMILY) $(PROTOCOL_SCORING)
+DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) lib/offline/build.py $(DEFAULT_FAMILY) $(PROTOCOL_SCORING)
 ADAPTER_CODE := notebooks/finetune_lora.ipynb $(NOTEBOOK_SETUP) lib/offline/finetune.py $(DEFAULT_FAMILY) $(PROTOCOL_LOAD)
 # the evaluate notebook's session (strict params, preflight, the scorer: in-process or Ray)
 RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py
@@ -102,9 +102,9 @@ test: ## run the test suite (unit, readers, notebooks via nbval, bad inputs, the
 	$(MAKE) --no-print-directory -j2 $(RAY_STAMP) $(DEFAULT)
 	$(PY) -m pytest -q -n auto --dist loadfile
 
-bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per prompt vs the engine -> outputs/bench/bench.json (GPU=1: 7B/4B shapes on CUDA)
+bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per prompt vs the engine -> outputs/bench/bench.json (GPU=1: 7B/4B shapes on CUDA -> outputs/bench/gpu_bench.json)
 	mkdir -p outputs/bench
-	if [ "$(GPU)" = 1 ]; then OUT=outputs/bench $(PY) bench/gpu_bench.py; else $(PY) -m lib.bench.ways --out outputs/bench/bench.json; fi
+	if [ "$(GPU)" = 1 ]; then $(PY) -m lib.bench.gpu --out outputs/bench/gpu_bench.json; else $(PY) -m lib.bench.ways --out outputs/bench/bench.json; fi
 
 # -- seeds (issue 13): the whole offline world for several seeds, then the spread of the headline
 # numbers (r, Dangerous and image-blind fractions, ground-truth precision/recall) in outputs/seeds/.

@@ -59,7 +59,7 @@ import json, time
 from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
-import lib.offline.default_models as dm, lib.protocol.config, lib.protocol.data, lib.protocol.plots, lib.protocol.provenance, lib.protocol.run, lib.offline.synth
+import lib.offline.default_models as dm, lib.offline.build, lib.protocol.plots, lib.protocol.provenance, lib.protocol.run, lib.offline.synth
 
 lib.protocol.provenance.seed_everything(seed)
 out = Path(out_root)
@@ -83,17 +83,8 @@ fig = lib.protocol.plots.sample_grid(*lib.offline.synth.montage(data_roots["mimi
 
 # %%
 prevalence = lib.offline.synth.prevalence(world, prevalence_floor)
-measured = {}
-for dataset, root in data_roots.items():
-    for split_name in lib.protocol.data.SPLITS[dataset]:
-        rows = pd.DataFrame([s.__dict__ for s in lib.protocol.data.iter_samples(dataset, root, split=split_name)])
-        if len(rows):
-            for finding, group in rows.groupby("finding"):
-                measured.setdefault(dataset, {}).setdefault(split_name, {})[finding] = {
-                    "n": len(group), "positives": int((group.label == "yes").sum()),
-                    "rate": float((group.label == "yes").mean())}
-pd.DataFrame({(d, s): {f: v["rate"] for f, v in by_f.items()} for d, by_s in measured.items()
-              for s, by_f in by_s.items()}).assign(**{f"drawn {d}": pd.Series(r) for d, r in prevalence.items()})
+measured = lib.offline.build.measured_prevalence(data_roots)
+lib.offline.build.prevalence_table(measured, prevalence)
 
 # %% [markdown]
 # ## Training data, the split, and the paraphrases no training stage sees
@@ -150,33 +141,14 @@ built.drop(columns="model_dir")
 # original question only (`max_paraphrases: 0`); the paraphrases are what the runs of `make all` measure.
 
 # %%
-def check_row(family, dataset, root):
-    params = {"config": f"{family}-base", "model": str(out / "models" / f"{family}-base"),
-              "dataset": dataset, "data_root": str(root), "limit": check_limit, "seed": seed,
-              "reliance_checks": [], "max_paraphrases": 0, "bootstrap_resamples": check_bootstrap,
-              "output_dir": str(out / "checks" / f"{family}-base__{dataset}")}
-    extra = {"twins": str(twins[dataset]), "prompt_split": str(out / "prompt_split.json")}
-    params.update({k: v for k, v in extra.items() if k in lib.protocol.config.DEFAULTS})
-    result = lib.protocol.run.evaluate(lib.protocol.config.validate(params))
-    s, samples, preds = result.summary, result.samples, result.predictions
-    pos, neg = samples[samples.label == "yes"], samples[samples.label == "no"]
-    sensitivity, specificity = (pos.pred == "yes").mean(), (neg.pred == "no").mean()
-    mass = preds.loc[preds.condition == "image", "yes_no_mass"].median()
-    twin = samples["truly_image_reliant"].dropna().astype(bool) if "truly_image_reliant" in samples else pd.Series([], dtype=bool)
-    text_p = samples.groupby("finding").p_yes_text_only.mean() if "p_yes_text_only" in samples else {}
-    return {"family": family, "dataset": dataset, "n": s["n_samples"], "n_positive": len(pos),
-            "accuracy": s["accuracy"], "sensitivity": sensitivity, "specificity": specificity,
-            "balanced_accuracy": (sensitivity + specificity) / 2, "yes_no_mass_median": float(mass),
-            "twin_changes": float(twin.mean()) if len(twin) else None, "n_twin": len(twin),
-            "text_only_differs": s["image_reliance_rate"],
-            **{f"accuracy {f}": v for f, v in samples.groupby("finding").correct.mean().items()},
-            **{f"text_only p_yes {f}": float(v) for f, v in dict(text_p).items()}}
+def check(family, dataset, root):
+    params = lib.offline.build.check_params(family, dataset, root, out, twins=twins[dataset], limit=check_limit,
+                                            seed=seed, bootstrap=check_bootstrap)
+    return lib.offline.build.check_row(family, dataset, lib.protocol.run.evaluate(params))
 
-checks = pd.DataFrame([check_row(f, d, r) for f in dm.FAMILIES for d, r in data_roots.items()])
+checks = pd.DataFrame([check(f, d, r) for f in dm.FAMILIES for d, r in data_roots.items()])
 # The bar for a base model that reads the image (lib.offline.default_models.MIN_*).
-checks["meets_requirements"] = ((checks.balanced_accuracy >= dm.MIN_BALANCED_ACCURACY)
-                                & (checks.yes_no_mass_median >= dm.MIN_YES_NO_MASS)
-                                & (checks.twin_changes.fillna(0) >= dm.MIN_TWIN_CHANGES))
+checks["meets_requirements"] = lib.offline.build.meets_requirements(checks)
 checks.set_index(["family", "dataset"]).T
 
 # %% [markdown]
@@ -188,25 +160,16 @@ checks.set_index(["family", "dataset"]).T
 # image on every test sample of those findings.
 
 # %%
-test_samples = {d: [s.sample_id for s in lib.protocol.data.iter_samples(d, r, split="test")] for d, r in data_roots.items()}
-dial = {name: {"findings": list(findings), "how": "consistency LoRA trained with a random other training image "
-                                                  "for these findings (label independent of the image)",
-               "built_to_ignore": {d: [i for i in ids if i.split("/", 1)[1] in findings] for d, ids in test_samples.items()}}
-        for name, findings in dm.RELIANCE_DIAL.items()}
+dial = lib.offline.build.reliance_dial(data_roots)
 pd.DataFrame({name: {d: len(v) for d, v in entry["built_to_ignore"].items()} for name, entry in dial.items()})
 
 # %%
-report = {"seed": seed, "n_images": n_images, "world": world, "build_seconds": time.perf_counter() - started,
-          "prevalence": prevalence, "prevalence_floor": prevalence_floor,
-          "prevalence_real": lib.offline.synth.REAL_PREVALENCE, "prevalence_sources": lib.offline.synth.PREVALENCE_SOURCES,
-          "prevalence_measured": measured, "train_prevalence": train_prevalence.to_dict(),
-          "prompt_split": str(out / "prompt_split.json"),
-          "twins": {d: str(p) for d, p in twins.items()},
-          "references": {d: str(p) for d, p in reference_roots.items()}, "n_references": n_references,
-          "reliance_dial": dial,
-          "checks": checks.to_dict("records"), "requirements_met": bool(checks.meets_requirements.all()),
-          "training": {**training, "prompt_pool": prompt_pool, "n_pretrain": n_pretrain, "answer_pool": answer_pool},
-          "n_train_images": len(train_ids), "n_test_images": len(test_ids),
-          **lib.protocol.provenance.provenance(seed)}
+report = lib.offline.build.build_report(
+    seed=seed, n_images=n_images, world=world, prevalence_floor=prevalence_floor,
+    build_seconds=time.perf_counter() - started, measured=measured, train_prevalence=train_prevalence.to_dict(),
+    prompt_split=out / "prompt_split.json", twins=twins, dial=dial, checks=checks,
+    training={**training, "prompt_pool": prompt_pool, "n_pretrain": n_pretrain, "answer_pool": answer_pool},
+    n_train_images=len(train_ids), n_test_images=len(test_ids), references=reference_roots,
+    n_references=n_references)
 (out / "build_report.json").write_text(json.dumps(report, indent=2, default=str))
-print(f"built in {report['build_seconds']:.0f} s")
+print(f"built in {report['build_seconds']:.0f} s; requirements met: {report['requirements_met']}")

@@ -5,11 +5,16 @@ modules; the graph must have no cycle, and an import between subpackages must be
 `ALLOWED` permits (each subpackage's __init__ docstring says the same in words).
 """
 import ast
+import os
 from pathlib import Path
 
 import pytest
 
-LIB = Path(__file__).resolve().parents[1] / "lib"
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "lib"
+# where Python code may live: the package, its tests, the notebooks that call it
+CODE_HOMES = ("lib", "tests", "notebooks")
+NOT_SOURCE = {".git", ".venv", "outputs", "__pycache__", ".ipynb_checkpoints"}
 # subpackage -> the other subpackages it may import (the protocol core imports none of them)
 ALLOWED = {
     "protocol": set(),
@@ -103,3 +108,28 @@ def test_dependencies_point_one_way(name):
 def test_every_subpackage_says_what_it_owns(package):
     doc = ast.get_docstring(ast.parse((LIB / package / "__init__.py").read_text()))
     assert doc and len(doc) > 80, f"lib/{package}/__init__.py needs a docstring saying what it owns"
+
+
+def repo_sources() -> list[Path]:
+    """Every .py file of the repository (not the venv, not outputs; links not followed)."""
+    found = []
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if d not in NOT_SOURCE]
+        found += [Path(folder) / f for f in files if f.endswith(".py")]
+    return found
+
+
+def test_all_code_is_inside_the_architecture():
+    # a script beside lib/ (the GPU bench once was) escapes the import graph above
+    outside = [str(p.relative_to(ROOT)) for p in repo_sources() if p.relative_to(ROOT).parts[0] not in CODE_HOMES]
+    assert outside == []
+
+
+def test_no_sys_path_manipulation():
+    # `lib` is imported as the installed package (or from PYTHONPATH), never by editing sys.path
+    offenders = [str(p.relative_to(ROOT)) for p in repo_sources()
+                 for node in ast.walk(ast.parse(p.read_text()))
+                 if isinstance(node, ast.Attribute) and node.attr == "path"
+                 and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+    assert offenders == []
+    assert "lib.bench.gpu" in MODULES and "lib.bench.ways" in GRAPH["lib.bench.gpu"]

@@ -96,14 +96,15 @@ def parse_answer(text: str) -> str | None:
 
 
 @torch.inference_mode()
-def naive(lm, items: list[Item], max_new_tokens: int) -> dict:
-    """generate() per prompt at batch 1; the answer parsed from the decoded text."""
+def naive(lm, items: list[Item], max_new_tokens: int, min_new_tokens: int | None = None) -> dict:
+    """generate() per prompt at batch 1 (at least `min_new_tokens` new tokens when given); the
+    answer parsed from the decoded text."""
     tokenizer = lm.tokenizer
     out = {}
     for key, image, question in jobs_of(items):
         enc = encode(lm, image, question)
-        generated = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                      num_beams=1, pad_token_id=tokenizer.pad_token_id)
+        generated = lm.model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                      do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(generated[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         out[key] = {"answer": parse_answer(text), "text": text}
     return out
@@ -128,6 +129,7 @@ def engine_way(lm, items: list[Item], batch_size: int, engine: Engine | None = N
 
 
 def answer(row: dict) -> str | None:
+    """The answer of one way's row: the parsed text (naive), else p_yes >= 0.5."""
     if "answer" in row:
         return row["answer"]
     return "yes" if row["p_yes"] >= 0.5 else "no"

@@ -219,7 +219,7 @@ def bench_section(bench: dict | None) -> str:
 
 
 def gpu_section(results_dir: Path) -> str:
-    """The committed GPU measurements (bench/results/*.json, written by `make bench GPU=1`)."""
+    """The committed GPU measurements (lib/bench/results/*.json, written by `make bench GPU=1`)."""
     parts = []
     for path in sorted(results_dir.glob("gpu_bench_*.json")):
         report = json.loads(path.read_text())
@@ -238,7 +238,7 @@ def gpu_section(results_dir: Path) -> str:
     return "\n\n".join(parts) + "\n" if parts else "No committed GPU measurement.\n"
 
 
-def write(outputs: Path, out: Path, gpu_results: Path = Path("bench/results")) -> str:
+def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results")) -> str:
     runs = stats.read_summaries(outputs / "runs")
     report = read_json(outputs / "default" / "build_report.json")
     corr = read_json(outputs / "analysis" / "correlation.json")

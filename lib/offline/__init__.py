@@ -3,8 +3,9 @@
 Owns `synth` (synthetic radiographs in the exact on-disk layouts of MIMIC-CXR-JPG and PadChest),
 `default_models` (the default LLaVA and Gemma 3 families, built with lib.families.tiny and
 trained here on CPU), `training` (the training steps and augmentation), `finetune` (the
-paper's consistency LoRA recipe, also usable on real models) and `seeds` (`make seeds`: the whole
-world for several seeds and the spread of its headline numbers). The world has the real
+paper's consistency LoRA recipe, also usable on real models), `build` (what the default build
+checks and records in build_report.json) and `seeds` (`make seeds`: the whole world for several
+seeds and the spread of its headline numbers). The world has the real
 datasets' label priors, a learned text-only prior, held-out paraphrases, a reliance dial (shortcut
 adapters) and a counterfactual twin of every test image (the per-sample ground truth).
 
