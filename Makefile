@@ -55,7 +55,15 @@ ANALYSIS := outputs/analysis/correlation.json
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-all: $(ANALYSIS) ## build the offline default if missing, evaluate every params/*.yaml pair, gather them
+# Independent steps (the six adapters, the 18 pairs) run side by side, JOBS at a time (default:
+# the machine's cores). Every adapter and pair runs torch on ONE thread whatever JOBS is, so the
+# outputs of `make all JOBS=1` and `make all` are identical (the order of float sums changes with
+# the thread count); the default build trains each family on one thread already.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+all: ## build the offline default if missing, evaluate every params/*.yaml pair (JOBS at a time), gather them
+	@$(MAKE) --no-print-directory -j$(JOBS) $(ANALYSIS)
 
 env: $(STAMP) ## create .venv from the pinned requirements
 
@@ -76,7 +84,7 @@ adapters: $(ADAPTERS) ## consistency LoRA adapters of the default models (params
 
 outputs/default/adapters/%/adapter_config.json: params/lora/%.yaml $(ADAPTER_CODE) $(DEFAULT)
 	mkdir -p $(@D)
-	$(PAPERMILL) notebooks/finetune_lora.ipynb $(@D)/finetune_lora.ipynb -f $< -p params_file $<
+	$(ONE_THREAD) $(PAPERMILL) notebooks/finetune_lora.ipynb $(@D)/finetune_lora.ipynb -f $< -p params_file $<
 	-$(NBCONVERT) $(@D)/finetune_lora.ipynb
 
 runs: $(SUMMARIES) ## evaluate.ipynb once per params/*.yaml
@@ -87,7 +95,7 @@ adapter_of = $(filter $(ADAPTERS),$(addsuffix /adapter_config.json,$(shell sed -
 .SECONDEXPANSION:
 outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapter_of,params/$$*.yaml)
 	mkdir -p $(@D)
-	$(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $<
+	$(ONE_THREAD) $(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $<
 	-$(NBCONVERT) $(@D)/evaluate.ipynb
 
 analysis: $(ANALYSIS) ## gather all runs: correlation, figures
@@ -111,8 +119,11 @@ bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per pr
 # Each seed is a full `make all` (build, adapters, every pair, analysis) under outputs/seeds/<seed>/;
 # steps whose outputs exist are skipped. `make all` itself stays one seed.
 SEEDS ?= 0 1 2
-seeds: $(STAMP) ## the whole offline world for each of SEEDS (default 0 1 2) -> outputs/seeds/<seed>/, spread -> outputs/seeds/
-	$(PY) -m lib.offline.seeds --seeds $(SEEDS) --out outputs/seeds
+# Seed 0 is `make all`'s own world (linked, not rebuilt); the other seeds' steps run JOBS at a time.
+seeds: all ## the whole offline world for each of SEEDS (default 0 1 2) -> outputs/seeds/<seed>/, spread -> outputs/seeds/
+	mkdir -p outputs/seeds/0
+	for d in default runs analysis; do ln -sfn ../../$$d outputs/seeds/0/$$d; done
+	$(PY) -m lib.offline.seeds --seeds $(SEEDS) --out outputs/seeds --jobs $(JOBS)
 
 # -- Ray (issue 6): an optional extra; `make all` never needs it, `make test` installs it. -----
 $(RAY_STAMP): requirements-ray.txt | $(STAMP)

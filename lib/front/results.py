@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..protocol import stats
+from . import report
 
 
 PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc.", "Ideal", "Fragile",
@@ -203,6 +204,20 @@ def seeds_section(seeds_dir: Path) -> str:
             + table(["pair", *keys], pairs) + "\n")
 
 
+VERDICT_PAIR = "llava-base__padchest"
+
+
+def verdict_section(runs_dir: Path, pair: str = VERDICT_PAIR) -> str:
+    """The verdict `cxr-screen --max-dangerous 0` would print for one pair of `make all`, read from
+    its outputs (lib.front.report.verdict)."""
+    if not (runs_dir / pair / "summary.json").is_file():
+        return f"No run {pair} in {runs_dir}.\n"
+    summary, samples = report.load_run(runs_dir / pair)
+    words = report.verdict(summary, samples, max_dangerous=0.0)["paragraphs"]
+    return f"`{pair}`, all {summary['n_samples']} samples, `--max-dangerous 0`:\n\n" + \
+        "\n".join(f"> {w}\n>" for w in words).rstrip(">\n") + "\n"
+
+
 def bench_section(bench: dict | None) -> str:
     """`make bench` (outputs/bench/bench.json): ms per sample of each way and its agreement."""
     if not bench:
@@ -271,6 +286,7 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results"
         "AUROC of reference agreement is low by construction: references test the model on other "
         "images, not on the sample's own (the local-counterfactual issue addresses that).\n",
         image_blind_section(runs, outputs / "seeds"),
+        "\n## A screen's verdict\n", verdict_section(outputs / "runs"),
         "\n## Across pairs\n", correlation_section(corr),
         "## Across seeds\n", seeds_section(outputs / "seeds"),
         "## Speed (CPU)\n", bench_section(read_json(outputs / "bench" / "bench.json")),

@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -70,19 +71,31 @@ def rewrite(values: dict, root: Path, seed: int) -> dict:
     return {**{k: swap(v) for k, v in values.items()}, "seed": seed}
 
 
-def run(command: list[str]) -> None:
+def run(command: list[str], one_thread: bool = False) -> None:
+    """Run one step; adapters and pairs run torch on one thread, as in `make all` (Makefile
+    ONE_THREAD), so a seed's outputs do not depend on how many steps run side by side."""
     print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if one_thread else None
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL if one_thread else None)
 
 
-def world(seed: int, out: Path, params_dir: Path = Path("params")) -> Path:
-    """Build, fine-tune, evaluate and analyse one seed's world under `<out>/<seed>`."""
+def side_by_side(commands: list[list[str]], jobs: int) -> None:
+    """Independent steps, `jobs` at a time (each on one thread); the first failure stops the seed."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(run, c, True) for c in commands]:
+            future.result()
+
+
+def world(seed: int, out: Path, params_dir: Path = Path("params"), jobs: int = 1) -> Path:
+    """Build, fine-tune, evaluate and analyse one seed's world under `<out>/<seed>`; the adapters,
+    then the pairs, `jobs` at a time."""
     base = out / str(seed)
     root = base / "default"
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "build_report.json").is_file():
         run(PAPERMILL + ["notebooks/build_default.ipynb", str(root / "build_default.ipynb"),
                          "-p", "out_root", str(root), "-p", "seed", str(seed)])
+    adapters, pairs = [], []
     for lora in sorted((params_dir / "lora").glob("*.yaml")):
         spec = rewrite(yaml.safe_load(lora.read_text()), root, seed)
         spec["output_dir"] = str(root / "adapters" / spec["name"])
@@ -92,8 +105,10 @@ def world(seed: int, out: Path, params_dir: Path = Path("params")) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         Path(spec["output_dir"]).mkdir(parents=True, exist_ok=True)
-        run(PAPERMILL + ["notebooks/finetune_lora.ipynb", str(Path(spec["output_dir"]) / "finetune_lora.ipynb"),
-                         "-f", str(path), "-p", "params_file", str(path)])
+        adapters.append(PAPERMILL + ["notebooks/finetune_lora.ipynb",
+                                     str(Path(spec["output_dir"]) / "finetune_lora.ipynb"),
+                                     "-f", str(path), "-p", "params_file", str(path)])
+    side_by_side(adapters, jobs)
     for pair in sorted(params_dir.glob("*.yaml")):
         run_dir = base / "runs" / pair.stem
         if (run_dir / "summary.json").is_file():
@@ -102,8 +117,9 @@ def world(seed: int, out: Path, params_dir: Path = Path("params")) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(rewrite(yaml.safe_load(pair.read_text()), root, seed), sort_keys=False))
         run_dir.mkdir(parents=True, exist_ok=True)
-        run(PAPERMILL + ["notebooks/evaluate.ipynb", str(run_dir / "evaluate.ipynb"), "-f", str(path),
-                         "-p", "params_file", str(path), "-p", "output_dir", str(run_dir)])
+        pairs.append(PAPERMILL + ["notebooks/evaluate.ipynb", str(run_dir / "evaluate.ipynb"), "-f", str(path),
+                                  "-p", "params_file", str(path), "-p", "output_dir", str(run_dir)])
+    side_by_side(pairs, jobs)
     analysis = base / "analysis"
     if not (analysis / "correlation.json").is_file():
         analysis.mkdir(parents=True, exist_ok=True)
@@ -154,6 +170,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="outputs/seeds")
     parser.add_argument("--gather-only", action="store_true", help="only summarise existing outputs")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="adapters / pairs of a seed run side by side (default: the cores)")
     args = parser.parse_args(argv)
     if len(args.seeds) < 3 and not args.gather_only:
         print(f"note: {len(args.seeds)} seed(s); the spread needs at least 3", file=sys.stderr)
@@ -162,7 +180,7 @@ def main(argv=None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not args.gather_only:
         for seed in args.seeds:
-            world(seed, out)
+            world(seed, out, jobs=args.jobs)
     result = gather(out, args.seeds)
     print(json.dumps(result["correlations"], indent=1))
     return result
