@@ -10,7 +10,8 @@ from lib.protocol import data, run
 
 REPORT_KEYS = ["seed", "n_images", "world", "build_seconds", "prevalence", "prevalence_floor",
                "prevalence_real", "prevalence_sources", "prevalence_measured", "train_prevalence",
-               "prompt_split", "twins", "reliance_dial", "checks", "requirements_met", "training",
+               "prompt_split", "twins", "references", "n_references", "reliance_dial", "checks",
+               "requirements_met", "training",
                "n_train_images", "n_test_images", "packages", "git_commit", "machine"]
 
 

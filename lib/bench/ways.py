@@ -13,7 +13,15 @@ On each offline default model (llava-base, gemma3-base) and the SAME samples (th
 * ``forward_bs1``: one forward per prompt at batch 1 (processor + model, last-position logits
   only), answer read from the yes/no logits with ``lib.protocol.engine.yes_probability``;
 * ``engine``: ``lib.protocol.engine.Engine`` at ``--batch-size`` 16 (prefix sharing on, text-only prompts
-  batched separately).
+  batched separately): the paper's protocol (``paper_protocol``: image prompts + one text-only pass
+  per sample);
+* ``default_protocol``: what a run of the default params scores for these samples besides its
+  references (``lib.protocol.run``): their image prompts, and once per distinct original question
+  the text-only pass, the blank image and the null images; its answers are compared with
+  ``default_undeduplicated``, the same conditions scored once per SAMPLE (``agreement_dedup``).
+  The references are a per-run cost: ``reference_ms_per_image`` (``--n`` reference images of the
+  offline reference set, each with the four findings' original questions) beside
+  ``reference_pool`` (the reference images of the pair's run in ``outputs/runs``, when there).
 
 Every way runs the processor itself (image preprocessing and tokenisation are timed); images are
 read from disk once, before any timing. Each way is warmed up once on the first sample, then
@@ -43,8 +51,9 @@ from pathlib import Path
 
 import torch
 
-from ..protocol import data, models, prompts, provenance, questions
-from ..protocol.engine import CONDITION_IMAGE, CONDITION_TEXT_ONLY, Engine, Item, yes_probability
+from ..protocol import data, engine as engine_module, models, prompts, provenance, questions
+from ..protocol.engine import (CONDITION_BLANK, CONDITION_IMAGE, CONDITION_NOISE, CONDITION_REFERENCE,
+                               CONDITION_TEXT_ONLY, Engine, Item, paper_items, yes_probability)
 
 DEFAULT_MODELS = ("outputs/default/models/llava-base", "outputs/default/models/gemma3-base")
 DEFAULT_DATA = "outputs/default/data"
@@ -122,10 +131,73 @@ def forward_bs1(lm, items: list[Item]) -> dict:
 
 
 def engine_way(lm, items: list[Item], batch_size: int, engine: Engine | None = None) -> dict:
+    """The paper's protocol through the engine: each sample's prompts with its image, and its
+    original question without (``paper_items``)."""
     engine = engine or Engine(lm, batch_size=batch_size)
     return {(r["sample_id"], r["prompt_id"], r["condition"]): {"p_yes": r["p_yes"],
                                                                 "yes_no_mass": r.get("yes_no_mass")}
-            for r in engine.score(items)}
+            for r in engine.score(paper_items(items))}
+
+
+def per_question_items(items: list[Item], seed: int = 0) -> list[Item]:
+    """The default protocol's per-run items for these samples: every distinct original question
+    without the image, with the blank image and with each null image (lib.protocol.run.run_units)."""
+    questions_ = tuple(sorted({it.prompts[0] for it in items}))
+    nulls = engine_module.null_images(seed)
+    return ([Item("text_only", None, questions_, CONDITION_TEXT_ONLY),
+             Item("blank", engine_module.blank_image(), questions_, CONDITION_BLANK)]
+            + [Item(f"noise:{j}", image, questions_, CONDITION_NOISE) for j, image in enumerate(nulls)])
+
+
+def per_sample_items(items: list[Item], seed: int = 0) -> list[Item]:
+    """The same conditions scored once per sample (the undeduplicated path)."""
+    nulls = engine_module.null_images(seed)
+    return (paper_items(items)
+            + [Item(it.sample_id, engine_module.blank_image(), it.prompts[:1], CONDITION_BLANK) for it in items]
+            + [Item(f"{it.sample_id}|noise:{j}", image, it.prompts[:1], CONDITION_NOISE)
+               for it in items for j, image in enumerate(nulls)])
+
+
+def protocol_answers(rows: list[dict], items: list[Item]) -> dict:
+    """(sample_id, condition) -> answer of each sample's original question under text_only, blank
+    and noise (mean p_yes over the null images), from per-question or per-sample rows."""
+    by_question, by_sample = {}, {}
+    for r in rows:
+        sample = str(r["sample_id"]).split("|")[0]
+        if r["condition"] in (CONDITION_TEXT_ONLY, CONDITION_BLANK, CONDITION_NOISE):
+            by_question.setdefault((r["condition"], r["prompt"]), []).append(r["p_yes"])
+            by_sample.setdefault((sample, r["condition"]), []).append(r["p_yes"])
+    out = {}
+    for it in items:
+        for condition in (CONDITION_TEXT_ONLY, CONDITION_BLANK, CONDITION_NOISE):
+            values = by_sample.get((it.sample_id, condition)) or by_question[(condition, it.prompts[0])]
+            out[(it.sample_id, condition)] = "yes" if sum(values) / len(values) >= 0.5 else "no"
+    return out
+
+
+def load_references(dataset: str, root, n: int) -> list[Item]:
+    """n reference images (frontal, every split of the offline reference set), each with the
+    original question of every finding."""
+    originals = tuple(questions.prompts_for(f, questions.load_question_sets())[0] for f in data.DEFAULT_FINDINGS)
+    seen, out = set(), []
+    for sample in data.iter_samples(dataset, root, split=None):
+        if sample.image_id in seen:
+            continue
+        seen.add(sample.image_id)
+        image = data.load_image(sample)
+        if image is not None:
+            out.append(Item(f"reference:{sample.image_id}", image.convert("RGB"), originals, CONDITION_REFERENCE))
+        if len(out) == n:
+            break
+    return out
+
+
+def reference_pool(model_dir: str, dataset: str, runs_dir: Path = Path("outputs/runs")) -> int | None:
+    """The number of reference images the pair's run scored (its summary.json), when there."""
+    path = runs_dir / f"{Path(model_dir).name}__{dataset}" / "summary.json"
+    if not path.is_file():
+        return None
+    return ((json.loads(path.read_text()).get("image_blind") or {}).get("n_reference_images"))
 
 
 def answer(row: dict) -> str | None:
@@ -143,31 +215,38 @@ def timed(fn, items) -> tuple[dict, float, float]:
 
 
 def bench_model(model_dir: str, items: list[Item], batch_size: int, max_new_tokens: int,
-                repeats: int = 3) -> dict:
+                repeats: int = 3, references: list[Item] = (), dataset: str = "mimic-cxr") -> dict:
     lm = models.load_model(model_dir, dtype="float32", device="cpu")
     engine = Engine(lm, batch_size=batch_size)
     ways = {
         "naive": lambda its: naive(lm, its, max_new_tokens),
         "forward_bs1": lambda its: forward_bs1(lm, its),
         "engine": lambda its: engine_way(lm, its, batch_size, engine),
+        "default_protocol": lambda its: engine.score(list(its) + per_question_items(its)),
+        "default_undeduplicated": lambda its: engine.score(per_sample_items(its)),
     }
-    for way in WAYS:                      # warm-up: each way once, on the first sample
+    timed_ways = list(ways)
+    for way in timed_ways:                # warm-up: each way once, on the first sample
         ways[way](items[:1])
-    results, walls, cpus = {}, {w: [] for w in WAYS}, {w: [] for w in WAYS}
+    results, walls, cpus = {}, {w: [] for w in timed_ways}, {w: [] for w in timed_ways}
     for _ in range(repeats):              # interleaved, so load changes hit every way alike
-        for way in WAYS:
+        for way in timed_ways:
             results[way], wall, cpu = timed(ways[way], items)
             walls[way].append(wall)
             cpus[way].append(cpu)
-    seconds = {way: min(walls[way]) for way in WAYS}
+    seconds = {way: min(walls[way]) for way in timed_ways}
+    dedup = protocol_answers(results["default_protocol"], items)
+    undedup = protocol_answers(results["default_undeduplicated"], items)
+    reference_seconds = min(timed(engine.score, list(references))[1] for _ in range(repeats)) if references else None
     keys = list(results["engine"])
     reference = {k: answer(results["engine"][k]) for k in keys}
     agreement = {
         way: sum(answer(results[way][k]) == reference[k] for k in keys) / len(keys)
         for way in WAYS if way != "engine"
     }
-    ms = {way: 1000 * seconds[way] / len(items) for way in WAYS}
-    ms_cpu = {way: 1000 * min(cpus[way]) / len(items) for way in WAYS}
+    ms = {way: 1000 * seconds[way] / len(items) for way in timed_ways}
+    ms["paper_protocol"] = ms["engine"]
+    ms_cpu = {way: 1000 * min(cpus[way]) / len(items) for way in timed_ways}
     naive_answers = [results["naive"][k]["answer"] for k in keys]
     return {
         "model": model_dir,
@@ -195,6 +274,11 @@ def bench_model(model_dir: str, items: list[Item], batch_size: int, max_new_toke
                                        if k[2] == CONDITION_IMAGE]),
         "max_abs_p_yes_diff_forward_bs1_vs_engine": max(
             abs(results["forward_bs1"][k]["p_yes"] - results["engine"][k]["p_yes"]) for k in keys),
+        "default_vs_paper_protocol": ms["default_protocol"] / ms["paper_protocol"],
+        "agreement_dedup": sum(dedup[k] == undedup[k] for k in dedup) / len(dedup),
+        "reference_ms_per_image": 1000 * reference_seconds / len(references) if references else None,
+        "reference_images_timed": len(references),
+        "reference_pool": reference_pool(model_dir, dataset),
         "engine_mode": engine.mode,
         "engine_fallback_reason": engine.fallback_reason,
         "dtype": str(lm.dtype),
@@ -212,11 +296,15 @@ def _median(values) -> float | None:
 
 def table(report: dict) -> str:
     lines = [f"{'model':<14}{'naive':>10}{'fwd_bs1':>10}{'engine':>10}{'speedup':>9}"
-             f"{'agree naive':>13}{'agree fwd':>11}   ms per sample, {report['n_samples']} samples"]
+             f"{'agree naive':>13}{'agree fwd':>11}{'default':>9}{'ratio':>7}{'ref/img':>9}"
+             f"   ms per sample, {report['n_samples']} samples"]
     for name, r in report["models"].items():
         ms, agree = r["ms_per_sample"], r["agreement"]
+        ref = r["reference_ms_per_image"]
         lines.append(f"{name:<14}{ms['naive']:>10.1f}{ms['forward_bs1']:>10.1f}{ms['engine']:>10.2f}"
-                     f"{r['speedup_vs_naive']:>8.1f}x{agree['naive']:>13.3f}{agree['forward_bs1']:>11.3f}")
+                     f"{r['speedup_vs_naive']:>8.1f}x{agree['naive']:>13.3f}{agree['forward_bs1']:>11.3f}"
+                     f"{ms['default_protocol']:>9.2f}{r['default_vs_paper_protocol']:>6.2f}x"
+                     f"{(ref if ref is not None else float('nan')):>9.2f}")
     return "\n".join(lines)
 
 
@@ -240,6 +328,8 @@ def main(argv=None) -> dict:
                         help=f"dataset root (default {DEFAULT_DATA}/<dataset>)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--n", type=int, default=24, help="samples (same ones for every way)")
+    parser.add_argument("--references", type=int, default=24,
+                        help="reference images of the offline reference set to time (0: none)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
@@ -255,6 +345,9 @@ def main(argv=None) -> dict:
     provenance.seed_everything(0)
     data_root = args.data_root or f"{DEFAULT_DATA}/{args.dataset}"
     items = load_items(args.dataset, data_root, args.n, args.split)
+    reference_root = Path(DEFAULT_DATA) / "references" / args.dataset
+    refs = load_references(args.dataset, reference_root, args.references) \
+        if args.references and reference_root.is_dir() else []
     report = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dataset": args.dataset, "data_root": str(data_root), "split": args.split,
@@ -267,7 +360,7 @@ def main(argv=None) -> dict:
     }
     for model_dir in args.models:
         report["models"][Path(model_dir).name] = bench_model(
-            model_dir, items, args.batch_size, args.max_new_tokens, args.repeats)
+            model_dir, items, args.batch_size, args.max_new_tokens, args.repeats, refs, args.dataset)
     if args.workers_pair:
         report["ray_workers"] = ray_rows(args.workers_pair)
     out = Path(args.out)

@@ -219,18 +219,29 @@ def verdict_section(runs_dir: Path, pair: str = VERDICT_PAIR) -> str:
 
 
 def bench_section(bench: dict | None) -> str:
-    """`make bench` (outputs/bench/bench.json): ms per sample of each way and its agreement."""
+    """`make bench` (outputs/bench/bench.json): ms per sample of each way and its agreement, and the
+    default protocol's per-sample part against the paper's protocol, the references beside it."""
     if not bench:
         return "Not run here (`make bench`).\n"
-    rows = []
+    rows, protocol = [], []
     for name, model in bench.get("models", {}).items():
         ms, agree = model.get("ms_per_sample", {}), model.get("agreement", {})
         rows.append([name, *(fmt(ms.get(w), 2) for w in ("naive", "forward_bs1", "engine")),
                      fmt(model.get("speedup_vs_naive"), 1), fmt(agree.get("naive")),
                      fmt(agree.get("forward_bs1")), fmt(model.get("yes_no_mass_median"))])
+        protocol.append([name, fmt(ms.get("paper_protocol"), 2), fmt(ms.get("default_protocol"), 2),
+                         fmt(model.get("default_vs_paper_protocol"), 2), fmt(ms.get("default_undeduplicated"), 2),
+                         fmt(model.get("agreement_dedup")), fmt(model.get("reference_ms_per_image"), 2),
+                         fmt(model.get("reference_pool"))])
     return (f"{bench.get('n_samples')} test samples, one CPU thread; ms per sample:\n\n"
             + table(["model", "generate() per prompt", "forward bs 1", "engine", "speedup",
-                     "agreement generate / engine", "agreement forward / engine", "yes/no mass"], rows) + "\n")
+                     "agreement generate / engine", "agreement forward / engine", "yes/no mass"], rows)
+            + "\n\nThe paper's protocol (image prompts + a text-only pass per sample) against the default "
+            "protocol's per-sample part (the same, with the text-only, blank and null-image passes scored "
+            "once per distinct question), and the same conditions scored once per sample; the references "
+            "are a per-run cost (ms per reference image, and how many the pair's run scored):\n\n"
+            + table(["model", "paper protocol", "default protocol", "ratio", "undeduplicated",
+                     "agreement dedup / undedup", "ms per reference image", "reference pool"], protocol) + "\n")
 
 
 def gpu_section(results_dir: Path) -> str:

@@ -1,0 +1,41 @@
+"""docs/results.md's image-blind section: coverage counted and the error's median taken by hand."""
+import json
+
+import pandas as pd
+import pytest
+
+from lib.front import results
+
+
+def entry(estimate, low, high, truth):
+    return {"truth": truth, "estimate": estimate, "ci95": [low, high],
+            "covered": low <= truth <= high, "n_samples": 100}
+
+
+ENTRIES = [("a-base__mimic-cxr", entry(0.10, 0.05, 0.15, 0.12)),       # covered, |error| 0.02
+           ("a-lora__padchest", entry(0.30, 0.25, 0.35, 0.20)),        # missed, 0.10
+           ("a-lora-shortcut__padchest", entry(0.80, 0.70, 0.90, 0.50)),  # missed, not counted in the median
+           ("b-base__padchest", entry(0.05, 0.00, 0.10, 0.01)),        # covered, 0.04
+           ("no-twins__mimic-cxr", None)]
+
+
+def test_coverage_by_hand():
+    got = results.coverage(ENTRIES)
+    assert got["covered"] == 2 and got["n"] == 4
+    assert got["median_abs_error_non_shortcut"] == pytest.approx(0.04)   # of 0.02, 0.04, 0.10
+
+
+def test_image_blind_section_reads_summaries_and_seeds(tmp_path):
+    runs = {pair: {"ground_truth": {"image_blind": e, "reference_auroc": 0.7},
+                   "image_blind": {"by_finding": {"nodule": {"n_references": {"yes": 40, "no": 200}}}}}
+            for pair, e in ENTRIES}
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    pd.DataFrame([{"seed": s, "pair": "p", "image_blind": 0.1, "image_blind_low": 0.05, "image_blind_high": 0.15,
+                   "image_blind_truth": t, "image_blind_covered": float(0.05 <= t <= 0.15)}
+                  for s, t in ((0, 0.1), (1, 0.2), (2, 0.12))]).to_csv(seeds / "seeds.csv", index=False)
+    text = results.image_blind_section(runs, seeds)
+    assert "covers the twin truth in **2 of 4** pairs" in text and "**0.040**" in text
+    assert "**2 of 3** pair x seed" in text
+    assert "nodule 40/200" in text
+    json.dumps(text)
