@@ -66,7 +66,7 @@ def rounded(x):
 def correlation_table(result, keys=KEYS):
     return pd.Series({k: rounded(result.get(k)) for k in keys}, dtype=object)
 pd.DataFrame({"flip rate vs Dangerous fraction": correlation_table(corr),
-              "flip rate vs image-blind fraction": correlation_table(corr["image_blind"])})
+              "flip rate vs image-blind rate": correlation_table(corr["image_blind"])})
 
 # %% [markdown]
 # **How much of r is arithmetic.** A Dangerous sample is consistent and not image-reliant, so if flip

@@ -147,7 +147,7 @@ def correlation_section(corr: dict | None) -> str:
     ]
     if blind:
         bb = blind.get("bootstrap_ci95") or [None, None]
-        rows.append(["flip rate vs image-blind fraction", blind.get("n"), fmt(blind.get("pearson_r")),
+        rows.append(["flip rate vs image-blind rate", blind.get("n"), fmt(blind.get("pearson_r")),
                      f"[{fmt(blind.get('ci95_low'), 2)}, {fmt(blind.get('ci95_high'), 2)}]",
                      f"[{fmt(bb[0], 2)}, {fmt(bb[1], 2)}]", fmt(blind.get("p_value")),
                      fmt(blind.get("permutation_p")), fmt(blind.get("spearman_rho"))])
