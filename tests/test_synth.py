@@ -308,3 +308,18 @@ def test_pretraining_images_are_balanced_and_belong_to_no_tree():
     assert 0.25 < labels.mean() < 0.75
     again, _ = synth.pretraining_images(4, seed=0)
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))
+
+
+def test_twin_check_compares_natural_and_twin_positives(tiny_world, tmp_path):
+    from lib.offline import twin_check
+    from lib.protocol import models
+
+    root = twin_check.fresh_world(tmp_path, "mimic-cxr", n_images=40, seed=3)
+    lm = models.load_model(str(tiny_world["models"]["llava"]), dtype="float32", device="cpu")
+    table = twin_check.compare(lm, root, "mimic-cxr")
+    twins = pd.read_csv(synth.twin_csv(root, "mimic-cxr"))
+    assert int(table["n twin"].sum()) == int((~twins.present).sum())
+    natural = [s for s in iter_samples("mimic-cxr", root / "mimic-cxr", split=None) if s.label == "yes"]
+    assert int(table["n natural"].sum()) == len(natural)
+    shares = table.filter(like="sensitivity").stack()          # NaN where a finding has no positive
+    assert len(shares) and shares.between(0, 1).all()
