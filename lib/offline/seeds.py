@@ -89,7 +89,7 @@ def world(seed: int, out: Path, params_dir: Path = Path("params")) -> Path:
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         Path(spec["output_dir"]).mkdir(parents=True, exist_ok=True)
         run(PAPERMILL + ["notebooks/finetune_lora.ipynb", str(Path(spec["output_dir"]) / "finetune_lora.ipynb"),
-                         "-f", str(path), "-p", "params_file", str(path)])
+                         "-p", "params_file", str(path)])
     for pair in sorted(params_dir.glob("*.yaml")):
         run_dir = base / "runs" / pair.stem
         if (run_dir / "summary.json").is_file():
@@ -97,9 +97,10 @@ def world(seed: int, out: Path, params_dir: Path = Path("params")) -> Path:
         path = base / "params" / pair.name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(rewrite(yaml.safe_load(pair.read_text()), root, seed), sort_keys=False))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run(PAPERMILL + ["notebooks/evaluate.ipynb", str(run_dir / "evaluate.ipynb"), "-f", str(path),
+        partial = run_dir.with_name(f"{run_dir.name}.partial.ipynb")  # as `make runs` (Makefile)
+        run(PAPERMILL + ["notebooks/evaluate.ipynb", str(partial),
                          "-p", "params_file", str(path), "-p", "output_dir", str(run_dir)])
+        partial.replace(run_dir / "evaluate.ipynb")
     analysis = base / "analysis"
     if not (analysis / "correlation.json").is_file():
         analysis.mkdir(parents=True, exist_ok=True)
