@@ -72,12 +72,12 @@ def check(params: dict, source: str = "<params>") -> None:
             questions.read_prompt_split(params["prompt_split"])
         except ValueError as err:
             fail("prompt_split", err)
-    problem = output_dir_problem(params)
-    if problem:
-        fail("output_dir", problem)
     problem = prompt_problem(params)
     if problem:
         fail("questions", problem)
+    problem = output_dir_problem(params)  # last: it creates the folder
+    if problem:
+        fail("output_dir", problem)
 
 
 def output_dir_problem(params: dict) -> str | None:

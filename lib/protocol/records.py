@@ -130,9 +130,13 @@ def claim_output_dir(output_dir) -> Path:
     problem = output_dir_problem(out)
     if problem:
         raise OutputDirError(problem)
+    probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_new(out / OUTPUT_MARKER, MARKER_TEXT.encode())  # also proves the folder writable
+        os.close(create_new(probe))
+        probe.unlink()
+        if not (out / OUTPUT_MARKER).is_file():
+            write_new(out / OUTPUT_MARKER, MARKER_TEXT.encode())
     except OSError as err:
         raise OutputDirError(f"cannot write to {out} ({err.strerror or err})") from None
     return out
