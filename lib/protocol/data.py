@@ -34,6 +34,7 @@ from __future__ import annotations
 import ast
 import collections
 import hashlib
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
@@ -619,8 +620,10 @@ def read_xray(path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     if path.suffix.lower() == ".dcm":
         return _read_dicom(path, max_pixels)
     try:
-        opened = Image.open(path)
-    except Image.DecompressionBombError as err:  # Pillow's own cap, far above ours
+        with warnings.catch_warnings():  # Pillow warns above its own cap; ours is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError as err:  # Pillow's own hard cap, far above ours
         raise ImageTooLarge(str(err)) from None
     with opened as image:
         _check_pixels(image.size[0] * image.size[1], max_pixels, f"{image.size[0]}x{image.size[1]}")
