@@ -312,8 +312,9 @@ def screen_command(args) -> int:
     print(result["verdict_line"])
     print(f"report: {result['path']}")
     if args.max_dangerous is not None and not result["estimable"]:
-        print(f"cxr-screen: the gate cannot decide: {result['why_not_estimable']} (exit {NOT_ESTIMABLE})",
-              file=sys.stderr)
+        why = result["why_not_estimable"] or "the run marks it not estimable"
+        print(f"cxr-screen: the image-blind fraction cannot be estimated ({why}): the gate fails "
+              f"closed (exit {NOT_ESTIMABLE})", file=sys.stderr)
         return NOT_ESTIMABLE
     return ABOVE_LIMIT if result["passed"] is False else OK
 

@@ -100,7 +100,7 @@ def gate_basis(summary: dict) -> tuple[bool, str | None]:
     None."""
     block = summary.get("image_blind")
     if isinstance(block, dict) and "estimable" in block:
-        return bool(block["estimable"]), block.get("reason") or (None if block["estimable"] else "not estimable")
+        return bool(block["estimable"]), block.get("reason")
     if lookup(summary, "dangerous_breakdown", "image-blind") is None:
         return False, "the run did not measure the image-blind fraction"
     return True, None

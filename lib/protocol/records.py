@@ -49,7 +49,9 @@ OUTPUT_MARKER = ".cxr-output-folder"
 MARKER_TEXT = ("This folder holds the outputs of runs of lib.protocol.run (Consistent but Dangerous).\n"
                "A run writes only into a folder that is missing, empty or carries this file, and\n"
                "replaces only the files it wrote.\n")
-CHUNK_KEYS = ("samples", "predictions", "skipped")
+# what every entry of a chunk's lists holds
+CHUNK_FIELDS = {"samples": ("sample_id", "fingerprint"), "skipped": ("sample_id", "fingerprint"),
+                "predictions": tuple(KEY)}
 
 
 class OutputDirError(OSError):
@@ -142,6 +144,14 @@ def claim_output_dir(output_dir) -> Path:
     return out
 
 
+def is_chunk(chunk) -> bool:
+    """Whether a parsed chunk has the lists of `RecordStore.write`, each entry with its fields."""
+    return isinstance(chunk, dict) and all(
+        isinstance(chunk.get(name), list)
+        and all(isinstance(entry, dict) and all(f in entry for f in fields) for entry in chunk[name])
+        for name, fields in CHUNK_FIELDS.items())
+
+
 class RecordStore:
     def __init__(self, output_dir, key: str):
         self.dir = Path(output_dir) / "records" / key
@@ -155,7 +165,7 @@ class RecordStore:
         for path in sorted(self.dir.glob("chunk-*.json"), key=lambda p: p.stat().st_mtime_ns):
             try:
                 chunk = json.loads(path.read_bytes())
-                if not isinstance(chunk, dict) or not all(isinstance(chunk.get(k), list) for k in CHUNK_KEYS):
+                if not is_chunk(chunk):
                     raise ValueError("not a chunk of records")
             except (ValueError, UnicodeDecodeError) as err:
                 self.set_aside(path, err)
