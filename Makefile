@@ -91,6 +91,7 @@ runs: $(SUMMARIES) ## evaluate.ipynb once per params/*.yaml
 adapter_of = $(filter $(ADAPTERS),$(addsuffix /adapter_config.json,$(shell sed -n 's/^adapter:[[:space:]]*//p' $(1) | sed 's/[[:space:]]*\#.*//' | tr -d "\"'")))
 .SECONDEXPANSION:
 outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapter_of,params/$$*.yaml)
+	mkdir -p $(dir $(@D))
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D).partial.ipynb -p params_file $<
 	mv -f $(@D).partial.ipynb $(@D)/evaluate.ipynb
 	-$(NBCONVERT) $(@D)/evaluate.ipynb
@@ -143,6 +144,7 @@ paper-check: | $(STAMP) ## name whatever the paper runs lack (data, models, PSF-
 	@for q in $(PSF_MED_MIMIC) $(PSF_MED_PADCHEST); do test -f "$$q" || { echo "NOT READY: PSF-Med question file not found: $$q" >&2; exit 1; }; done
 
 $(PAPER_OUT)/runs/%/summary.json: params/paper/%.yaml notebooks/evaluate.ipynb | paper-check
+	mkdir -p $(dir $(@D))
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D).partial.ipynb -p params_file $< -p output_dir $(@D) $(if $(call paper_questions,$*),-p questions $(call paper_questions,$*))
 	mv -f $(@D).partial.ipynb $(@D)/evaluate.ipynb
 	-$(NBCONVERT) $(@D)/evaluate.ipynb

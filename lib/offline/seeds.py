@@ -98,6 +98,7 @@ def world(seed: int, out: Path, params_dir: Path = Path("params")) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(rewrite(yaml.safe_load(pair.read_text()), root, seed), sort_keys=False))
         partial = run_dir.with_name(f"{run_dir.name}.partial.ipynb")  # as `make runs` (Makefile)
+        partial.parent.mkdir(parents=True, exist_ok=True)
         run(PAPERMILL + ["notebooks/evaluate.ipynb", str(partial),
                          "-p", "params_file", str(path), "-p", "output_dir", str(run_dir)])
         partial.replace(run_dir / "evaluate.ipynb")
