@@ -41,7 +41,7 @@ DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) lib/offline/buil
 ADAPTER_CODE := notebooks/finetune_lora.ipynb $(NOTEBOOK_SETUP) lib/offline/finetune.py $(DEFAULT_FAMILY) $(PROTOCOL_LOAD)
 # the evaluate notebook's session (strict params, preflight, the scorer: in-process or Ray)
 RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py
-ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) $(addprefix lib/front/,explorer.py report.py) $(addprefix lib/protocol/,stats.py plots.py taxonomy.py vocabulary.py)
+ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) $(addprefix lib/front/,explorer.py report.py) $(addprefix lib/protocol/,stats.py plots.py taxonomy.py vocabulary.py records.py)
 
 DEFAULT := outputs/default/build_report.json
 LORA_PARAMS := $(wildcard params/lora/*.yaml)
@@ -84,18 +84,24 @@ adapters: $(ADAPTERS) ## consistency LoRA adapters of the default models (params
 
 outputs/default/adapters/%/adapter_config.json: params/lora/%.yaml $(ADAPTER_CODE) $(DEFAULT)
 	mkdir -p $(@D)
-	$(ONE_THREAD) $(PAPERMILL) notebooks/finetune_lora.ipynb $(@D)/finetune_lora.ipynb -f $< -p params_file $<
+	$(ONE_THREAD) $(PAPERMILL) notebooks/finetune_lora.ipynb $(@D)/finetune_lora.ipynb -p params_file $<
 	-$(NBCONVERT) $(@D)/finetune_lora.ipynb
 
 runs: $(SUMMARIES) ## evaluate.ipynb once per params/*.yaml
 
 # A pair waits for (and reruns after) the one adapter its params name, if it is one of ours;
 # a base-model pair does not depend on fine-tuning at all.
+# Params files go to the notebooks as `-p params_file` only, never papermill's `-f`: the notebook
+# reads them with the limits of lib.protocol.config.read_file (papermill's own YAML reader has
+# none). The executed notebook is written beside the run's folder and moved in when complete:
+# papermill writes nothing into the folder before the notebook's validation has claimed it
+# (lib.protocol.records.claim_output_dir), and a failed run never replaces evaluate.ipynb.
 adapter_of = $(filter $(ADAPTERS),$(addsuffix /adapter_config.json,$(shell sed -n 's/^adapter:[[:space:]]*//p' $(1) | sed 's/[[:space:]]*\#.*//' | tr -d "\"'")))
 .SECONDEXPANSION:
 outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapter_of,params/$$*.yaml)
-	mkdir -p $(@D)
-	$(ONE_THREAD) $(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $<
+	mkdir -p $(dir $(@D))
+	$(ONE_THREAD) $(PAPERMILL) notebooks/evaluate.ipynb $(@D).partial.ipynb -p params_file $<
+	mv -f $(@D).partial.ipynb $(@D)/evaluate.ipynb
 	-$(NBCONVERT) $(@D)/evaluate.ipynb
 
 analysis: $(ANALYSIS) ## gather all runs: correlation, figures
@@ -149,8 +155,9 @@ paper-check: | $(STAMP) ## name whatever the paper runs lack (data, models, PSF-
 	@for q in $(PSF_MED_MIMIC) $(PSF_MED_PADCHEST); do test -f "$$q" || { echo "NOT READY: PSF-Med question file not found: $$q" >&2; exit 1; }; done
 
 $(PAPER_OUT)/runs/%/summary.json: params/paper/%.yaml notebooks/evaluate.ipynb | paper-check
-	mkdir -p $(@D)
-	$(PAPERMILL) notebooks/evaluate.ipynb $(@D)/evaluate.ipynb -f $< -p params_file $< -p output_dir $(@D) $(if $(call paper_questions,$*),-p questions $(call paper_questions,$*))
+	mkdir -p $(dir $(@D))
+	$(PAPERMILL) notebooks/evaluate.ipynb $(@D).partial.ipynb -p params_file $< -p output_dir $(@D) $(if $(call paper_questions,$*),-p questions $(call paper_questions,$*))
+	mv -f $(@D).partial.ipynb $(@D)/evaluate.ipynb
 	-$(NBCONVERT) $(@D)/evaluate.ipynb
 
 $(PAPER_OUT)/analysis/correlation.json: $(ANALYSIS_CODE) $(PAPER_SUMMARIES)

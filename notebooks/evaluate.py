@@ -17,7 +17,8 @@
 #
 # This notebook runs the protocol of *Consistent but Dangerous* (see `README.md`) for ONE pair, chosen
 # by a params file: `python -m lib evaluate params/<pair>.yaml` (papermill underneath:
-# `papermill notebooks/evaluate.ipynb outputs/runs/<pair>/evaluate.ipynb -f params/<pair>.yaml -p params_file params/<pair>.yaml`).
+# `papermill notebooks/evaluate.ipynb outputs/runs/<pair>/evaluate.ipynb -p params_file params/<pair>.yaml`;
+# the params file is read here, with limits, not by papermill's `-f`).
 #
 # Every sample (one image, one yes/no question about one finding) is scored with its original question and
 # each paraphrase WITH the image, and with the original question WITHOUT the image. A sample is
@@ -64,6 +65,7 @@ limit = None
 batch_size = 16
 prefix_sharing = True
 seed = 0
+max_image_pixels = 40000000
 output_dir = None
 show_images = False
 allow_patient_images = False

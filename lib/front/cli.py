@@ -14,8 +14,17 @@ notebook as HTML with its code cells hidden (`evaluate.html` beside `evaluate.ip
 `screen` writes `DIR/params.yaml` from its flags (or reads the params file given), runs the pair
 into DIR (the run's usual outputs: summary.json, samples.parquet, predictions.parquet, the executed
 notebook and its HTML) and writes `DIR/report.html` (`lib.front.report`). Exit status: 0 when the
-image-blind rate (lib.protocol.references) is at most `--max-dangerous` (default: no limit), 3 when above, 2 on
-bad input (the reason names the flag or file), 1 when the run itself fails.
+image-blind rate (lib.protocol.references) is at most `--max-dangerous` (default: no limit), 3 when above, 4
+when `--max-dangerous` is given but the run could not estimate that rate (the gate fails
+closed; the reason is printed), 2 on bad input (the reason names the flag or file), 1 when the run
+itself fails (a full disk: one line naming the folder).
+
+The output directory is the tool's own (`lib.protocol.records.claim_output_dir`): missing, empty or
+marked by an earlier run, never inside the project's sources, the model or the data root. The
+executed notebook is written under a temporary name and renamed into place when complete (a
+failed run leaves it as `evaluate.failed.ipynb`); when a write fails after the run replaced
+summary.json, the previous run's notebook, HTML and report are removed, so that what is left is
+ONE run's.
 
 Paths given as flags are read from the current directory; paths inside a params file, as everywhere
 in this project, from the repository root (where the notebooks run).
@@ -23,6 +32,7 @@ in this project, from the repository root (where the notebooks run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -33,7 +43,7 @@ import nbformat
 import papermill as pm
 from nbconvert import HTMLExporter
 
-from ..protocol import config
+from ..protocol import config, records
 from . import report
 
 import yaml
@@ -42,7 +52,10 @@ from .notebook import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "evaluate.ipynb"
 EXECUTED = "evaluate.ipynb"
-OK, FAILED, BAD_INPUT, ABOVE_LIMIT = 0, 1, 2, 3
+OK, FAILED, BAD_INPUT, ABOVE_LIMIT, NOT_ESTIMABLE = 0, 1, 2, 3, 4
+FAILED_NOTEBOOK = "evaluate.failed.ipynb"
+# what a run writes beside its summary after the notebook's run (the report: screen only)
+COMPANIONS = (EXECUTED, "evaluate.html", "report.html")
 # errors of the notebook that mean the input cannot run (exit 2), not a failure of the run
 INPUT_ERRORS = ("ParamsError", "NoSamplesError")
 
@@ -119,20 +132,28 @@ def overrides_from(pairs) -> dict:
 def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: bool = True) -> Path:
     """Run notebooks/evaluate.ipynb into ``output_dir`` (papermill, cwd = the repository root),
     export it as HTML; returns the executed notebook. ``progress``: papermill's progress bar over
-    the notebook's cells on stderr."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    the notebook's cells on stderr. The notebook is written under a temporary name, renamed to
+    evaluate.ipynb when complete, to evaluate.failed.ipynb when the run failed."""
+    records.claim_output_dir(output_dir)
     executed = output_dir / EXECUTED
+    partial = output_dir / f".evaluate.partial-{os.getpid()}.ipynb"
     logging.getLogger("papermill").setLevel(logging.WARNING)
     try:
-        pm.execute_notebook(str(NOTEBOOK), str(executed),
+        os.close(records.create_new(partial))
+        pm.execute_notebook(str(NOTEBOOK), str(partial),
                             parameters={**parameters, "params_file": str(params_file)},
                             cwd=str(ROOT), progress_bar=progress)
+        os.replace(partial, executed)
     except pm.PapermillExecutionError as err:
         reason = f"{err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}".strip()
         if err.ename in INPUT_ERRORS:
             raise InputError(reason.removeprefix(f"{err.ename}: ")) from None
+        os.replace(partial, output_dir / FAILED_NOTEBOOK)
         raise RunFailed(f"the evaluate notebook failed in cell {err.exec_count}: {reason} "
-                        f"(the executed notebook: {executed})") from None
+                        f"(the executed notebook: {output_dir / FAILED_NOTEBOOK})") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    (output_dir / FAILED_NOTEBOOK).unlink(missing_ok=True)  # a failed run's, now superseded
     export_html(executed)
     return executed
 
@@ -141,9 +162,40 @@ def export_html(notebook: Path) -> Path:
     """`jupyter nbconvert --to html --no-input NOTEBOOK`: the HTML beside it, code cells hidden."""
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    target = notebook.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
-    return target
+    return records.write_new(notebook.with_suffix(".html"), body.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def one_run(output_dir: Path):
+    """Around a run's writes into ``output_dir``: an OSError (a full disk, a folder gone
+    read-only) becomes RunFailed, one line naming the folder; when summary.json was replaced
+    before the failure, the previous run's COMPANIONS (older than it) are removed by name, so
+    that the folder holds ONE run's files."""
+    summary = output_dir / "summary.json"
+    before = stamp(summary)
+    try:
+        yield
+    except OSError as err:
+        now = stamp(summary)
+        replaced = now is not None and now != before
+        stale = [name for name in COMPANIONS
+                 if replaced and (old := stamp(output_dir / name)) is not None and old[0] < now[0]]
+        for name in stale:
+            (output_dir / name).unlink()
+        left = (f"the previous run's {', '.join(stale)} removed, the new run's outputs kept" if stale
+                else "the outputs there are those of one run")
+        why = (str(err) if isinstance(err, records.OutputDirError)
+               else f"cannot write into {output_dir} ({err.strerror or err})")
+        raise RunFailed(f"{why}; {left}") from None
+
+
+def stamp(path: Path) -> tuple | None:
+    """(mtime_ns, inode) of a file, None when there is none."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_mtime_ns, info.st_ino
 
 
 def absolute(path: str | None) -> str | None:
@@ -185,7 +237,8 @@ def evaluate_command(args) -> int:
     params_file = locate(args.params)
     params, values = from_params_file(params_file, overrides_from(args.p), args.out)
     output_dir = output_dir_of(params)
-    execute(params_file, values, output_dir, progress=not args.no_progress)
+    with one_run(output_dir):
+        execute(params_file, values, output_dir, progress=not args.no_progress)
     print(f"{params['config']}__{params['dataset']}: outputs in {output_dir} "
           f"(summary.json, samples.parquet, {EXECUTED}, evaluate.html)")
     return OK
@@ -251,12 +304,18 @@ def screen_command(args) -> int:
     if "reference" not in params["reliance_checks"] and args.max_dangerous is not None:
         raise InputError(f"--max-dangerous needs the reference check, which {where} leaves out")
     output_dir = output_dir_of(params)
-    if args.params is None:
-        params_file.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
-    execute(params_file, values, output_dir, progress=progress)
-    result = report.write_report(output_dir, max_dangerous=args.max_dangerous)
+    with one_run(output_dir):
+        if args.params is None:
+            records.write_new(params_file, yaml.safe_dump(values, sort_keys=False).encode("utf-8"))
+        execute(params_file, values, output_dir, progress=progress)
+        result = report.write_report(output_dir, max_dangerous=args.max_dangerous)
     print(result["verdict_line"])
     print(f"report: {result['path']}")
+    if args.max_dangerous is not None and not result["estimable"]:
+        why = result["why_not_estimable"] or "the run marks it not estimable"
+        print(f"cxr-screen: the image-blind rate cannot be estimated ({why}): the gate fails "
+              f"closed (exit {NOT_ESTIMABLE})", file=sys.stderr)
+        return NOT_ESTIMABLE
     return ABOVE_LIMIT if result["passed"] is False else OK
 
 

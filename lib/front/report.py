@@ -10,7 +10,9 @@ AUROC; the yes/no-mass warnings; a verdict paragraph. The definitions are those 
 The report is aggregate only, whatever the dataset: it embeds no sample image (its two figures
 are histograms of numbers), no report text, no sample or image id, so it can be shared where the
 summary can. The verdict gates on the image-blind rate: `passed` is None without a
-limit, else whether that fraction is at most ``max_dangerous``.
+limit, else whether that rate is at most ``max_dangerous``; when the run could not estimate
+it (`gate_basis`) `passed` is None and `estimable` False: the gate fails closed (the screen
+exits 4), it never reads an unknown as 0.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..protocol import plots
+from ..protocol import plots, records
 from ..protocol.stats import lookup
 from ..protocol.taxonomy import QUADRANTS
 
@@ -87,6 +89,18 @@ def quadrant_table(summary: dict) -> pd.DataFrame:
             "mean entropy (bits)": lookup(summary, "entropy_by_quadrant", q),
         })
     return pd.DataFrame(rows)
+
+
+def gate_basis(summary: dict) -> tuple[bool, str | None]:
+    """(whether the image-blind fraction could be estimated, why not): the run's own
+    `image_blind.estimable` and `reason` when it has them; else unestimable when the fraction is
+    None."""
+    block = summary.get("image_blind")
+    if isinstance(block, dict) and "estimable" in block:
+        return bool(block["estimable"]), block.get("reason")
+    if lookup(summary, "dangerous_breakdown", "image-blind") is None:
+        return False, "the run did not measure the image-blind fraction"
+    return True, None
 
 
 def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = None) -> dict:
@@ -156,10 +170,12 @@ def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = 
     words.append(screen)
     for warning in summary.get("warnings") or []:
         words.append(f"Warning: {warning}")
+    estimable, why = gate_basis(summary)
     if max_dangerous is None:
         passed, gate = None, "no limit set (--max-dangerous): the screen reports, it does not gate"
-    elif blind is None:
-        passed, gate = False, "the image-blind rate cannot be estimated: FAIL"
+    elif not estimable:
+        passed, gate = None, (f"the image-blind rate cannot be estimated ({why}): "
+                              f"NOT ESTIMABLE, the gate fails closed (exit 4)")
     else:
         passed = blind <= max_dangerous
         gate = (f"image-blind rate {blind:.3f} {'<=' if passed else '>'} "
@@ -168,7 +184,7 @@ def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = 
     line = (f"{summary['config']}__{summary['dataset']}: Dangerous {percent(dangerous)}, image-blind "
             f"{percent(blind)}, prior-coincident {percent(coincident)}; {gate}")
     return {"paragraphs": words, "passed": passed, "line": line, "image_blind": blind,
-            "dangerous": dangerous, **base}
+            "estimable": estimable, "why_not_estimable": why, "dangerous": dangerous, **base}
 
 
 def figure_png(fig) -> str:
@@ -202,6 +218,8 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
     pair = f"{summary['config']}__{summary['dataset']}"
     status = ("" if v["passed"] is None else
               f"<p class='{'pass' if v['passed'] else 'fail'}'>{'PASS' if v['passed'] else 'FAIL'}</p>")
+    if max_dangerous is not None and not v["estimable"]:
+        status = "<p class='fail'>NOT ESTIMABLE: the gate fails closed</p>"
     parts = [f"<h1>Screen: {html.escape(pair)}</h1>", status,
              "<div class='verdict'>" + "".join(f"<p>{html.escape(p)}</p>" for p in v["paragraphs"]) + "</div>"]
 
@@ -292,5 +310,5 @@ def write_report(run_dir, path=None, max_dangerous: float | None = None) -> dict
     summary, samples = load_run(run_dir)
     page, v = render(summary, samples, max_dangerous)
     target = Path(path) if path else Path(run_dir) / "report.html"
-    target.write_text(page, encoding="utf-8")
+    records.write_new(target, page.encode("utf-8"))
     return {**v, "path": str(target), "verdict_line": v["line"]}

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -79,11 +80,21 @@ def run(command: list[str], one_thread: bool = False) -> None:
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL if one_thread else None)
 
 
-def side_by_side(commands: list[list[str]], jobs: int) -> None:
-    """Independent steps, `jobs` at a time (each on one thread); the first failure stops the seed."""
+def side_by_side(steps: list, jobs: int) -> None:
+    """Independent steps (callables), `jobs` at a time; the first failure stops the seed."""
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for future in [pool.submit(run, c, True) for c in commands]:
+        for future in [pool.submit(step) for step in steps]:
             future.result()
+
+
+def evaluate_pair(params_file: Path, run_dir: Path) -> None:
+    """One pair, as `make runs` does (Makefile): the executed notebook is written beside the run's
+    folder and moved in when complete, on one thread."""
+    notebook = run_dir.with_name(f"{run_dir.name}.partial.ipynb")
+    notebook.parent.mkdir(parents=True, exist_ok=True)
+    run(PAPERMILL + ["notebooks/evaluate.ipynb", str(notebook), "-p", "params_file", str(params_file),
+                     "-p", "output_dir", str(run_dir)], one_thread=True)
+    notebook.replace(run_dir / "evaluate.ipynb")
 
 
 def world(seed: int, out: Path, params_dir: Path = Path("params"), jobs: int = 1) -> Path:
@@ -107,8 +118,8 @@ def world(seed: int, out: Path, params_dir: Path = Path("params"), jobs: int = 1
         Path(spec["output_dir"]).mkdir(parents=True, exist_ok=True)
         adapters.append(PAPERMILL + ["notebooks/finetune_lora.ipynb",
                                      str(Path(spec["output_dir"]) / "finetune_lora.ipynb"),
-                                     "-f", str(path), "-p", "params_file", str(path)])
-    side_by_side(adapters, jobs)
+                                     "-p", "params_file", str(path)])
+    side_by_side([partial(run, c, True) for c in adapters], jobs)
     for pair in sorted(params_dir.glob("*.yaml")):
         run_dir = base / "runs" / pair.stem
         if (run_dir / "summary.json").is_file():
@@ -116,9 +127,7 @@ def world(seed: int, out: Path, params_dir: Path = Path("params"), jobs: int = 1
         path = base / "params" / pair.name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(rewrite(yaml.safe_load(pair.read_text()), root, seed), sort_keys=False))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        pairs.append(PAPERMILL + ["notebooks/evaluate.ipynb", str(run_dir / "evaluate.ipynb"), "-f", str(path),
-                                  "-p", "params_file", str(path), "-p", "output_dir", str(run_dir)])
+        pairs.append(partial(evaluate_pair, path, run_dir))
     side_by_side(pairs, jobs)
     analysis = base / "analysis"
     if not (analysis / "correlation.json").is_file():

@@ -1,7 +1,10 @@
 """The params schema of one run (one model-dataset pair): defaults, strict validation, hashes.
 
 A params file is YAML with the keys of DEFAULTS. Values may name environment variables as
-`${NAME}`; a missing variable stops the run with a message naming it and the file.
+`${NAME}`; a missing variable stops the run with a message naming it and the file. A params file
+(and a `-p` value read as YAML) is parsed with limits (`parse_yaml`): at most MAX_PARAMS_BYTES,
+nesting at most MAX_YAML_DEPTH deep, no aliases (`*name`: a few hundred bytes of nested aliases
+expand into gigabytes).
 
 Validation is strict and happens once, before any model loads (`resolve`, then
 `lib.protocol.preflight.check`). Every key has a type (SCHEMA): booleans accept only booleans
@@ -11,7 +14,8 @@ Values that papermill injected with `-p` arrive as strings unless they were exac
 True/False/None or a number, so a string value from `-p` is read as YAML first (`-p findings
 "[nodule]"`, `-p label_policy "{uncertain: skip}"`). An unknown key is an error whether it
 comes from the file or from `-p`. Every error is a `ParamsError` whose one-line message names
-where the value came from (the file or `-p`), the key, the bad value and what is allowed.
+where the value came from (the file or `-p`), the key, the bad value and what is allowed; it is
+never longer than MAX_MESSAGE characters, whatever the input (long values are cut).
 """
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ DEFAULTS = {
     "limit": None,              # max samples (None = all)
     "batch_size": 16,           # samples per engine batch
     "prefix_sharing": True,     # share the image prefix's KV cache across paraphrases
-    "seed": 0,
+    "seed": 0,                  # 0 .. 2**32 - 1 (what numpy's and torch's generators accept)
+    "max_image_pixels": data.MAX_IMAGE_PIXELS,  # larger images (per their header) are skipped: image_too_large
     "output_dir": None,         # None = outputs/runs/<config>__<dataset>
     "show_images": False,       # embed sample images in the executed notebook (synthetic data only)
     "allow_patient_images": False,  # second flag needed for show_images on non-synthetic data
@@ -70,6 +75,11 @@ OPERATIONAL = ("output_dir", "workers", "ray_address", "show_images", "allow_pat
 SUMMARY_ONLY = ("bootstrap_resamples", "ci_level")
 ENV_VAR = re.compile(r"\$\{([^}]+)\}")
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+# `config` names the run's folder (outputs/runs/<config>__<dataset>): a plain name, no path.
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+MAX_PARAMS_BYTES = 64 * 1024
+MAX_YAML_DEPTH = 16
+MAX_MESSAGE = 600
 BOOL_STRINGS = {"true": True, "false": False}
 # The folder holding data roots written by lib.offline.synth carries this file: their images are
 # synthetic, so show_images may embed them without allow_patient_images.
@@ -79,8 +89,12 @@ SYNTHETIC_MARKER = "SYNTHETIC_DATASET.txt"
 class ParamsError(ValueError):
     """A params file or value that cannot run; the message names the source and the key.
 
-    IPython (papermill, JupyterLab) shows it as its one-line message, not a traceback.
+    The message is made one line of at most MAX_MESSAGE characters. IPython (papermill,
+    JupyterLab) shows it as that line, not a traceback.
     """
+
+    def __init__(self, message):
+        super().__init__(shorten(" ".join(str(message).split()), MAX_MESSAGE))
 
     def _render_traceback_(self):
         return [f"ParamsError: {self}"]
@@ -96,7 +110,7 @@ class Check:
     nullable: bool = False
     choices: tuple = ()
     minimum: float | None = None   # int: inclusive; float: exclusive unless closed_minimum
-    maximum: float | None = None   # float: exclusive
+    maximum: float | None = None   # int: inclusive; float: exclusive
     pattern: re.Pattern | None = None
     empty: bool = False            # a list may be empty
     closed_minimum: bool = False
@@ -108,6 +122,7 @@ class Check:
         elif self.kind in ("int", "ints"):
             text = "an integer" if self.kind == "int" else "a list of integers"
             text += f" >= {self.minimum:g}" if self.minimum is not None else ""
+            text += f" and <= {int(self.maximum)}" if self.maximum is not None else ""
         elif self.kind == "float":
             low = "[" if self.closed_minimum else "("
             high = f"{self.maximum:g})" if self.maximum is not None else "inf)"
@@ -122,7 +137,7 @@ class Check:
 
 
 SCHEMA = {
-    "config": Check("str"), "model": Check("str"), "adapter": Check("str", nullable=True),
+    "config": Check("str", pattern=PLAIN_NAME), "model": Check("str"), "adapter": Check("str", nullable=True),
     "merge_adapter": Check("bool"),
     "quantization": Check("str", choices=("none", "4bit")),
     "dtype": Check("str", choices=("auto", "float32", "bfloat16", "float16")),
@@ -145,7 +160,8 @@ SCHEMA = {
     "limit": Check("int", nullable=True, minimum=1),
     "batch_size": Check("int", minimum=1),
     "prefix_sharing": Check("bool"),
-    "seed": Check("int", minimum=0),
+    "seed": Check("int", minimum=0, maximum=2**32 - 1),
+    "max_image_pixels": Check("int", minimum=data.MIN_IMAGE_SIDE ** 2),
     "output_dir": Check("str", nullable=True),
     "show_images": Check("bool"), "allow_patient_images": Check("bool"),
     "trust_remote_code": Check("bool"), "allow_unsafe_weights": Check("bool"),
@@ -163,7 +179,7 @@ def from_string(value, check: Check):
     if value.strip() in ("null", "None", "none", "~"):
         return None
     try:
-        parsed = yaml.safe_load(value)
+        parsed = parse_yaml(value)
     except yaml.YAMLError:
         return value
     return value if isinstance(parsed, bool) else parsed  # "yes"/"on" stay strings: not booleans
@@ -172,7 +188,7 @@ def from_string(value, check: Check):
 def check_value(key: str, value, check: Check, where: str, required: bool = False):
     """The value if it fits the key's kind and range; else a ParamsError naming all of it."""
     def fail(extra=""):
-        raise ParamsError(f"{where}: key {key!r}: got {value!r}{extra}; allowed: {check.allowed()}")
+        raise ParamsError(f"{where}: key {key!r}: got {shorten(repr(value))}{extra}; allowed: {check.allowed()}")
 
     if value is None:
         if check.nullable or required:
@@ -188,6 +204,8 @@ def check_value(key: str, value, check: Check, where: str, required: bool = Fals
         if isinstance(value, bool) or not isinstance(value, int):
             fail()
         if check.minimum is not None and value < check.minimum:
+            fail()
+        if check.maximum is not None and value > check.maximum:
             fail()
         return value
     if check.kind == "ints":
@@ -209,7 +227,7 @@ def check_value(key: str, value, check: Check, where: str, required: bool = Fals
             fail()
         if check.choices and value not in check.choices:
             fail()
-        if check.pattern is not None and not check.pattern.match(value):
+        if check.pattern is not None and not check.pattern.fullmatch(value):
             fail()
         return value
     if check.kind == "list":
@@ -236,16 +254,47 @@ def check_label_policy(policy: dict, where: str) -> dict:
 
 # -- reading params --------------------------------------------------------------------------
 
+def shorten(text: str, width: int = 80) -> str:
+    """``text`` cut to ``width`` characters ("..." marks the cut)."""
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+class LimitedYAML(yaml.YAMLError):
+    """YAML beyond the limits of params (an alias, too deep a nesting)."""
+
+
+def parse_yaml(text: str):
+    """``yaml.safe_load`` of params text, after checking its events: no alias, nesting at most
+    MAX_YAML_DEPTH (LimitedYAML otherwise). Linear in the text's length."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise LimitedYAML(f"an alias (*{shorten(str(event.anchor), 20)}): aliases are not "
+                              f"allowed in params, write the value out")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise LimitedYAML(f"nested more than {MAX_YAML_DEPTH} deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return yaml.safe_load(text)
+
+
 def read_file(path) -> dict:
-    """The raw mapping of a params file; errors name the file."""
+    """The raw mapping of a params file (at most MAX_PARAMS_BYTES, `parse_yaml`); errors name
+    the file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
+    with open(path, "rb") as handle:
+        blob = handle.read(MAX_PARAMS_BYTES + 1)
+    if len(blob) > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{path}: larger than {MAX_PARAMS_BYTES // 1024} KiB; a params file is a "
+                          f"few lines of keys and values")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(blob.decode("utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        reason = str(err).splitlines()[0]
-        raise ParamsError(f"{path}: not a readable YAML file ({reason})") from None
+        raise ParamsError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys to values")
     return raw
@@ -270,10 +319,11 @@ class Schema:
         Values from "-p" may be strings of the key's kind (see `from_string`).
         """
         sources = sources or {}
-        unknown = sorted(set(raw) - set(self.defaults))
+        unknown = sorted(set(raw) - set(self.defaults), key=str)
         if unknown:
             where = sources.get(unknown[0], source)
-            raise ParamsError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(self.defaults)})")
+            raise ParamsError(f"{where}: unknown key {shorten(repr(unknown[0]))} "
+                              f"(known keys: {', '.join(self.defaults)})")
         params = {}
         for key, default in self.defaults.items():
             where = sources.get(key, source)

@@ -23,7 +23,10 @@ this order of checks:
   or blank, e.g. 2.0), ``label_unparseable`` (PadChest ``Labels`` cell not a non-empty list of
   strings), ``label_excluded`` (PadChest ``exclude``), ``label_unchanged_only`` /
   ``label_suboptimal_only`` (PadChest labels that are only ``unchanged`` / ``suboptimal study``);
-* at load time: ``image_unreadable``, ``image_too_small`` (shorter side < ``MIN_IMAGE_SIDE``).
+* at load time: ``image_unreadable``, ``image_too_small`` (shorter side < ``MIN_IMAGE_SIDE``),
+  ``image_too_large`` (width x height, read from the file's header before any pixel is decoded,
+  above the params' ``max_image_pixels``, default ``MAX_IMAGE_PIXELS``), ``image_non_finite`` (a
+  float image with a NaN or infinite pixel, which min..max scaling would turn into a black image).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import ast
 import collections
 import hashlib
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
@@ -77,11 +81,17 @@ REQUIRED_COLUMNS = {
 # An image whose shorter side is below this many pixels is skipped (image_too_small): vision
 # towers upsample it to 224-896 px, so it carries no usable detail (a 1x1 image scored as normal).
 MIN_IMAGE_SIDE = 32
+# An image with more pixels than this is skipped (image_too_large) before it is decoded: a 179 KB
+# PNG can declare 9600 x 9600 16-bit pixels (gigabytes once decoded and scaled). 40 M pixels is
+# above every radiograph of MIMIC-CXR and PadChest (at most about 4300 x 4300) and decodes in
+# well under 2 GB.
+MAX_IMAGE_PIXELS = 40_000_000
 
 SKIP_REASONS = ("method_excluded", "age_unknown", "age_below_min", "image_missing",
                 "label_missing", "label_uncertain", "label_blank", "label_invalid",
                 "label_unparseable", "label_excluded", "label_unchanged_only",
-                "label_suboptimal_only", "image_unreadable", "image_too_small")
+                "label_suboptimal_only", "image_unreadable", "image_too_small", "image_too_large",
+                "image_non_finite")
 
 LABEL_CHOICES = ("skip", "yes", "no")
 NO_INFO_CHOICES = ("skip", "no")
@@ -90,6 +100,14 @@ METHOD_CHOICES = ("all", "physician", "rnn")
 # What a damaged or non-image file raises while being decoded (FileNotFoundError is handled first).
 READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, InvalidDicomError,
                Image.DecompressionBombError)
+
+
+class ImageTooLarge(ValueError):
+    """An image file whose header declares more pixels than allowed (nothing decoded)."""
+
+
+class NonFinitePixels(ValueError):
+    """An image with a NaN or infinite pixel value."""
 
 
 class DataLayoutError(ValueError):
@@ -379,17 +397,65 @@ def _find_csv(root: Path, name: str) -> Path:
     raise MissingFileError(f"expected {str(root / name)!r}[.gz] (official file name) in {str(root)!r}")
 
 
+def check_rows(dataset: str, data_root, policy: LabelPolicy = LabelPolicy(),
+                findings=DEFAULT_FINDINGS) -> None:
+    """Read the official files as the reader does (``check_layout`` first): a DataLayoutError
+    names the file and the id of rows repeated with different values (``_unique_rows``)."""
+    files = check_layout(dataset, data_root, policy, findings)
+    if dataset == "mimic-cxr":
+        _mimic_tables(files, tuple(findings), policy)
+    else:
+        _padchest_table(files["labels"], policy)
+
+
+def _read_numbered(path: Path, columns, dtype) -> pd.DataFrame:
+    """Columns of an official CSV, indexed by 1-based data row."""
+    table = pd.read_csv(path, usecols=list(columns), dtype=dtype)
+    table.index = np.arange(1, len(table) + 1)
+    return table
+
+
+def _unique_rows(table: pd.DataFrame, key: list[str], path: Path) -> pd.DataFrame:
+    """``table`` with one row per ``key``: a row repeated with the same values is kept once;
+    repeated with different values, it is a DataLayoutError naming the file, the id, both rows
+    (1-based) and the column (which row holds the truth is the user's call, not the reader's)."""
+    repeated = table[table.duplicated(key, keep=False)]
+    if repeated.empty:
+        return table
+    values = [c for c in table.columns if c not in key]
+    counts = repeated.groupby(key, sort=False, dropna=False)[values].nunique(dropna=False)
+    conflicts = counts[(counts > 1).any(axis=1)]
+    if len(conflicts):
+        ids = conflicts.index[0] if len(key) > 1 else (conflicts.index[0],)
+        column = conflicts.columns[(conflicts.iloc[0] > 1).to_numpy()][0]
+        rows = repeated[(repeated[key] == pd.Series(ids, index=key)).all(axis=1)][column]
+        first = rows.iloc[0]
+        other = rows[rows.astype(str) != str(first)]
+        where = ", ".join(f"{k} {v}" for k, v in zip(key, ids))
+        raise DataLayoutError(f"{path}: rows {rows.index[0]} and {other.index[0]} are both {where} "
+                              f"but disagree on {column} ({first!r} vs {other.iloc[0]!r}); "
+                              f"keep one of them")
+    return table.drop_duplicates(key)
+
+
+def _mimic_tables(files: dict, findings: tuple, policy: LabelPolicy):
+    """(metadata, split, labels) tables of MIMIC-CXR-JPG, one row per dicom_id / study."""
+    meta = _unique_rows(_read_numbered(files["metadata"], REQUIRED_COLUMNS[MIMIC_METADATA],
+                                       {"dicom_id": str}), ["dicom_id"], files["metadata"])
+    splits = _unique_rows(_read_numbered(files["split"], ["dicom_id", "split"], {"dicom_id": str}),
+                          ["dicom_id"], files["split"])
+    unique = list(dict.fromkeys(policy.finding_labels()[f]["mimic-cxr"] for f in findings))
+    labels = _unique_rows(_read_numbered(files["labels"], ["subject_id", "study_id", *unique],
+                                         {c: str for c in unique}),
+                          ["subject_id", "study_id"], files["labels"])
+    return meta, splits, labels
+
+
 def _iter_mimic(root, files, findings, split, policy, skipped, check_images):
     """MIMIC-CXR-JPG samples: frontal images of ``split`` joined with their study's label row."""
-    meta = pd.read_csv(files["metadata"], usecols=list(REQUIRED_COLUMNS[MIMIC_METADATA]),
-                       dtype={"dicom_id": str})
-    splits = pd.read_csv(files["split"], usecols=["dicom_id", "split"], dtype={"dicom_id": str})
-    mapping = policy.finding_labels()
-    columns = [mapping[f]["mimic-cxr"] for f in findings]
-    unique = list(dict.fromkeys(columns))
-    labels = pd.read_csv(files["labels"], usecols=["subject_id", "study_id", *unique],
-                         dtype={c: str for c in unique})
-    labels["_row"] = np.arange(1, len(labels) + 1)
+    meta, splits, labels = _mimic_tables(files, findings, policy)
+    columns = [policy.finding_labels()[f]["mimic-cxr"] for f in findings]
+    labels["_row"] = labels.index
     meta = meta[meta["ViewPosition"].isin(MIMIC_FRONTAL)]
     if split is not None:
         splits = splits[splits["split"] == split]
@@ -456,9 +522,7 @@ def _iter_padchest(root, csv, findings, split, policy, skipped, check_images):
     ``policy`` and labelled through the label hierarchy (``policy.finding_labels()``)."""
     mapping = policy.finding_labels()
     implied = [frozenset(mapping[f]["padchest"]) for f in findings]
-    columns = _padchest_columns(policy)
-    table = pd.read_csv(csv, usecols=list(columns), dtype=str)
-    table.index = np.arange(1, len(table) + 1)  # 1-based data row of the file
+    table = _padchest_table(csv, policy)
     table = table[table["Projection"].isin(PADCHEST_FRONTAL)]
     if split is not None:
         table = table[table["PatientID"].map(split_of_patient) == split]
@@ -493,6 +557,11 @@ def _iter_padchest(root, csv, findings, split, policy, skipped, check_images):
             continue
         for finding, labels in zip(findings, implied):
             yield _sample(image_id, path, finding, "yes" if present & labels else "no", str(row.PatientID))
+
+
+def _padchest_table(csv: Path, policy: LabelPolicy) -> pd.DataFrame:
+    """The PadChest columns ``policy`` reads, one row per ImageID, indexed by 1-based data row."""
+    return _unique_rows(_read_numbered(csv, _padchest_columns(policy), str), ["ImageID"], csv)
 
 
 def _no_info_reason(present: frozenset, policy: LabelPolicy) -> str | None:
@@ -536,8 +605,11 @@ def _sample(image_id: str, path: Path, finding: str, label: str, patient_id: str
                   finding=finding, label=label, patient_id=patient_id)
 
 
-def read_xray(path) -> Image.Image:
+def read_xray(path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Read a radiograph as an 8-bit grayscale ("L") image, bright = dense.
+
+    Raises ImageTooLarge, before decoding, when the header declares more than ``max_pixels``
+    pixels, and NonFinitePixels for a float image with a NaN or infinite value.
 
     * 8-bit JPEG/PNG: as stored (colour converted to luminance).
     * 16-bit PNG (mode I;16 / I): the actual stored min..max mapped linearly onto 0..255 (PadChest uses
@@ -547,18 +619,33 @@ def read_xray(path) -> Image.Image:
     """
     path = Path(path)
     if path.suffix.lower() == ".dcm":
-        return _read_dicom(path)
-    with Image.open(path) as image:
+        return _read_dicom(path, max_pixels)
+    try:
+        with warnings.catch_warnings():  # Pillow warns above its own cap; ours is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError as err:  # Pillow's own hard cap, far above ours
+        raise ImageTooLarge(str(err)) from None
+    with opened as image:
+        _check_pixels(image.size[0] * image.size[1], max_pixels, f"{image.size[0]}x{image.size[1]}")
         image.load()
         if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
             return _to_image(_scale01(np.asarray(image, dtype=np.float64)))
         return image.convert("L")
 
 
-def _read_dicom(path: Path) -> Image.Image:
+def _check_pixels(n: int, max_pixels: int, size: str) -> None:
+    if n > max_pixels:
+        raise ImageTooLarge(f"{size} px = {n:,} pixels (max_image_pixels {max_pixels:,})")
+
+
+def _read_dicom(path: Path, max_pixels: int) -> Image.Image:
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds:
         raise ValueError(f"DICOM file {path} has no pixel data")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    _check_pixels(int(ds.Rows) * int(ds.Columns) * frames, max_pixels,
+                  f"{ds.Columns}x{ds.Rows}" + (f"x{frames} frames" if frames > 1 else ""))
     pixels = apply_modality_lut(ds.pixel_array, ds)
     if pixels.ndim != 2:
         raise ValueError(f"DICOM file {path} is not a single grayscale frame: shape {pixels.shape}")
@@ -571,7 +658,11 @@ def _read_dicom(path: Path) -> Image.Image:
 
 
 def _scale01(values: np.ndarray) -> np.ndarray:
-    """Map the array's min..max linearly onto 0..1 (a constant image becomes 0)."""
+    """Map the array's min..max linearly onto 0..1 (a constant image becomes 0); NonFinitePixels
+    when a value is NaN or infinite."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise NonFinitePixels(f"{values.size - int(finite.sum()):,} of {values.size:,} pixels are NaN or infinite")
     lo, hi = float(values.min()), float(values.max())
     return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
 
@@ -581,15 +672,23 @@ def _to_image(scaled: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(scaled * 255).astype(np.uint8))
 
 
-def load_image(sample: Sample, skipped: collections.Counter | None = None) -> Image.Image | None:
+def load_image(sample: Sample, skipped: collections.Counter | None = None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image | None:
     """The sample's radiograph as an "L" image, or None (counted in ``skipped``) when the file is
-    missing (``image_missing``), cannot be decoded (``image_unreadable``) or its shorter side is
-    below ``MIN_IMAGE_SIDE`` (``image_too_small``). Never raises for a bad file."""
+    missing (``image_missing``), declares more than ``max_pixels`` pixels (``image_too_large``),
+    has a non-finite pixel (``image_non_finite``), cannot be decoded (``image_unreadable``) or its
+    shorter side is below ``MIN_IMAGE_SIDE`` (``image_too_small``). Never raises for a bad file."""
     skipped = collections.Counter() if skipped is None else skipped
     try:
-        image = read_xray(sample.image_path)
+        image = read_xray(sample.image_path, max_pixels)
     except FileNotFoundError:
         _skip(skipped, "image_missing", sample.sample_id, detail=sample.image_path)
+        return None
+    except ImageTooLarge as err:
+        _skip(skipped, "image_too_large", sample.sample_id, detail=f"{sample.image_path}: {err}")
+        return None
+    except NonFinitePixels as err:
+        _skip(skipped, "image_non_finite", sample.sample_id, detail=f"{sample.image_path}: {err}")
         return None
     except READ_ERRORS as err:
         _skip(skipped, "image_unreadable", sample.sample_id,

@@ -5,8 +5,11 @@ model loads, so that a bad input costs seconds, not the minutes of loading a 7B 
 (file or -p), the key and the problem, for: the data root's official files and their columns,
 the question file (existence, encoding, rows), the model and adapter directories (config,
 tokenizer and processor files, weight formats under `allow_unsafe_weights`, remote code without
-`trust_remote_code`, an adapter trained on another architecture), a writable output directory,
-and prompts longer than the model's context (read from its config and processor, no weights).
+`trust_remote_code`, an adapter trained on another architecture), the output directory (outside
+the project's sources, the model, the adapter and the data root; then claimed as the tool's own
+by `records.claim_output_dir`: missing, empty or already marked, no link in it, writable), and
+prompts longer than the model's context or holding the model's image token (read from its config
+and processor, no weights).
 """
 from __future__ import annotations
 
@@ -14,11 +17,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import config, data, models, prompts, questions
+from . import config, data, models, prompts, questions, records
 
 # Size of the probe image used to count a processor's image tokens (they do not depend on the
 # input size for the fixed-resolution families; tiling families get a typical radiograph tile).
 PROBE_SIDE = 512
+# The repository root and its folders of sources: an output directory is never inside them.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SOURCE_FOLDERS = ("lib", "notebooks", "params", "tests", "docs", "bench", ".git", ".venv")
 
 
 def check(params: dict, source: str = "<params>") -> None:
@@ -27,9 +33,9 @@ def check(params: dict, source: str = "<params>") -> None:
         raise config.ParamsError(f"{source}: key {key!r}: {problem}")
 
     try:
-        data.check_layout(params["dataset"], params["data_root"],
-                          data.LabelPolicy.from_dict(params["label_policy"]),
-                          findings=tuple(params["findings"]))
+        data.check_rows(params["dataset"], params["data_root"],
+                        data.LabelPolicy.from_dict(params["label_policy"]),
+                        findings=tuple(params["findings"]))
     except data.DataLayoutError as err:
         fail("data_root", err)
     except ValueError as err:  # a finding without labels in this dataset
@@ -66,23 +72,28 @@ def check(params: dict, source: str = "<params>") -> None:
             questions.read_prompt_split(params["prompt_split"])
         except ValueError as err:
             fail("prompt_split", err)
-    problem = output_dir_problem(params["output_dir"])
-    if problem:
-        fail("output_dir", problem)
-    problem = prompt_length_problem(params)
+    problem = prompt_problem(params)
     if problem:
         fail("questions", problem)
+    problem = output_dir_problem(params)  # last: it creates the folder
+    if problem:
+        fail("output_dir", problem)
 
 
-def output_dir_problem(output_dir) -> str | None:
-    out = Path(output_dir)
+def output_dir_problem(params: dict) -> str | None:
+    """Why the run may not write into its output_dir (see the module docstring), else None; the
+    folder is then created and marked."""
+    out = Path(params["output_dir"]).expanduser().resolve()
+    places = {f"the project's {name}/": PROJECT_ROOT / name for name in SOURCE_FOLDERS}
+    places.update({"the model folder": params["model"], "the adapter folder": params["adapter"],
+                   "the data root": params["data_root"]})
+    for what, place in places.items():
+        if place and Path(place).is_dir() and out.is_relative_to(Path(place).resolve()):
+            return f"{params['output_dir']} is inside {what} ({place}): outputs never go there"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        return f"cannot write to {out} ({err.strerror or err})"
+        records.claim_output_dir(params["output_dir"])
+    except records.OutputDirError as err:
+        return str(err)
     return None
 
 
@@ -99,22 +110,24 @@ def all_prompts(params: dict) -> list[str]:
     return list(dict.fromkeys(questions.with_instruction(t, params["answer_instruction"]) for t in texts))
 
 
-def prompt_length_problem(params: dict) -> str | None:
-    """The longest prompt (with its image tokens) against the model's context, or None.
+def prompt_problem(params: dict) -> str | None:
+    """A prompt holding an image token (`image_token_problem`), or the longest prompt (with its
+    image tokens) against the model's context; None when neither.
 
-    Reads the model's config and processor only; a hub model that is not cached offline is
-    left to the loader (None here).
+    Reads the model's config and processor only; for a hub model that is not cached offline only
+    the literal `<image>` is looked for, the length is left to the loader.
     """
+    texts = all_prompts(params)
     try:
         processor = models.load_processor(params["model"], params["trust_remote_code"])
         limit = models.context_length(params["model"], params["trust_remote_code"])
     except (OSError, ValueError) as err:
         if Path(params["model"]).is_dir():
             return f"cannot read the processor of {params['model']}: {str(err).splitlines()[0]}"
-        return None
-    if not limit:
-        return None
-    texts = all_prompts(params)
+        return image_token_problem(texts, None)
+    problem = image_token_problem(texts, processor)
+    if problem or not limit:
+        return problem
     tokenizer = processor.tokenizer
     probe = Image.new("RGB", (PROBE_SIDE, PROBE_SIDE), (128, 128, 128))
     first = prompts.chat_text(processor, texts[0], with_image=True)
@@ -124,7 +137,25 @@ def prompt_length_problem(params: dict) -> str | None:
         rendered = prompts.chat_text(processor, text, with_image=True)
         n = len(tokenizer(rendered)["input_ids"]) + max(image_tokens, 0)
         if n > limit:
-            shown = text if len(text) <= 60 else text[:57] + "..."
-            return (f"the question {shown!r} ({len(text)} characters) is {n} tokens with its "
+            return (f"the question {shown(text)!r} ({len(text)} characters) is {n} tokens with its "
                     f"image; the model's context is {limit} tokens")
     return None
+
+
+def image_token_problem(texts: list[str], processor) -> str | None:
+    """A question that holds `<image>` or the processor's own image markers: the processor would
+    expand it into image slots no image fills (an error after the model has loaded)."""
+    markers = {"<image>"}
+    for owner in (processor, getattr(processor, "tokenizer", None)):
+        markers |= {getattr(owner, name, None) for name in ("image_token", "boi_token")}
+    markers = sorted(m for m in markers if isinstance(m, str) and m)
+    for text in texts:
+        for marker in markers:
+            if marker in text:
+                return (f"the question {shown(text)!r} holds the image token {marker!r}: the image "
+                        f"goes in by itself, remove it from the question")
+    return None
+
+
+def shown(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."

@@ -271,15 +271,16 @@ def run_units(params: dict, jobs: list[Job], refs: pd.DataFrame) -> list[RunUnit
     return units
 
 
-def load_items(work: list):
-    """Items to score and the skip entries of Jobs / reference units whose image cannot be read or
-    is too small (a twin that cannot be read leaves its sample without a twin row)."""
+def load_items(work: list, max_pixels: int = data.MAX_IMAGE_PIXELS):
+    """Items to score and the skip entries of Jobs / reference units whose image cannot be read, is
+    too small or declares more than `max_pixels` pixels (a twin that cannot be read leaves its
+    sample without a twin row)."""
     items, bad, cache = [], [], {}
 
     def image_of(path):
         if path not in cache:
             reasons = data.Skips()
-            image = data.load_image(data.Sample("image", "image", path, "", "no"), reasons)
+            image = data.load_image(data.Sample("image", "image", path, "", "no"), reasons, max_pixels)
             cache[path] = (image.convert("RGB") if image is not None else None, reasons)
         return cache[path]
 
@@ -292,10 +293,11 @@ def load_items(work: list):
     return items, bad
 
 
-def score_batch(engine_: Engine, store: records.RecordStore, work: list) -> int:
+def score_batch(engine_: Engine, store: records.RecordStore, work: list,
+                max_pixels: int = data.MAX_IMAGE_PIXELS) -> int:
     """Score one batch of Jobs / RunUnits and write it to the store as one chunk; returns the
     number of units scored."""
-    items, bad = load_items(work)
+    items, bad = load_items(work, max_pixels)
     rows = engine_.score(items) if items else []
     negated = {w.sample_id: w.negated for w in work if isinstance(w, Job)}
     for row in rows:
@@ -346,7 +348,7 @@ class LocalScorer:
         total = sum(len(b) for b in batches)
         with tqdm(total=total, desc=f"{params['config']}__{params['dataset']}", unit="sample") as bar:
             for batch in batches:
-                n += score_batch(engine, store, batch)
+                n += score_batch(engine, store, batch, params["max_image_pixels"])
                 bar.update(len(batch))
         elapsed = time.perf_counter() - start
         return {"mode": engine.mode, "fallback_reason": engine.fallback_reason,

@@ -196,7 +196,7 @@ class BatchScorer:
         for index, blob in zip(rows["batch_index"], rows["samples"]):
             batch = pickle.loads(blob)  # run.Job list
             start = time.time()
-            n = run.score_batch(self.engine, self.store, batch)
+            n = run.score_batch(self.engine, self.store, batch, self.params["max_image_pixels"])
             values = (int(index), len(batch), n, start, time.time(), self.pid, self.node,
                       peak_rss_mb(), self.load_s, self.engine.mode,
                       self.engine.fallback_reason or "", str(self.lm.device), str(self.lm.dtype))
@@ -368,7 +368,8 @@ def sweep(params_files, ray_address: str | None = None, runs_dir: str = "outputs
     """Run every pair's evaluate notebook as one Ray task, then the analysis notebook.
 
     Like the Makefile: `papermill notebooks/evaluate.ipynb <runs_dir>/<pair>/evaluate.ipynb
-    -f params/<pair>.yaml -p params_file params/<pair>.yaml`, one task per params file with the
+    -p params_file params/<pair>.yaml` (the folder claimed first, `records.claim_output_dir`:
+    papermill writes into it before the notebook validates), one task per params file with the
     resources of `pair_resources`, all at once (Ray queues what does not fit). Paths are relative
     to the repository root. Pairs that fail are listed together after the others have finished;
     the analysis runs only when all succeeded (skip it with analysis_dir=None). Returns
@@ -387,8 +388,8 @@ def sweep(params_files, ray_address: str | None = None, runs_dir: str = "outputs
         refs = {}
         for pair, (path, params) in loaded.items():
             out = Path(runs_dir) / pair / "evaluate.ipynb"
-            (REPO_ROOT / out.parent).mkdir(parents=True, exist_ok=True)
-            cmd = ["notebooks/evaluate.ipynb", str(out), "-f", str(path),
+            records.claim_output_dir(REPO_ROOT / out.parent)
+            cmd = ["notebooks/evaluate.ipynb", str(out),
                    "-p", "params_file", str(path), "--log-level", "WARNING"]
             if int(params.get("workers") or 1) > 1:
                 cmd += ["-p", "ray_address", gcs]  # its actor pool joins this cluster
