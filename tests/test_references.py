@@ -138,3 +138,17 @@ def test_choose_references_shares_images_across_findings():
 def test_bad_pool():
     with pytest.raises(ValueError, match="pool"):
         rf.choose_references(pd.DataFrame(columns=["image_id", "finding", "label"]), SAMPLES, pool=0)
+
+
+def test_each_samples_counterfactual_answer_is_drawn():
+    # 400 Dangerous samples alike, 1,000 references half of which answer like them: resampling the
+    # samples alone moves nothing; the per-sample draw gives the binomial half-width
+    # 1.96 sqrt(0.25 / 400) = 0.049, the pool adds 1.96 sqrt(0.25 / 1000): 0.058 together.
+    samples = pd.DataFrame(dict(sample_id=[f"s{i}" for i in range(400)], image_id=[f"i{i}" for i in range(400)],
+                                finding="f", label="yes", pred="yes", question="q", quadrant="Dangerous"))
+    refs = pd.DataFrame(dict(image_id=[f"r{i}" for i in range(1000)], finding="f", label="no", question="q",
+                             answer=["yes", "no"] * 500))
+    block, _ = rf.image_blind(samples, refs, resamples=2000, seed=1)
+    assert block["rate"] == pytest.approx(0.5)
+    low, high = block["ci95"]
+    assert (high - low) / 2 == pytest.approx(1.96 * np.sqrt(0.25 / 400 + 0.25 / 1000), abs=0.008)

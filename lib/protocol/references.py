@@ -27,11 +27,16 @@ expectation over a pool of references, and its interval carries the pool's rando
   samples whose answer an opposite-finding image would have changed (the model reads the image;
   its answer merely equals its prior here). ``among_dangerous`` = image-blind rate / Dangerous
   fraction. The same per finding, and per (finding, label).
-- Interval [crossed_bootstrap]: a crossed (samples x references) percentile bootstrap, the
+- Interval [_Design.intervals]: a crossed (samples x references) percentile bootstrap, the
   pigeonhole bootstrap of Owen (2007, Annals of Applied Statistics 1:386): every resample draws
   the evaluated images (each with all its samples) AND the reference images with replacement,
-  independently, and recomputes every reference group's answer shares and the rate. Mildly
-  conservative (Owen 2007); ignoring the references' side is what made earlier intervals miss.
+  independently, recomputes every reference group's answer shares, and then draws each resampled
+  Dangerous sample's counterfactual answer, Bernoulli(its share of references answered alike):
+  the rate speaks of THESE samples' answers had their images shown the opposite finding, and each
+  of those answers is itself uncertain, a third source of randomness beside the samples and the
+  pool. Mildly conservative for the population rate (Owen 2007); leaving out the references' side
+  is what made earlier intervals miss the twins' truth, and leaving out the per-sample draw made
+  them too narrow where the references all agree (a shortcut finding).
 """
 from __future__ import annotations
 
@@ -220,13 +225,22 @@ class _Design:
             self.ref_total[r, g] += 1
             self.ref_yes[r, g] += pred == "yes"
 
-    def statistic(self, w_images: np.ndarray, w_refs: np.ndarray) -> np.ndarray:
-        """(B, n_images) and (B, n_refs) resample counts -> (B, statistics)."""
+    def statistic(self, w_images: np.ndarray, w_refs: np.ndarray, rng=None) -> np.ndarray:
+        """(B, n_images) and (B, n_refs) resample counts -> (B, statistics). With ``rng`` each
+        (resampled) Dangerous sample's counterfactual answer is drawn, Bernoulli(its share of
+        references answered alike), instead of taking that share itself."""
         with np.errstate(invalid="ignore", divide="ignore"):
             share_yes = (w_refs @ self.ref_yes) / (w_refs @ self.ref_total)            # (B, G)
             dy = np.einsum("bi,ikg->bkg", w_images, self.dy)
             dn = np.einsum("bi,ikg->bkg", w_images, self.dn)
-            num = (dy * share_yes[:, None, :] + dn * (1 - share_yes[:, None, :])).sum(-1)  # (B, K)
+            same_yes, same_no = share_yes[:, None, :], 1 - share_yes[:, None, :]
+            if rng is None:
+                num = (dy * same_yes + dn * same_no).sum(-1)                           # (B, K)
+            else:
+                known = ~np.isnan(same_yes)
+                drawn = (rng.binomial(np.rint(dy).astype(np.int64), np.where(known, same_yes, 0))
+                         + rng.binomial(np.rint(dn).astype(np.int64), np.where(known, same_no, 0)))
+                num = np.where(known, drawn, np.nan).sum(-1)
             den = w_images @ self.den                                                  # (B, K)
             rates = num / den
             dangerous = (w_images @ self.dang) / den[:, 0]
@@ -245,7 +259,7 @@ class _Design:
             b = min(250, resamples - start)
             w_i = rng.multinomial(self.n_images, np.full(self.n_images, 1 / self.n_images), size=b)
             w_r = rng.multinomial(self.n_refs, np.full(self.n_refs, 1 / self.n_refs), size=b)
-            dist.append(self.statistic(w_i.astype(float), w_r.astype(float)))
+            dist.append(self.statistic(w_i.astype(float), w_r.astype(float), rng))
         dist = np.vstack(dist)
         alpha = (1 - ci_level) / 2
         with np.errstate(invalid="ignore"):
@@ -263,4 +277,5 @@ def ci_method(resamples: int, ci_level: float, seed: int, n_images: int, n_refer
     return (f"image-blind rate: crossed (samples x references) percentile bootstrap, the pigeonhole "
             f"bootstrap of Owen 2007: {resamples} resamples, each drawing the run's {n_images} "
             f"evaluated image(s) (with all their samples) and its {n_reference_images} reference "
-            f"image(s) with replacement, independently; level {ci_level:g}, seed {seed}")
+            f"image(s) with replacement, independently, then each resampled Dangerous sample's "
+            f"counterfactual answer (Bernoulli of its reference agreement); level {ci_level:g}, seed {seed}")
