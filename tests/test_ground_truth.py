@@ -39,8 +39,8 @@ def test_ground_truth_by_hand():
     gt = taxonomy.ground_truth(t, block)
     assert gt["n_samples"] == 4 and gt["ignored_rate"] == 0.5
     assert gt["paper_measure"] == {"precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2}
-    # reference agreement, ignored (0.9, 0.4) against not (0.5, 0.1): wins 0.9>0.5, 0.9>0.1, 0.4>0.1 -> 3/4
-    assert gt["reference_auroc"] == 0.75
+    # reference agreement for "Dangerous and ignored" (s1: 0.9) against the rest (0.4, 0.5, 0.1): 3/3
+    assert gt["reference_auroc"] == 1.0
     # twin truth: Dangerous and ignored = s1 of the 4 -> 0.25, inside [0.2, 0.4]
     assert gt["image_blind"] == {"truth": 0.25, "estimate": 0.3, "ci95": [0.2, 0.4], "covered": True,
                                  "n_samples": 4}

@@ -118,7 +118,7 @@ def image_blind_section(runs: dict, seeds_dir: Path) -> str:
     text = (f"The interval covers the twin truth in **{c['covered']} of {c['n']}** pairs; median "
             f"|estimate - truth| over the pairs that are not shortcut adapters: "
             f"**{fmt(c['median_abs_error_non_shortcut'])}**.\n\n"
-            + table(["pair", "n", "image-blind rate [95 % CI]", "twin truth", "covered", "|error|",
+            + table(["pair", "n", "image-blind rate [95 % CI]", "twin truth", "covered", "abs. error",
                      "AUROC of reference agreement", "references yes/no per finding"], rows) + "\n")
     seeds_csv = seeds_dir / "seeds.csv"
     if seeds_csv.is_file():
@@ -289,13 +289,14 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results"
         "Positive class: the model ignores the image on the sample (its answer does not change on "
         "the twin with the finding toggled). precision / recall of each measure.\n",
         table(["pair", "n", "ignored rate", "paper's measure (not image-reliant)",
-               "Dangerous vs consistent & ignored", "AUROC of reference agreement for ignored"],
+               "Dangerous vs consistent & ignored", "AUROC of reference agreement (image-blind twin truth)"],
               ground_truth_rows(runs)) if ground_truth_rows(runs) else "No run has twins.",
         "\n## The image-blind rate against the twin truth\n",
         "Twin truth: the share of samples that are Dangerous AND whose answer does not change on the "
         "twin (same anatomy, the finding toggled). The estimate never sees the twins. The per-sample "
-        "AUROC of reference agreement is low by construction: references test the model on other "
-        "images, not on the sample's own (the local-counterfactual issue addresses that).\n",
+        "AUROC of reference agreement for that truth is no per-sample verdict: references test the "
+        "model on other images, never on the sample's own, so a sample's agreement says only what "
+        "its answer and its finding say (the local-counterfactual issue addresses that).\n",
         image_blind_section(runs, outputs / "seeds"),
         "\n## A screen's verdict\n", verdict_section(outputs / "runs"),
         "\n## Across pairs\n", correlation_section(corr),

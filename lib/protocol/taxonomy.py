@@ -77,8 +77,9 @@ Added beside the paper's definitions (they change none of the above):
   positive class "the model ignores the image on this sample" (not truly_image_reliant):
   ``ignored_rate``; precision and recall [precision_recall] of ``paper_measure`` (not
   image_reliant) and ``dangerous`` (quadrant Dangerous, against "consistent and ignored");
-  ``reference_auroc``: the per-sample AUROC of reference_agreement for "ignored" (low by
-  construction: references do not test the sample's own image); ``image_blind``: the twin truth
+  ``reference_auroc``: the per-sample AUROC of reference_agreement for the image-blind twin truth
+  (Dangerous and unchanged on the twin): references test the model on other images, never on the
+  sample's own, so this is no per-sample verdict; ``image_blind``: the twin truth
   of the image-blind rate, mean of [Dangerous and pred_twin == pred] over the samples with a twin
   and references, beside the estimate on the same samples, its interval and whether it covers.
 - pairwise_flip_rate_held_out [held_out_pairwise_flip_rate]: the pairwise flip rate over pairs
@@ -469,13 +470,13 @@ def ground_truth(samples_table: pd.DataFrame, image_blind: dict | None = None) -
         "ignored_rate": float(ignored.mean()),
         "paper_measure": precision_recall(~table["image_reliant"].astype(bool).to_numpy(), ignored),
         "dangerous": precision_recall((table["quadrant"] == "Dangerous").to_numpy(), consistent & ignored),
-        "reference_auroc": _reference_auroc(table, ignored),
+        "reference_auroc": _reference_auroc(table, (table["quadrant"] == "Dangerous").to_numpy() & ignored),
         "image_blind": _image_blind_truth(table, ignored, image_blind),
     }
 
 
 def _reference_auroc(table: pd.DataFrame, ignored: np.ndarray) -> float | None:
-    """AUROC of reference_agreement for "ignored" over the samples that have one."""
+    """AUROC of reference_agreement for the boolean truth ``ignored`` over the samples that have one."""
     if "reference_agreement" not in table:
         return None
     score = table["reference_agreement"].to_numpy(dtype=float)
