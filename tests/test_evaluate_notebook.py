@@ -50,7 +50,12 @@ def test_outputs_have_the_documented_columns(executed):
     # one text-only row per sample, and one image row per prompt of every sample
     assert (predictions.condition == "text_only").sum() == 16
     assert (predictions[predictions.condition == "image"].groupby("sample_id").size() == samples.set_index("sample_id").n_prompts).all()
-    assert not predictions.duplicated(["sample_id", "prompt_id", "condition"]).any()
+    per_sample = predictions[predictions.sample_id.notna()]
+    assert not per_sample.duplicated(["sample_id", "prompt_id", "condition"]).any()
+    # per-run rows: one per (condition, image, question)
+    per_run = predictions[predictions.sample_id.isna()]
+    assert set(per_run.condition) <= {"reference", "blank", "noise"}
+    assert not per_run.duplicated(["condition", "reference_image_id", "null_image", "prompt"]).any()
     for key in ("config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "quadrant_fractions",
                 "accuracy_by_quadrant", "entropy_by_quadrant", "n_skipped", "params", "seed", "packages",
                 "git_commit"):

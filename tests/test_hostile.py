@@ -301,8 +301,9 @@ def test_a_damaged_chunk_is_named_set_aside_and_rescored(giant_run, tmp_path):
     params = {**giant_run["params"], "output_dir": str(out)}
     store = records.RecordStore(out, config.records_key(params))
     empty, garbled = sorted(store.dir.glob("chunk-*.json"))[:2]
-    lost = {s["sample_id"] for path in (empty, garbled) for key in ("samples", "skipped")
-            for s in json.loads(path.read_text())[key]}
+    held = [s["sample_id"] for path in (empty, garbled) for key in ("samples", "skipped")
+            for s in json.loads(path.read_text())[key]]
+    lost = {sid for sid in held if "/" in sid}           # samples; per-run units have no '/' in their id
     empty.write_bytes(b"")
     garbled.write_text('{"samples": [{"sample_id": "tru')
     (out / ".notes.tmp-1").write_text("the user's")
@@ -312,6 +313,7 @@ def test_a_damaged_chunk_is_named_set_aside_and_rescored(giant_run, tmp_path):
     assert empty.name in named and garbled.name in named
     assert (store.dir / "damaged" / empty.name).exists() and (store.dir / "damaged" / garbled.name).exists()
     assert result.summary["records"]["samples_scored"] == len(lost)
+    assert result.summary["records"]["run_units_scored"] == len(set(held) - lost)
     assert result.summary["n_samples"] == json.loads((giant_run["out"] / "summary.json").read_text())["n_samples"]
     assert (out / ".notes.tmp-1").read_text() == "the user's"
 

@@ -146,8 +146,14 @@ def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(wor
 
     fresh = run.evaluate(make_params(model_dir, root, tmp_path / "fresh", questions=str(qfile)))
     assert fresh.summary["run_hash"] == second.summary["run_hash"]
-    merged = second.predictions.merge(fresh.predictions, on=KEY, suffixes=("", "_fresh"))
-    assert len(merged) == len(second.predictions) == len(fresh.predictions)
+    per_run = ["condition", "reference_image_id", "null_image", "prompt"]
+    for a, b, key in ((second.predictions, fresh.predictions, KEY), (second.predictions, fresh.predictions, per_run)):
+        rows = [frame[frame.sample_id.notna() == (key == KEY)] for frame in (a, b)]
+        merged = rows[0].merge(rows[1], on=key, suffixes=("", "_fresh"))
+        assert len(merged) == len(rows[0]) == len(rows[1])
+        assert (merged.p_yes - merged.p_yes_fresh).abs().max() < 1e-6
+    merged = second.predictions.dropna(subset=["sample_id"]).merge(
+        fresh.predictions.dropna(subset=["sample_id"]), on=KEY, suffixes=("", "_fresh"))
     assert (merged.prompt == merged.prompt_fresh).all()
     assert (merged.p_yes - merged.p_yes_fresh).abs().max() < 1e-6
     pd.testing.assert_frame_equal(second.samples, fresh.samples)

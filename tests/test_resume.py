@@ -93,16 +93,20 @@ def records_dir(params: dict) -> Path:
 
 
 def chunk_samples(path: Path) -> list[str]:
-    return [s["sample_id"] for s in json.loads(path.read_text())["samples"]]
+    """The samples a chunk holds (per-run units such as `text_only` have ids without '/')."""
+    return [s["sample_id"] for s in json.loads(path.read_text())["samples"] if "/" in s["sample_id"]]
 
 
-def count_scored_samples(action) -> list[str]:
-    """Sample ids that lib.protocol.run scored while `action()` ran."""
+def count_scored_samples(action, units: list | None = None) -> list[str]:
+    """Sample ids that lib.protocol.run scored while `action()` ran (the per-run units it scored
+    go to `units`)."""
     scored = []
     original = run.score_batch
 
     def counting(engine, store, batch, *rest):
-        scored.extend(s.sample_id for s in batch)
+        scored.extend(s.sample_id for s in batch if isinstance(s, run.Job))
+        if units is not None:
+            units.extend(s.sample_id for s in batch if not isinstance(s, run.Job))
         return original(engine, store, batch, *rest)
 
     run.score_batch = counting
@@ -140,14 +144,16 @@ def test_killed_run_resumes_to_the_uninterrupted_outputs(world, tmp_path):
     (rdir / ".chunk-cafebabe.json.tmp").write_text(json.dumps(bogus))
 
     # 2. Rerun to completion (in this process): only the missing samples are scored.
-    rescored = count_scored_samples(lambda: run.evaluate(params))
+    units = []
+    rescored = count_scored_samples(lambda: run.evaluate(params), units)
+    assert units == ["text_only"]      # the one per-run unit without reliance checks, planned last
     assert len(rescored) == LIMIT - len(done_before)
     assert not set(rescored) & set(done_before)
     after = {p.name: chunk_samples(p) for p in chunk_files(params)}
     assert {k: after[k] for k in before} == before, "chunks of the killed run were rewritten"
     all_samples = [s for samples in after.values() for s in samples]
     assert len(all_samples) == len(set(all_samples)) == LIMIT
-    assert len(after) == len(before) + -(-len(rescored) // BATCH)
+    assert len(after) == len(before) + -(-(len(rescored) + len(units)) // BATCH)
 
     killed = pd.read_parquet(Path(params["output_dir"]) / "predictions.parquet")
     assert not killed.duplicated(KEY).any()
@@ -186,9 +192,9 @@ def test_changed_params_never_reuse_records(world, tmp_path):
     second = pd.read_parquet(Path(changed["output_dir"]) / "predictions.parquet")
     assert len(seen) == 8, "changed params must score every sample again"
     assert sorted(p.name for p in chunk_files(params)) == old_chunks
-    assert len(chunk_files(changed)) == 2
+    assert len(chunk_files(changed)) == 3      # 8 samples and the text-only unit, 4 a batch
     assert second["prompt_id"].max() == 1 < first["prompt_id"].max()
     # The operational output_dir is not part of the hash; the other params are.
     assert config.run_hash(make_params(world, tmp_path / "elsewhere", limit=8)) == config.run_hash(params)
     store = records.RecordStore(params["output_dir"], config.records_key(changed))
-    assert {s["sample_id"] for c in store.chunks() for s in c["samples"]} == set(second["sample_id"])
+    assert {s["sample_id"] for c in store.chunks() for s in c["samples"]} == set(second["sample_id"]) | {"text_only"}
