@@ -74,9 +74,9 @@ def test_explorer_redraws_for_another_pair_and_quadrant(runs):
     assert box.figure.value != second
     assert f"{pairs[1]}: Dangerous" in box.numbers.value and "image-blind" in box.numbers.value
     summary = summaries[pairs[1]]
-    rows = dict((m, (v, c)) for m, v, c in explorer.pair_numbers(summary, samples_by_pair[pairs[1]], "Dangerous"))
-    assert rows["fraction"][0] == f"{summary['quadrant_fractions']['Dangerous']:.3f}"
+    rows = dict(explorer.pair_numbers(summary, samples_by_pair[pairs[1]], "Dangerous"))
     low, high = summary["ci95"]["quadrant_fractions"]["Dangerous"]
-    assert rows["fraction"][1] == f"{low:.3f}-{high:.3f}"
+    assert rows["fraction"] == (f"{summary['quadrant_fractions']['Dangerous']:.3f} "
+                                f"(95 % CI {low:.3f} to {high:.3f})")
     with pytest.raises(ValueError, match="no pair to explore"):
         explorer.Explorer({}, {})

@@ -12,6 +12,7 @@ notebook as HTML with its code cells hidden (`evaluate.html` beside `evaluate.ip
                [--seed S] [--batch-size B] [--device cuda] [-p KEY VALUE ...] --out DIR
                [--max-dangerous F] [--log-samples]
     cxr-screen params/x.yaml [--out DIR] [-p KEY VALUE ...] [--max-dangerous F]
+    cxr-screen compare DIR DIR ... --out DIR
 
 `screen` writes `DIR/params.yaml` from its flags (or reads the params file given), runs the pair
 into DIR (the run's usual outputs: summary.json, samples.parquet, predictions.parquet, the executed
@@ -21,6 +22,8 @@ bad input (the reason names the flag or file), 1 when the run itself fails. A qu
 covers only some of the default findings (and no --findings) screens the findings it covers and
 says so in one line; --findings naming a finding the file lacks is bad input. --log-samples also
 writes the per-sample rows as JSON lines (DIR/samples.jsonl). The progress bar counts samples.
+
+`compare` writes `DIR/compare.html` over several screens' output folders (`lib.front.compare`).
 
 Paths given as flags are read from the current directory; paths inside a params file, as everywhere
 in this project, from the repository root (where the notebooks run).
@@ -346,6 +349,17 @@ def screen_command(args) -> int:
     return ABOVE_LIMIT if result["passed"] is False else OK
 
 
+def compare_command(args) -> int:
+    from . import compare
+
+    try:
+        target = compare.write_compare(args.dirs, args.out)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    print(f"compare: {target}")
+    return OK
+
+
 # -- argument parsing -------------------------------------------------------------------------
 
 class Parser(argparse.ArgumentParser):
@@ -409,7 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
     screen = commands.add_parser("screen", help="screen one model on one dataset: report.html and a verdict",
                                  description=SCREEN_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_screen_arguments(screen)
+    add_compare_arguments(commands.add_parser("compare", help="one page over several screens: compare.html",
+                                              description=COMPARE_USAGE))
     return parser
+
+
+COMPARE_USAGE = ("Compare screens: their settings, Dangerous and image-blind with intervals, paired "
+                 "differences over shared samples; writes OUT/compare.html.")
+
+
+def add_compare_arguments(parser) -> None:
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="output folders of screens or runs")
+    parser.add_argument("--out", required=True, help="folder for compare.html")
 
 
 def run(command, args, prog: str) -> int:
@@ -433,11 +458,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "evaluate":
         return run(evaluate_command, args, "python -m lib evaluate")
+    if args.command == "compare":
+        return run(compare_command, args, "python -m lib compare")
     return run(screen_command, args, "cxr-screen")
 
 
 def screen_main(argv=None) -> int:
-    """The `cxr-screen` console script (the same as `python -m lib screen`)."""
+    """The `cxr-screen` console script (the same as `python -m lib screen`; `cxr-screen compare ...`
+    is `python -m lib compare ...`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        parser = Parser(prog="cxr-screen compare", description=COMPARE_USAGE)
+        add_compare_arguments(parser)
+        return run(compare_command, parser.parse_args(argv[1:]), "cxr-screen compare")
     parser = Parser(prog="cxr-screen", description=SCREEN_USAGE,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_screen_arguments(parser)

@@ -19,52 +19,47 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..protocol import plots
+from ..protocol.breakdown import with_interval
 from ..protocol.taxonomy import QUADRANTS
 from ..protocol.stats import lookup
-from .report import interval, number
 
 ALL = "all quadrants"
 
 
 def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: str | None = None) -> list[tuple]:
-    """(measure, value, 95 % interval) rows of one pair, for all quadrants or one of them."""
-    ci = lambda *keys: interval(lookup(summary, "ci95", *keys))  # noqa: E731
+    """(measure, value with its 95 % interval) rows of one pair, for all quadrants or one of them."""
+    def row(label, *keys, ci=None):
+        return (label, with_interval(lookup(summary, *keys), lookup(summary, "ci95", *keys) if ci is None else ci))
+
     if quadrant is None:
-        rows = [("samples", str(summary.get("n_samples")), ""),
-                ("flip rate", number(summary.get("flip_rate")), ci("flip_rate")),
-                ("pairwise flip rate", number(summary.get("pairwise_flip_rate")), ci("pairwise_flip_rate")),
-                ("accuracy", number(summary.get("accuracy")), ci("accuracy")),
-                ("balanced accuracy", number(summary.get("balanced_accuracy")), ci("balanced_accuracy")),
-                ("image reliance rate", number(summary.get("image_reliance_rate")), ci("image_reliance_rate"))]
-        rows += [(f"{q} fraction", number(lookup(summary, "quadrant_fractions", q)), ci("quadrant_fractions", q))
-                 for q in QUADRANTS]
-        rows += [(f"Dangerous: {k}", number(lookup(summary, "dangerous_breakdown", k)),
-                  ci("dangerous_breakdown", k)) for k in ("image-blind", "prior-coincident", "undetermined")]
-        rows += [("swap changes the answer", number(summary.get("swap_change_rate")), ci("swap_change_rate")),
-                 ("screening AUROC (Dangerous)", number(lookup(summary, "screening", "auroc_entropy_dangerous")),
-                  interval(lookup(summary, "screening", "ci95"))),
-                 ("yes/no mass, median", number(lookup(summary, "yes_no_mass", "median")), "")]
+        rows = [("samples", str(summary.get("n_samples"))), row("flip rate", "flip_rate"),
+                row("pairwise flip rate", "pairwise_flip_rate"), row("accuracy", "accuracy"),
+                row("balanced accuracy", "balanced_accuracy"), row("image reliance rate", "image_reliance_rate")]
+        rows += [row(f"{q} fraction", "quadrant_fractions", q) for q in QUADRANTS]
+        rows += [row(f"Dangerous: {k}", "dangerous_breakdown", k) for k in (summary.get("dangerous_breakdown") or {})]
+        rows += [row("screening AUROC (Dangerous)", "screening", "auroc_entropy_dangerous",
+                     ci=lookup(summary, "screening", "ci95")),
+                 row("yes/no mass, median", "yes_no_mass", "median", ci=())]
         return rows
-    rows = [("samples", str(lookup(summary, "quadrant_counts", quadrant)), ""),
-            ("fraction", number(lookup(summary, "quadrant_fractions", quadrant)), ci("quadrant_fractions", quadrant)),
-            ("accuracy", number(lookup(summary, "accuracy_by_quadrant", quadrant)), ""),
-            ("prior accuracy (text-only)", number(lookup(summary, "prior_accuracy_by_quadrant", quadrant)), ""),
-            ("mean entropy (bits)", number(lookup(summary, "entropy_by_quadrant", quadrant)), "")]
+    rows = [("samples", str(lookup(summary, "quadrant_counts", quadrant))),
+            row("fraction", "quadrant_fractions", quadrant),
+            row("accuracy", "accuracy_by_quadrant", quadrant, ci=()),
+            row("prior accuracy (text-only)", "prior_accuracy_by_quadrant", quadrant, ci=()),
+            row("mean entropy (bits)", "entropy_by_quadrant", quadrant, ci=())]
     if samples is not None and "reliance" in samples:
         reliance = samples.loc[samples.quadrant == quadrant, "reliance"].dropna()
-        rows.append(("median reliance", number(reliance.median() if len(reliance) else None), ""))
+        rows.append(("median reliance", with_interval(reliance.median() if len(reliance) else None)))
     if quadrant == "Dangerous":
-        rows += [(k, number(lookup(summary, "dangerous_breakdown", k)), ci("dangerous_breakdown", k))
-                 for k in ("image-blind", "prior-coincident", "undetermined", "no_swap")]
+        rows += [row(k, "dangerous_breakdown", k) for k in (summary.get("dangerous_breakdown") or {})]
     return rows
 
 
 def numbers_html(title: str, rows: list[tuple]) -> str:
-    cells = "".join(f"<tr><td>{html.escape(m)}</td><td style='text-align:right'>{html.escape(v)}</td>"
-                    f"<td style='padding-left:8px'>{html.escape(c)}</td></tr>" for m, v, c in rows)
+    cells = "".join(f"<tr><td>{html.escape(m)}</td><td style='padding-left:8px'>{html.escape(v)}</td></tr>"
+                    for m, v in rows)
     return (f"<div style='font-size:12px; line-height:1.25; white-space:nowrap'><b>{html.escape(title)}</b>"
             f"<table style='border-collapse:collapse'><tr><th style='text-align:left'>measure</th>"
-            f"<th>value</th><th>95 % CI</th></tr>{cells}</table></div>")
+            f"<th style='text-align:left'>value (95 % CI)</th></tr>{cells}</table></div>")
 
 
 def figure_bytes(samples: pd.DataFrame, title: str, quadrant: str | None) -> bytes:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..protocol import stats
+from ..protocol.breakdown import with_interval
 
 
 PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc.", "Ideal", "Fragile",
@@ -28,15 +29,6 @@ def fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def with_ci(value, ci) -> str:
-    """`0.412 [0.37, 0.45]`, or the value alone without an interval."""
-    if value is None:
-        return "–"
-    if not ci or ci[0] is None:
-        return fmt(value)
-    return f"{fmt(value)} [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]"
 
 
 def table(header, rows) -> str:
@@ -54,14 +46,14 @@ def pair_row(pair: str, s: dict) -> list:
     q, qci = s["quadrant_fractions"], ci.get("quadrant_fractions", {})
     breakdown, bci = s.get("dangerous_breakdown") or {}, ci.get("dangerous_breakdown") or {}
     held = s.get("pairwise_flip_rate_held_out")
-    return [pair, s["n_samples"], with_ci(s["flip_rate"], ci.get("flip_rate")),
+    return [pair, s["n_samples"], with_interval(s["flip_rate"], ci.get("flip_rate")),
             f"{fmt(s['pairwise_flip_rate'])} ({fmt(held)})",
-            with_ci(s.get("balanced_accuracy"), ci.get("balanced_accuracy")),
-            *(with_ci(q[k], qci.get(k)) for k in ("Ideal", "Fragile", "Dangerous")),
-            with_ci(breakdown.get("image-blind"), bci.get("image-blind")),
-            with_ci(breakdown.get("prior-coincident"), bci.get("prior-coincident")),
-            with_ci(s.get("swap_change_rate"), ci.get("swap_change_rate")),
-            with_ci((s.get("screening") or {}).get("auroc_entropy_dangerous"),
+            with_interval(s.get("balanced_accuracy"), ci.get("balanced_accuracy")),
+            *(with_interval(q[k], qci.get(k)) for k in ("Ideal", "Fragile", "Dangerous")),
+            with_interval(breakdown.get("image-blind"), bci.get("image-blind")),
+            with_interval(breakdown.get("prior-coincident"), bci.get("prior-coincident")),
+            with_interval(s.get("swap_change_rate"), ci.get("swap_change_rate")),
+            with_interval((s.get("screening") or {}).get("auroc_entropy_dangerous"),
                     (s.get("screening") or {}).get("ci95")),
             fmt((s.get("yes_no_mass") or {}).get("median"))]
 

@@ -135,28 +135,39 @@ def gather_runs(runs_dir) -> pd.DataFrame:
     rows, seen = [], {}
     for run, summary in summaries.items():
         path = runs_dir / run / "summary.json"
-        missing = [k for k in SUMMARY_KEYS if k not in summary]
-        if missing:
-            raise ValueError(f"{path}: summary is missing key(s) {missing}")
-        pair = f"{summary['config']}__{summary['dataset']}"
-        if pair in seen:
-            raise ValueError(f"pair {pair} appears twice: {seen[pair]} and {path}")
-        seen[pair] = path
-        row = {"pair": pair, **{k: summary[k] for k in SUMMARY_KEYS[:6]}}
-        for prefix, key in (("frac", "quadrant_fractions"), ("acc", "accuracy_by_quadrant"),
-                            ("entropy", "entropy_by_quadrant")):
-            row.update({f"{prefix}_{q}": summary[key].get(q) for q in QUADRANTS})
-        row["n_skipped"] = int(sum((summary.get("n_skipped") or {}).values()))
-        row.update({name: lookup(summary, *keys) for name, keys in OPTIONAL_COLUMNS.items()})
-        for name, keys in CI_COLUMNS.items():
-            interval = lookup(summary, *keys) or (None, None)
-            row[f"{name}_low"], row[f"{name}_high"] = interval
-        row["run"] = run
+        row = summary_row(run, summary, path)
+        if row["pair"] in seen:
+            raise ValueError(f"pair {row['pair']} appears twice: {seen[row['pair']]} and {path}")
+        seen[row["pair"]] = path
         rows.append(row)
+    return pairs_frame(rows).sort_values(["config", "dataset"], ignore_index=True)
+
+
+def summary_row(run: str, summary: dict, path) -> dict:
+    """One row of ``gather_runs`` (columns ``PAIR_COLUMNS``) from a run's summary; ``path`` names
+    the summary in the error when a key is missing."""
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise ValueError(f"{path}: summary is missing key(s) {missing}")
+    row = {"pair": f"{summary['config']}__{summary['dataset']}", **{k: summary[k] for k in SUMMARY_KEYS[:6]}}
+    for prefix, key in (("frac", "quadrant_fractions"), ("acc", "accuracy_by_quadrant"),
+                        ("entropy", "entropy_by_quadrant")):
+        row.update({f"{prefix}_{q}": summary[key].get(q) for q in QUADRANTS})
+    row["n_skipped"] = int(sum((summary.get("n_skipped") or {}).values()))
+    row.update({name: lookup(summary, *keys) for name, keys in OPTIONAL_COLUMNS.items()})
+    for name, keys in CI_COLUMNS.items():
+        interval = lookup(summary, *keys) or (None, None)
+        row[f"{name}_low"], row[f"{name}_high"] = interval
+    row["run"] = run
+    return row
+
+
+def pairs_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows of ``summary_row`` as a table, every rate a float (None -> NaN)."""
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     rates = [c for c in PAIR_COLUMNS[4:] if c not in ("n_skipped", "run")]
-    frame[rates] = frame[rates].astype(float)  # None -> NaN
-    return frame.sort_values(["config", "dataset"], ignore_index=True)
+    frame[rates] = frame[rates].astype(float)
+    return frame
 
 
 def read_summaries(runs_dir) -> dict[str, dict]:
