@@ -122,7 +122,7 @@ def render(screens: list[dict]) -> str:
     parts += [f"<p>{html.escape(note)}</p>" for note in notes]
     parts += ["<h2>Across screens</h2>", correlation_section(frame)]
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Screens compared</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+            f"<style>{STYLE} body {{ max-width: 90rem; }}</style></head><body>{''.join(parts)}</body></html>")
 
 
 def write_compare(dirs, out) -> Path:

@@ -118,20 +118,20 @@ def per_paraphrase(predictions: pd.DataFrame, samples: pd.DataFrame) -> pd.DataF
 
 
 def too_few(findings: pd.DataFrame, paraphrases: pd.DataFrame, n_samples: int) -> list[str]:
-    """The "too few to tell" warnings of a run: the run, each finding, each finding's positives
-    and negatives, each paraphrase (thresholds ``MIN_SAMPLES`` and ``MIN_POSITIVES``)."""
+    """The "too few to tell" warnings of a run: the run, each finding (one line: its samples, its
+    positives and negatives), the paraphrases (thresholds ``MIN_SAMPLES`` and ``MIN_POSITIVES``)."""
     notes = []
     if n_samples < MIN_SAMPLES:
         notes.append(f"too few to tell: the run has {n_samples} samples (fewer than {MIN_SAMPLES}); "
                      f"every rate below rests on them")
     for row in findings.itertuples():
-        if row.n < MIN_SAMPLES:
-            notes.append(f"too few to tell for {row.finding}: {row.n} samples (fewer than {MIN_SAMPLES})")
-        for count, word, measure in ((row.positives, "positive", "sensitivity"),
-                                     (row.negatives, "negative", "specificity")):
-            if count < MIN_POSITIVES:
-                notes.append(f"too few to tell the {measure} of {row.finding}: {count} {word} "
-                             f"sample{'s' if count != 1 else ''} (fewer than {MIN_POSITIVES})")
+        few = [f"{row.n} samples (fewer than {MIN_SAMPLES})"] if row.n < MIN_SAMPLES else []
+        few += [f"{count} {word} (fewer than {MIN_POSITIVES}, for the {measure})"
+                for count, word, measure in ((row.positives, "positives", "sensitivity"),
+                                             (row.negatives, "negatives", "specificity"))
+                if count < MIN_POSITIVES]
+        if few:
+            notes.append(f"too few to tell for {row.finding}: {', '.join(few)}")
     thin = paraphrases[paraphrases["n"] < MIN_SAMPLES]
     if len(thin):
         notes.append(f"too few to tell for {len(thin)} of {len(paraphrases)} paraphrases: fewer than "
