@@ -58,6 +58,12 @@ def test_with_interval_is_the_one_format():
     assert breakdown.with_interval(None, [0, 1]) == "n/a"
     assert breakdown.with_interval(float("nan")) == "n/a"
     assert breakdown.with_interval(0.5, None) == "0.500"
+    assert breakdown.with_interval(324) == "324"   # a count stays an integer
+    table = pd.DataFrame({"finding": ["a"], "n": [3], "accuracy": [0.5], "accuracy_ci": [[0.1, 0.9]],
+                          "negated": [True], "sensitivity": [None]})
+    assert breakdown.shown(table).to_dict("records") == [
+        {"finding": "a", "n": "3", "accuracy (95 % CI)": "0.500 (95 % CI 0.100 to 0.900)",
+         "negated": "yes", "sensitivity": "n/a"}]
 
 
 def test_per_finding_counts_and_rates():

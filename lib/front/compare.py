@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..protocol import breakdown, plots, stats
-from ..protocol.breakdown import with_interval
-from .report import STYLE, cell, figure_png, image_blind, table_html
+from ..protocol.breakdown import cell, with_interval
+from .report import STYLE, figure_png, image_blind, table_html
 
 # Pearson r over fewer than 8 points has a 95 % interval wider than 1.2 even when r is 0.5.
 MIN_SCREENS_FOR_CORRELATION = 8

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..protocol import breakdown, plots
-from ..protocol.breakdown import with_interval
+from ..protocol.breakdown import cell, with_interval
 from ..protocol.stats import lookup
 from ..protocol.taxonomy import QUADRANTS
 
@@ -197,26 +197,10 @@ details { margin-top: 1rem; } summary { cursor: pointer; font-weight: bold; }
 """
 
 
-def cell(value) -> str:
-    """A table cell: integers as integers, floats to 3 places, None as n/a."""
-    if value is None or (isinstance(value, float) and value != value):
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def finding_rows(findings: pd.DataFrame) -> list[tuple]:
-    return [(r.finding, r.n, r.positives, r.negatives, *(getattr(r, q) for q in QUADRANTS),
-             with_interval(r.accuracy, r.accuracy_ci), with_interval(r.sensitivity, r.sensitivity_ci),
-             with_interval(r.specificity, r.specificity_ci)) for r in findings.itertuples()]
-
-
-def paraphrase_rows(paraphrases: pd.DataFrame) -> list[tuple]:
-    return [(r.finding, r.prompt_id, r.prompt, "negated" if r.negated else "", r.n, r.flips,
-             with_interval(r.flip_rate, r.flip_rate_ci)) for r in paraphrases.itertuples()]
+def frame_html(frame: pd.DataFrame) -> str:
+    """A table of `breakdown`, as `breakdown.shown` writes it."""
+    shown = breakdown.shown(frame)
+    return table_html(shown.columns, shown.itertuples(index=False))
 
 
 def ground_truth_section(truth: dict | None) -> list[str]:
@@ -263,16 +247,14 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
                   + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>"]
 
     parts += ["<h2>Per finding</h2>",
-              table_html(("finding", "samples", "positives", "negatives", *QUADRANTS, "accuracy",
-                          "sensitivity", "specificity"), finding_rows(findings)),
+              frame_html(findings.rename(columns={"n": "samples"})),
               "<p class='note'>Intervals per finding: Wilson score intervals.</p>"]
     if len(paraphrases):
         parts += ["<h2>Per paraphrase</h2>",
                   "<p class='note'>Flip rate: how often the paraphrase's answer differs from the "
                   "original question's on the same image (a negated paraphrase is compared by the "
                   "answer it implies). Wilson intervals.</p>",
-                  table_html(("finding", "prompt id", "paraphrase", "negated", "samples", "flips",
-                              "flip rate"), paraphrase_rows(paraphrases))]
+                  frame_html(paraphrases.rename(columns={"prompt": "paraphrase", "n": "samples"}))]
     parts += ground_truth_section(summary.get("ground_truth"))
 
     rows = [(r["quadrant"], r["meaning"], r["samples"],

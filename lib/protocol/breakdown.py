@@ -24,7 +24,8 @@ condition) and its ``summary.json``:
   ``taxonomy.bootstrap_ci`` does), and the exact McNemar p-value of the discordant samples
   (statsmodels.stats.contingency_tables.mcnemar).
 - ``with_interval(value, ci)``: "0.742 (95 % CI 0.610 to 0.850)"; every page that shows a value
-  with its interval writes it with this function.
+  with its interval writes it with this function, and ``shown(table)`` with it turns a table of
+  these functions (a column X beside X_ci) into the table a page shows.
 """
 from __future__ import annotations
 
@@ -177,9 +178,38 @@ def with_interval(value, ci=None, *, percent: bool = False, digits: int | None =
     without an interval. ``digits`` defaults to 3 (1 for percentages)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and not percent:
+        return str(value)   # a count
     digits = (1 if percent else 3) if digits is None else digits
     scale, unit = (100, " %") if percent else (1, "")
     shown = f"{scale * value:.{digits}f}{unit}"
     if not ci or ci[0] is None or ci[1] is None:
         return shown
     return f"{shown} (95 % CI {scale * ci[0]:.{digits}f} to {scale * ci[1]:.{digits}f}{unit})"
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` as a page shows it, every cell a string: a column X with a column X_ci beside it
+    becomes one column "X (95 % CI)" (``with_interval``), other numbers are written by
+    ``with_interval`` too (counts as integers, rates to 3 places, None and NaN as n/a), booleans
+    as "yes" or ""."""
+    out = {}
+    for column in table.columns:
+        if column.endswith("_ci") and column[:-3] in table.columns:
+            continue
+        values = table[column].astype(object)
+        if f"{column}_ci" in table.columns:
+            out[f"{column} (95 % CI)"] = [with_interval(v, ci) for v, ci in zip(values, table[f"{column}_ci"])]
+        else:
+            out[column] = [cell(v) for v in values]
+    return pd.DataFrame(out, index=table.index)
+
+
+def cell(value) -> str:
+    """One value as a page shows it: a string as it is, a boolean as "yes" or "", a number by
+    ``with_interval`` (counts as integers, rates to 3 places, None and NaN as n/a)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
+    return with_interval(value)
