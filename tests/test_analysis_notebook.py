@@ -46,9 +46,17 @@ def test_analysis_gathers_every_run(runs, tmp_path):
     for name in ("flip_vs_dangerous.png", "quadrant_fractions.png", "accuracy_by_quadrant.png",
                  "dangerous_forest.png", "screening_auroc.png"):
         assert (out / name).stat().st_size > 1000, name
-    assert len(list(out.glob("entropy_*.png"))) == 4
-    assert len(list(out.glob("reliance_*.png"))) == 4
+    # one figure per measure, the pairs as rows (not one grid per pair)
+    assert sorted(p.name for p in out.glob("*_by_pair.png")) == ["entropy_by_pair.png", "reliance_by_pair.png"]
     executed = nbformat.read(tmp_path / "analysis.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("name") == "stderr"], "a warning printed into the page"
+    printed = "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+    assert "too few to tell: 4 pairs (a correlation needs at least 8)" in printed
+    shown = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})
+             and "screening AUROC" in o["data"]["text/html"]][0]
+    first_row = shown.split("<tbody>")[1].split("</tr>")[0]
+    assert first_row.count("<td>") == 6 and "95 % CI" in shown and "NaN" not in shown   # samples + 5 rates
     text = "\n".join(c.source for c in executed.cells if c.cell_type == "markdown")
     assert "independence_r" in text and "(1 - f)(1 - rho)" in text
     widget = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])

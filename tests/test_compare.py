@@ -5,7 +5,7 @@ import re
 import pandas as pd
 import pytest
 
-from lib.front import cli, compare
+from lib.front import cli
 from lib.protocol import breakdown
 
 
@@ -61,4 +61,3 @@ def test_compare_needs_two_screen_folders(two_runs, tmp_path, capsys):
     assert status == 2 and err.strip() == f"cxr-screen compare: {tmp_path}: no summary.json (give the output folder of a screen or run)"
     assert cli.screen_main(["compare", str(two_runs / "llava"), "--out", str(tmp_path / "o")]) == 2
     assert "at least two" in capsys.readouterr().err
-    assert compare.MIN_SCREENS_FOR_CORRELATION == 8

@@ -12,7 +12,7 @@ The page holds, in this order:
   image-blind and correct indicators (`breakdown.paired_difference`: a bootstrap over shared
   images and McNemar's exact test);
 - the correlation of flip rate with the Dangerous fraction across screens only when there are at
-  least ``MIN_SCREENS_FOR_CORRELATION`` of them; with fewer, the page says why there is none.
+  least ``stats.MIN_PAIRS`` of them; with fewer, the page says why there is none.
 """
 from __future__ import annotations
 
@@ -26,10 +26,6 @@ import pandas as pd
 from ..protocol import breakdown, plots, stats
 from ..protocol.breakdown import cell, with_interval
 from .report import STYLE, figure_png, image_blind, table_html
-
-# Pearson r over fewer than 8 points has a 95 % interval wider than 1.2 even when r is 0.5.
-MIN_SCREENS_FOR_CORRELATION = 8
-
 
 def read_screen(directory) -> dict:
     """{"dir", "label", "summary", "samples"} of one screen's output folder; ValueError (one line)
@@ -91,9 +87,9 @@ def paired_rows(screens: list[dict]) -> tuple[list[tuple], list[str]]:
 
 def correlation_section(frame: pd.DataFrame) -> str:
     n = len(frame)
-    if n < MIN_SCREENS_FOR_CORRELATION:
+    if n < stats.MIN_PAIRS:
         return (f"<p>No correlation across screens: {n} screens are too few to tell (a correlation "
-                f"needs at least {MIN_SCREENS_FOR_CORRELATION}; over fewer, even r = 1.0 says little).</p>")
+                f"needs at least {stats.MIN_PAIRS}; over fewer, even r = 1.0 says little).</p>")
     corr = stats.correlation(frame["flip_rate"], frame["frac_Dangerous"])
     if corr["pearson_r"] is None:
         return f"<p>Correlation undefined: {html.escape(corr['note'] or '')}.</p>"

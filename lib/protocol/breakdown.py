@@ -213,3 +213,8 @@ def cell(value) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else ""
     return with_interval(value)
+
+
+def interval_table(rows: dict) -> pd.DataFrame:
+    """{measure: (value, [low, high] or None)} as a one-column table, "value (95 % CI)"."""
+    return pd.DataFrame({"value (95 % CI)": {label: with_interval(value, ci) for label, (value, ci) in rows.items()}})

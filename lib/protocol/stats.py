@@ -37,7 +37,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .breakdown import shown
 from .taxonomy import QUADRANTS, validate_bootstrap
+
+# Below this many pairs a correlation across them is too few to tell: Pearson r over 7 points has a
+# 95 % interval wider than 1.2 even at r = 0.5, and r = 1.0 over 2 points means nothing.
+MIN_PAIRS = 8
+# The columns of the pairs table a page shows (the rest are in pairs.csv), with their names there.
+READABLE_COLUMNS = {"flip_rate": "flip rate", "frac_Dangerous": "Dangerous",
+                    "frac_image_blind": "image-blind", "accuracy": "accuracy",
+                    "auroc_entropy_dangerous": "screening AUROC"}
 
 SUMMARY_KEYS = (
     "config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "accuracy",
@@ -168,6 +177,17 @@ def pairs_frame(rows: list[dict]) -> pd.DataFrame:
     rates = [c for c in PAIR_COLUMNS[4:] if c not in ("n_skipped", "run")]
     frame[rates] = frame[rates].astype(float)
     return frame
+
+
+def readable_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pairs table of ``gather_runs`` as a page shows it: one row per pair, its samples and
+    ``READABLE_COLUMNS`` each with its interval (``breakdown.shown``)."""
+    table = pd.DataFrame({"pair": pairs["pair"], "samples": pairs["n_samples"].astype(int)})
+    for column, name in READABLE_COLUMNS.items():
+        table[name] = pairs[column]
+        table[f"{name}_ci"] = [None if pd.isna(low) or pd.isna(high) else [low, high]
+                               for low, high in zip(pairs[f"{column}_low"], pairs[f"{column}_high"])]
+    return shown(table).set_index("pair")
 
 
 def read_summaries(runs_dir) -> dict[str, dict]:
