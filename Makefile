@@ -41,7 +41,7 @@ DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) $(DEFAULT_FAMILY
 ADAPTER_CODE := notebooks/finetune_lora.ipynb $(NOTEBOOK_SETUP) lib/offline/finetune.py $(DEFAULT_FAMILY) $(PROTOCOL_LOAD)
 # the evaluate notebook's session (strict params, preflight, the scorer: in-process or Ray)
 RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py lib/protocol/breakdown.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py
-ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) lib/front/explorer.py $(addprefix lib/protocol/,stats.py plots.py taxonomy.py breakdown.py)
+ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) lib/front/explorer.py $(addprefix lib/protocol/,stats.py plots.py taxonomy.py breakdown.py config.py data.py labels.py)
 
 DEFAULT := outputs/default/build_report.json
 LORA_PARAMS := $(wildcard params/lora/*.yaml)

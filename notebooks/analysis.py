@@ -129,12 +129,14 @@ fig.savefig(out / "screening_auroc.png", dpi=120)
 # ## Entropy and reliance per quadrant
 # Low entropy on Dangerous samples means confidence screening would not catch them; reliance =
 # |p_yes - p_yes without the image| shows how far the image moves the answer. Explore one pair at a
-# time with the selectors (in JupyterLab: choose a pair, and a quadrant or all four); the pair's
-# numbers and their 95 % intervals are beside the figure. Every pair's distributions follow, one
+# time with the selectors (in JupyterLab: choose a pair, a finding or all, a quadrant or all four); the
+# pair's numbers and their 95 % intervals are beside the figure, the samples behind it below: choose one
+# to see its p_yes for every prompt and condition (and, for the synthetic offline world only, its image). Every pair's distributions follow, one
 # figure per measure, the pairs as rows (boxes: quartiles; whiskers: 1.5 IQR).
 
 # %%
-explorer = lib.front.explorer.Explorer(samples_by_pair, lib.protocol.stats.read_summaries(runs_dir))
+explorer = lib.front.explorer.Explorer(samples_by_pair, lib.protocol.stats.read_summaries(runs_dir),
+                                      lib.protocol.stats.gather_samples(runs_dir, "predictions.parquet"))
 explorer
 
 # %%

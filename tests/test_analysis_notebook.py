@@ -88,3 +88,32 @@ def test_explorer_redraws_for_another_pair_and_quadrant(runs):
                                 f"(95 % CI {low:.3f} to {high:.3f})")
     with pytest.raises(ValueError, match="no pair to explore"):
         explorer.Explorer({}, {})
+
+
+def test_explorer_chooses_a_finding_and_clicks_through_to_a_sample(runs):
+    samples_by_pair = stats.gather_samples(runs)
+    predictions = stats.gather_samples(runs, "predictions.parquet")
+    box = explorer.Explorer(samples_by_pair, stats.read_summaries(runs), predictions)
+    pair = box.pair.value
+    samples = samples_by_pair[pair]
+    finding = sorted(samples.finding.unique())[0]
+    assert box.finding.options == ("all findings", *sorted(samples.finding.unique()))
+    assert len(box.samples.options) == len(samples)
+    before = box.figure.value
+    box.finding.value = finding
+    assert box.figure.value != before and f"{finding} (Wilson intervals)" in box.numbers.value
+    chosen = samples[samples.finding == finding].sort_values("sample_id")
+    assert [v for _, v in box.samples.options] == list(chosen.sample_id)
+    box.samples.value = chosen.sample_id.iloc[0]
+    detail = box.detail.value
+    assert chosen.sample_id.iloc[0] in detail and "text_only" in detail and "image" in detail
+    assert box.image.layout.display == "block" and box.image.value[:8] == b"\x89PNG\r\n\x1a\n"  # synthetic
+    table = explorer.sample_detail(predictions[pair], chosen.sample_id.iloc[0])
+    rows = predictions[pair][predictions[pair].sample_id == chosen.sample_id.iloc[0]]
+    original = rows[(rows.prompt_id == 0) & (rows.condition == "image")].p_yes.iloc[0]
+    assert table.loc[0, "image"].iloc[0] == original
+    assert len(table) == rows.prompt_id.nunique()
+    # a real dataset's image is never shown
+    assert explorer.synthetic_image({"params": {"data_root": str(runs)}}, "x") is None
+    box.pair.value = box.pair.options[1]
+    assert box.finding.value == "all findings" and box.samples.value is None

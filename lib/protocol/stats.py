@@ -197,9 +197,10 @@ def read_summaries(runs_dir) -> dict[str, dict]:
             for path in sorted(Path(runs_dir).glob("*/summary.json"))}
 
 
-def gather_samples(runs_dir) -> dict[str, pd.DataFrame]:
-    """Each pair's per-sample table (``samples.parquet``), keyed by the run folder's name."""
-    paths = sorted(Path(runs_dir).glob("*/samples.parquet"))
+def gather_samples(runs_dir, name: str = "samples.parquet") -> dict[str, pd.DataFrame]:
+    """Each pair's per-sample table (``samples.parquet``, or another table ``name`` of the runs:
+    ``predictions.parquet``), keyed by the run folder's name."""
+    paths = sorted(Path(runs_dir).glob(f"*/{name}"))
     return {path.parent.name: pd.read_parquet(path) for path in paths}
 
 
