@@ -202,8 +202,8 @@ class Explorer(widgets.VBox):
             self.detail.value = f"<i>no predictions.parquet for {html.escape(pair)}</i>"
         else:
             table = breakdown.shown(sample_detail(predictions, sample_id).reset_index())
-            self.detail.value = (f"<b>{html.escape(sample_id)}</b>: p_yes per prompt and condition"
-                                 + table.to_html(index=False, border=0))
+            self.detail.value = (f"<div style='font-size:12px; white-space:nowrap'><b>{html.escape(sample_id)}"
+                                 f"</b>: p_yes per prompt and condition{table.to_html(index=False, border=0)}</div>")
         row = self.samples_by_pair[pair].set_index("sample_id").loc[sample_id]
         image = synthetic_image(self.summaries.get(pair), row["image_id"])
         if image is not None:

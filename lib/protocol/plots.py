@@ -88,7 +88,8 @@ def accuracy_by_quadrant(pairs: pd.DataFrame):
         n = np.rint(pairs[f"frac_{quadrant}"].fillna(0) * pairs["n_samples"]).astype(int).to_numpy()
         accuracy = pairs[f"acc_{quadrant}"].astype(float).to_numpy()
         intervals = [proportion_ci(round(a * m), m) if m else None for a, m in zip(np.nan_to_num(accuracy), n)]
-        errors = np.array([[a - ci[0], ci[1] - a] if ci else [0, 0] for a, ci in zip(np.nan_to_num(accuracy), intervals)]).T
+        errors = np.clip(np.array([[a - ci[0], ci[1] - a] if ci else [0, 0]
+                                   for a, ci in zip(np.nan_to_num(accuracy), intervals)]).T, 0, None)
         ax.bar(x + (k - 1.5) * width, accuracy, width, yerr=errors, capsize=2, label=quadrant,
                color=QUADRANT_COLORS[quadrant], error_kw={"elinewidth": 0.8})
         for xi, m in zip(x + (k - 1.5) * width, n):
