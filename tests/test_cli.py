@@ -37,6 +37,17 @@ def test_help_and_usage_errors_load_nothing_heavy(argv):
     assert status == ("2" if "x" in argv else "0")
 
 
+def test_a_bad_value_is_refused_before_torch_or_papermill_load(tmp_path):
+    """--dataset chexpert: config's check answers (pandas loads), nothing of a run does."""
+    code = ("import sys\nfrom lib.front import cli\nstatus = cli.main(sys.argv[1:])\n"
+            "print(status, [m for m in ('torch', 'papermill', 'transformers') if m in sys.modules], file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, "screen", "--model", "m", "--dataset", "chexpert",
+                             "--data-root", str(tmp_path), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["cxr-screen: --dataset: got 'chexpert'; allowed: one of mimic-cxr, padchest", "2 []"]
+
+
 def test_screen_help_lists_the_researcher_flags(capsys):
     status, out, _ = main(["screen", "--help"], capsys)
     assert status == 0

@@ -115,6 +115,8 @@ def read_params_file(path) -> dict:
 
 def overrides_from(pairs) -> dict:
     """`-p key value` pairs as papermill's command line reads them (True/False/None, numbers)."""
+    if not pairs:
+        return {}   # papermill takes seconds to import: only for a -p
     from papermill.cli import _resolve_type
 
     return {key: _resolve_type(value) for key, value in pairs or ()}
