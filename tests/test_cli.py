@@ -113,3 +113,28 @@ def test_p_beside_flags_is_checked_and_named(flags, capsys, extra, named):
     status, _, err = main(["screen", *flags, *extra], capsys)
     assert status == 2, err
     assert err.startswith(named) and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_samples_bar_reaches_the_terminal_through_a_file(tmp_path):
+    """session.ProgressScorer draws into the file cli.ProgressTail copies to the terminal."""
+    import io
+
+    from lib.front import session
+
+    class Store:
+        def write(self, samples, predictions, skipped):
+            return "chunk"
+
+    def inner(params, store, batches):   # a scorer: writes one chunk per batch
+        for batch in batches:
+            store.write(batch, [], [])
+        return {"mode": "fake"}
+
+    terminal = io.StringIO()
+    tail = cli.ProgressTail(terminal)
+    scorer = session.ProgressScorer(inner, tail.path)
+    assert scorer({"config": "c", "dataset": "d"}, Store(), [["a", "b"], ["c"]]) == {"mode": "fake"}
+    tail.close()
+    frames = terminal.getvalue()
+    assert "c__d: 100%" in frames and "3/3" in frames and "sample/s" in frames and frames.endswith("\n")
+    assert not tail.path.exists()

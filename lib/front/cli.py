@@ -35,6 +35,8 @@ import logging
 import os
 import re
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 # Only the standard library at import time: --help and a usage error answer in well under a
@@ -127,7 +129,8 @@ def overrides_from(pairs) -> dict:
 def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: bool = True) -> Path:
     """Run notebooks/evaluate.ipynb into ``output_dir`` (papermill, cwd = the repository root),
     export it as HTML; returns the executed notebook. ``progress``: a bar over the samples being
-    scored, with an ETA, on stderr (drawn in the kernel, `session.PROGRESS_ENV`, and relayed)."""
+    scored, with an ETA, on stderr (drawn by the kernel into a file, `session.PROGRESS_ENV`, that
+    `ProgressTail` copies to stderr as it grows)."""
     import papermill as pm
 
     from . import session
@@ -135,14 +138,14 @@ def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: 
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = output_dir / EXECUTED
     logging.getLogger("papermill").setLevel(logging.WARNING)
-    relay = ProgressRelay(sys.stderr) if progress else None
-    # the kernel inherits this environment: it draws the samples bar as text, which is relayed
-    os.environ.update({session.PROGRESS_ENV: "1"} if progress else {})
+    tail = ProgressTail(sys.stderr) if progress else None
+    # the kernel inherits this environment: the file it draws the samples bar into
+    os.environ.update({session.PROGRESS_ENV: str(tail.path)} if tail else {})
     try:
         pm.execute_notebook(str(NOTEBOOK), str(executed),
                             parameters={**parameters, "params_file": str(params_file)},
-                            cwd=str(ROOT), progress_bar=False, stderr_file=relay,
-                            extra_arguments=KERNEL_ARGUMENTS, coalesce_streams=True)
+                            cwd=str(ROOT), progress_bar=False, extra_arguments=KERNEL_ARGUMENTS,
+                            coalesce_streams=True)
     except pm.PapermillExecutionError as err:
         reason = f"{err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}".strip()
         if err.ename in INPUT_ERRORS:
@@ -151,8 +154,8 @@ def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: 
                         f"(the executed notebook: {executed})") from None
     finally:
         os.environ.pop(session.PROGRESS_ENV, None)
-        if relay is not None:
-            relay.close()
+        if tail is not None:
+            tail.close()
     export_html(executed)
     return executed
 
@@ -162,22 +165,35 @@ def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: 
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
-class ProgressRelay:
-    """The kernel's stderr as papermill streams it: only the progress bar's frames (text with a
-    carriage return) reach the terminal; warnings stay in the executed notebook."""
+class ProgressTail(threading.Thread):
+    """Copies what the kernel writes into a temporary file (the samples bar's frames) to
+    ``stream`` as the file grows, every half second, until ``close``; then removes the file."""
 
     def __init__(self, stream):
-        self.stream, self.drawn = stream, False
+        super().__init__(daemon=True)
+        handle, name = tempfile.mkstemp(prefix="cxr-screen-progress-")
+        os.close(handle)
+        self.path, self.stream, self.drawn = Path(name), stream, False
+        self.stopped = threading.Event()
+        self.start()
 
-    def write(self, text: str) -> None:
-        if "\r" in text:
+    def run(self) -> None:
+        with open(self.path, encoding="utf-8", errors="replace") as source:
+            while not self.stopped.wait(0.5):
+                self.copy(source)
+            self.copy(source)
+
+    def copy(self, source) -> None:
+        text = source.read()
+        if text:
             self.stream.write(text)
+            self.stream.flush()
             self.drawn = True
 
-    def flush(self) -> None:
-        self.stream.flush()
-
     def close(self) -> None:
+        self.stopped.set()
+        self.join()
+        self.path.unlink(missing_ok=True)
         if self.drawn:
             self.stream.write("\n")
             self.stream.flush()

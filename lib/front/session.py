@@ -5,13 +5,13 @@ validate it strictly with every check that needs no model, and choose the scorer
 parameters papermill injected (`notebook.injected_parameters`) are checked too, so a misspelt
 `-p` key is an error here, not only a warning on papermill's stderr.
 
-Under the command line (`PROGRESS_ENV` set, `lib.front.cli.execute`), the local scorer's progress
-is a plain-text bar over the samples written to stderr, which the command relays to the terminal.
+Under the command line (`PROGRESS_ENV` names a file, `lib.front.cli.execute`), the local scorer
+also draws a plain-text bar over the samples into that file, which the command copies to the
+terminal (the kernel's own streams reach it only through papermill, and not from a terminal).
 """
 from __future__ import annotations
 
 import os
-import sys
 
 from tqdm import tqdm
 
@@ -31,24 +31,26 @@ def params(values: dict, params_file=None) -> dict:
 
 def scorer_for(params: dict) -> run.Scorer | None:
     """The Ray actor pool when `workers` > 1 or `ray_address` is set, else the local scorer
-    (with the command line's samples bar when `PROGRESS_ENV` is set)."""
+    (with the command line's samples bar when `PROGRESS_ENV` names a file)."""
     if params["workers"] > 1 or params["ray_address"]:
         return ray_scorer.RayScorer()
     if os.environ.get(PROGRESS_ENV):
-        return ProgressScorer(run.LocalScorer())
+        return ProgressScorer(run.LocalScorer(), os.environ[PROGRESS_ENV])
     return None
 
 
 class ProgressScorer:
-    """A scorer whose store counts the samples each written batch holds on a text bar (stderr)."""
+    """A scorer whose store counts the samples each written batch holds on a text bar drawn
+    into the file ``path``."""
 
-    def __init__(self, inner: run.Scorer):
-        self.inner = inner
+    def __init__(self, inner: run.Scorer, path):
+        self.inner, self.path = inner, path
 
     def __call__(self, params, store, batches) -> dict:
         total = sum(len(batch) for batch in batches)
-        with tqdm(total=total, desc=f"{params['config']}__{params['dataset']}", unit="sample",
-                  file=sys.stderr, disable=False, ascii=False, mininterval=1.0) as bar:
+        with open(self.path, "a", encoding="utf-8") as sink, \
+                tqdm(total=total, desc=f"{params['config']}__{params['dataset']}", unit="sample",
+                     file=sink, disable=False, mininterval=1.0, ncols=100) as bar:
             return self.inner(params, CountingStore(store, bar), batches)
 
 
