@@ -96,8 +96,8 @@ def test_too_few_names_the_threshold():
                               breakdown.per_paraphrase(prediction_rows(samples), samples), len(samples))
     assert notes[0] == (f"too few to tell: the run has 6 samples (fewer than {breakdown.MIN_SAMPLES}); "
                         f"every rate below rests on them")
-    assert (f"too few to tell for nodule: 2 samples (fewer than {breakdown.MIN_SAMPLES}), 1 positives "
-            f"(fewer than {breakdown.MIN_POSITIVES}, for the sensitivity), 1 negatives (fewer than "
+    assert (f"too few to tell for nodule: 2 samples (fewer than {breakdown.MIN_SAMPLES}), 1 positive "
+            f"(fewer than {breakdown.MIN_POSITIVES}, for the sensitivity), 1 negative (fewer than "
             f"{breakdown.MIN_POSITIVES}, for the specificity)") in notes
     assert any(n.startswith("too few to tell for 4 of 4 paraphrases") for n in notes)
 

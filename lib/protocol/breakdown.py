@@ -127,7 +127,7 @@ def too_few(findings: pd.DataFrame, paraphrases: pd.DataFrame, n_samples: int) -
                      f"every rate below rests on them")
     for row in findings.itertuples():
         few = [f"{row.n} samples (fewer than {MIN_SAMPLES})"] if row.n < MIN_SAMPLES else []
-        few += [f"{count} {word} (fewer than {MIN_POSITIVES}, for the {measure})"
+        few += [f"{count} {word if count != 1 else word[:-1]} (fewer than {MIN_POSITIVES}, for the {measure})"
                 for count, word, measure in ((row.positives, "positives", "sensitivity"),
                                              (row.negatives, "negatives", "specificity"))
                 if count < MIN_POSITIVES]
