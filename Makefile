@@ -40,8 +40,8 @@ DEFAULT_FAMILY := $(addprefix lib/offline/,default_models.py training.py synth.p
 DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) lib/offline/build.py $(DEFAULT_FAMILY) $(PROTOCOL_SCORING)
 ADAPTER_CODE := notebooks/finetune_lora.ipynb $(NOTEBOOK_SETUP) lib/offline/finetune.py $(DEFAULT_FAMILY) $(PROTOCOL_LOAD)
 # the evaluate notebook's session (strict params, preflight, the scorer: in-process or Ray)
-RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py
-ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) $(addprefix lib/front/,explorer.py report.py) $(addprefix lib/protocol/,stats.py plots.py taxonomy.py vocabulary.py records.py)
+RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py lib/protocol/breakdown.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py
+ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) lib/front/explorer.py $(addprefix lib/protocol/,stats.py plots.py taxonomy.py breakdown.py config.py data.py labels.py vocabulary.py)
 
 DEFAULT := outputs/default/build_report.json
 LORA_PARAMS := $(wildcard params/lora/*.yaml)

@@ -42,7 +42,8 @@ out.mkdir(parents=True, exist_ok=True)
 pairs = lib.protocol.stats.gather_runs(runs_dir)
 samples_by_pair = lib.protocol.stats.gather_samples(runs_dir)
 pairs.to_csv(out / "pairs.csv", index=False)
-pairs.set_index("pair")[[c for c in pairs.columns if not c.endswith(("_low", "_high")) and c not in ("pair", "run")]].round(3)
+print(f"{len(pairs)} pairs; every column of every pair (rates, intervals, per-quadrant numbers) is in {out / 'pairs.csv'}")
+lib.protocol.stats.readable_pairs(pairs)
 
 # %% [markdown]
 # ## Correlation across pairs
@@ -82,6 +83,8 @@ pd.DataFrame({"flip rate vs Dangerous fraction": correlation_table(corr),
 # %%
 print(f"flip rate vs Dangerous: r = {rounded(corr['pearson_r'])} (independent axes alone: r = "
       f"{rounded(corr['independence_r'])}); flip rate vs image-blind: r = {rounded(corr['image_blind']['pearson_r'])}")
+if corr["n"] < lib.protocol.stats.MIN_PAIRS:
+    print(f"too few to tell: {corr['n']} pairs (a correlation needs at least {lib.protocol.stats.MIN_PAIRS})")
 
 # %%
 fig = lib.protocol.plots.flip_vs_dangerous(pairs, corr)
@@ -127,19 +130,20 @@ fig.savefig(out / "screening_auroc.png", dpi=120)
 # ## Entropy and reliance per quadrant
 # Low entropy on Dangerous samples means confidence screening would not catch them; reliance =
 # |p_yes - p_yes without the image| shows how far the image moves the answer. Explore one pair at a
-# time with the selectors (in JupyterLab: choose a pair, and a quadrant or all four); the pair's
-# numbers and their 95 % intervals are beside the figure. The static figures of every pair follow.
+# time with the selectors (in JupyterLab: choose a pair, a finding or all, a quadrant or all four); the
+# pair's numbers and their 95 % intervals are beside the figure, the samples behind it below: choose one
+# to see its p_yes for every prompt and condition (and, for the synthetic offline world only, its image). Every pair's distributions follow, one
+# figure per measure, the pairs as rows (boxes: quartiles; whiskers: 1.5 IQR).
 
 # %%
-pd.concat(samples_by_pair, names=["pair"]).groupby(["pair", "quadrant"])[["entropy", "reliance"]].describe().round(3)
-
-# %%
-explorer = lib.front.explorer.Explorer(samples_by_pair, lib.protocol.stats.read_summaries(runs_dir))
+explorer = lib.front.explorer.Explorer(samples_by_pair, lib.protocol.stats.read_summaries(runs_dir),
+                                      lib.protocol.stats.gather_samples(runs_dir, "predictions.parquet"))
 explorer
 
 # %%
-for pair, table in samples_by_pair.items():
-    fig = lib.protocol.plots.entropy_by_quadrant(table, title=pair)
-    fig.savefig(out / f"entropy_{pair}.png", dpi=100)
-    fig = lib.protocol.plots.reliance_by_quadrant(table, title=f"{pair}: reliance")
-    fig.savefig(out / f"reliance_{pair}.png", dpi=100)
+fig = lib.protocol.plots.distributions_by_pair(samples_by_pair, "entropy", "answer entropy (bits)")
+fig.savefig(out / "entropy_by_pair.png", dpi=100)
+
+# %%
+fig = lib.protocol.plots.distributions_by_pair(samples_by_pair, "reliance", "reliance |p_yes - p_yes text-only|")
+fig.savefig(out / "reliance_by_pair.png", dpi=100)

@@ -80,13 +80,15 @@ ray_address = None
 # A bad key, value or file stops here in one line naming the file (or `-p`) and the key.
 
 # %%
-import json
+import html, json
 from pathlib import Path
 import pandas as pd
-import lib.front.session, lib.protocol.plots, lib.protocol.run
+from IPython.display import HTML
+import lib.front.session, lib.protocol.breakdown, lib.protocol.plots, lib.protocol.run
 
 params = lib.front.session.params(globals(), params_file)
-print(json.dumps(params, indent=1))
+print(f"{params['config']} on {params['dataset']} ({params['split']}): parameters valid "
+      f"(all of them at the end of this page)")
 
 # %% [markdown]
 # Score every sample. Records are keyed by content: a rerun reuses a sample's record only while
@@ -108,11 +110,7 @@ print(f"{summary['n_samples']} samples: {summary['records']['samples_reused']} r
 # %% tags=["nbval-check-output"]
 pair = f"{summary['config']}__{summary['dataset']}"
 ci = summary["ci95"]
-def with_ci(rows):
-    """{label: (value, [low, high] or None)} -> a table of value, ci95 low, ci95 high."""
-    return pd.DataFrame({label: {"value": value, "ci95 low": (interval or [None, None])[0],
-                                 "ci95 high": (interval or [None, None])[1]}
-                         for label, (value, interval) in rows.items()}).T.astype(float).round(3)
+with_ci = lib.protocol.breakdown.interval_table
 
 overview = with_ci({
     "flip rate": (summary["flip_rate"], ci["flip_rate"]),
@@ -125,25 +123,32 @@ overview.columns.name = pair
 overview
 
 # %% tags=["nbval-check-output"]
-by_quadrant = pd.DataFrame({
+by_quadrant = lib.protocol.breakdown.shown(pd.DataFrame({
     "samples": summary["quadrant_counts"],
     "fraction": summary["quadrant_fractions"],
-    "ci95 low": {q: (v or [None, None])[0] for q, v in ci["quadrant_fractions"].items()},
-    "ci95 high": {q: (v or [None, None])[1] for q, v in ci["quadrant_fractions"].items()},
+    "fraction_ci": ci["quadrant_fractions"],
     "accuracy": summary["accuracy_by_quadrant"],
     "prior accuracy (text-only answer)": summary["prior_accuracy_by_quadrant"],
     "mean entropy (bits)": summary["entropy_by_quadrant"],
-}).astype(float).round(3)
+}))
 by_quadrant
 
 # %%
 fig = lib.protocol.plots.entropy_by_quadrant(result.samples, title=pair)
 
 # %% [markdown]
-# Quadrants per finding (a model may look at the image for one finding and not for another).
+# Per finding (a model may look at the image for one finding and not for another): samples,
+# positives, quadrant counts, and accuracy, sensitivity, specificity with Wilson intervals.
 
 # %%
-pd.crosstab(result.samples.finding, result.samples.quadrant, normalize="index").round(3)
+lib.protocol.breakdown.shown(lib.protocol.breakdown.per_finding(result.samples)).set_index("finding")
+
+# %% [markdown]
+# Per paraphrase: how often its answer differs from the original question's on the same image
+# (a negated paraphrase compared by the answer it implies).
+
+# %%
+lib.protocol.breakdown.shown(lib.protocol.breakdown.per_paraphrase(result.predictions, result.samples)).set_index(["finding", "prompt_id"])
 
 # %% [markdown]
 # ## Beside the paper's measures
@@ -204,10 +209,8 @@ fig = lib.protocol.plots.reliance_by_quadrant(result.samples, title=f"{pair}: re
 
 # %%
 screening = summary["screening"]
-def rounded(x):
-    return None if x is None else round(x, 3)
-print(f"AUROC entropy, Dangerous vs the rest: {rounded(screening['auroc_entropy_dangerous'])} "
-      f"(ci95 {[rounded(x) for x in screening['ci95'] or []] or None})")
+print("AUROC entropy, Dangerous vs the rest:",
+      lib.protocol.breakdown.with_interval(screening["auroc_entropy_dangerous"], screening["ci95"]))
 pd.DataFrame({"catch rate (of all Dangerous samples)": screening["catch_rate"],
               "Dangerous among the flagged": screening["flagged_dangerous_fraction"]}).rename_axis(
     "fraction flagged").astype(float).round(3)
@@ -233,11 +236,12 @@ print(*(summary["warnings"] or ["no warning"]), sep="\n")
 # label policy. Every skipped sample or label row is listed in `skipped.csv` beside the outputs.
 
 # %%
-pd.Series(summary["n_skipped"], name="samples skipped", dtype="int64").to_frame()
-
-# %%
 skipped = pd.read_csv(Path(params["output_dir"]) / "skipped.csv")
-skipped.groupby("reason").head(5)
+if len(skipped):
+    display(pd.Series(summary["n_skipped"], name="samples skipped", dtype="int64").to_frame())
+    display(skipped.groupby("reason").head(5))
+else:
+    print("No sample was left out.")
 
 # %% [markdown]
 # ## A look at some samples
@@ -252,4 +256,12 @@ if params["show_images"]:
     fig = lib.protocol.plots.sample_grid(images, titles)
 
 # %%
-print("outputs:", *sorted(p.name for p in Path(params["output_dir"]).glob("*.*")), sep="\n  ")
+print("outputs:", *sorted(p.name for p in Path(params["output_dir"]).glob("*.*") if not p.name.startswith(".")),
+      sep="\n  ")
+
+# %% [markdown]
+# ## Settings
+# Every parameter of the run, after validation (the params file, `-p` values and defaults).
+
+# %%
+HTML(f"<details><summary>all parameters</summary><pre>{html.escape(json.dumps(params, indent=1))}</pre></details>")

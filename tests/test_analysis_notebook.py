@@ -46,9 +46,17 @@ def test_analysis_gathers_every_run(runs, tmp_path):
     for name in ("flip_vs_dangerous.png", "quadrant_fractions.png", "accuracy_by_quadrant.png",
                  "dangerous_forest.png", "screening_auroc.png"):
         assert (out / name).stat().st_size > 1000, name
-    assert len(list(out.glob("entropy_*.png"))) == 4
-    assert len(list(out.glob("reliance_*.png"))) == 4
+    # one figure per measure, the pairs as rows (not one grid per pair)
+    assert sorted(p.name for p in out.glob("*_by_pair.png")) == ["entropy_by_pair.png", "reliance_by_pair.png"]
     executed = nbformat.read(tmp_path / "analysis.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("name") == "stderr"], "a warning printed into the page"
+    printed = "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+    assert "too few to tell: 4 pairs (a correlation needs at least 8)" in printed
+    shown = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})
+             and "screening AUROC" in o["data"]["text/html"]][0]
+    first_row = shown.split("<tbody>")[1].split("</tr>")[0]
+    assert first_row.count("<td>") == 6 and "95 % CI" in shown and "NaN" not in shown   # samples + 5 rates
     text = "\n".join(c.source for c in executed.cells if c.cell_type == "markdown")
     assert "independence_r" in text and "(1 - f)(1 - rho)" in text
     widget = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
@@ -74,9 +82,38 @@ def test_explorer_redraws_for_another_pair_and_quadrant(runs):
     assert box.figure.value != second
     assert f"{pairs[1]}: Dangerous" in box.numbers.value and "image-blind" in box.numbers.value
     summary = summaries[pairs[1]]
-    rows = dict((m, (v, c)) for m, v, c in explorer.pair_numbers(summary, samples_by_pair[pairs[1]], "Dangerous"))
-    assert rows["fraction"][0] == f"{summary['quadrant_fractions']['Dangerous']:.3f}"
+    rows = dict(explorer.pair_numbers(summary, samples_by_pair[pairs[1]], "Dangerous"))
     low, high = summary["ci95"]["quadrant_fractions"]["Dangerous"]
-    assert rows["fraction"][1] == f"{low:.3f}-{high:.3f}"
+    assert rows["fraction"] == (f"{summary['quadrant_fractions']['Dangerous']:.3f} "
+                                f"(95 % CI {low:.3f} to {high:.3f})")
     with pytest.raises(ValueError, match="no pair to explore"):
         explorer.Explorer({}, {})
+
+
+def test_explorer_chooses_a_finding_and_clicks_through_to_a_sample(runs):
+    samples_by_pair = stats.gather_samples(runs)
+    predictions = stats.gather_samples(runs, "predictions.parquet")
+    box = explorer.Explorer(samples_by_pair, stats.read_summaries(runs), predictions)
+    pair = box.pair.value
+    samples = samples_by_pair[pair]
+    finding = sorted(samples.finding.unique())[0]
+    assert box.finding.options == ("all findings", *sorted(samples.finding.unique()))
+    assert len(box.samples.options) == len(samples)
+    before = box.figure.value
+    box.finding.value = finding
+    assert box.figure.value != before and f"{finding} (Wilson intervals)" in box.numbers.value
+    chosen = samples[samples.finding == finding].sort_values("sample_id")
+    assert [v for _, v in box.samples.options] == list(chosen.sample_id)
+    box.samples.value = chosen.sample_id.iloc[0]
+    detail = box.detail.value
+    assert chosen.sample_id.iloc[0] in detail and "text_only" in detail and "image" in detail
+    assert box.image.layout.display == "block" and box.image.value[:8] == b"\x89PNG\r\n\x1a\n"  # synthetic
+    table = explorer.sample_detail(predictions[pair], chosen.sample_id.iloc[0])
+    rows = predictions[pair][predictions[pair].sample_id == chosen.sample_id.iloc[0]]
+    original = rows[(rows.prompt_id == 0) & (rows.condition == "image")].p_yes.iloc[0]
+    assert table.loc[0, "image"].iloc[0] == original
+    assert len(table) == rows.prompt_id.nunique()
+    # a real dataset's image is never shown
+    assert explorer.synthetic_image({"params": {"data_root": str(runs)}}, "x") is None
+    box.pair.value = box.pair.options[1]
+    assert box.finding.value == "all findings" and box.samples.value is None

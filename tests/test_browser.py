@@ -200,10 +200,11 @@ def test_analysis_notebook_and_explorer_in_jupyterlab(lab):
             explorer = page.locator(".cxr-explorer")
             explorer.wait_for(timeout=60_000)
             explorer.scroll_into_view_if_needed()
-            figure = explorer.locator("img.widget-image")
+            figure = explorer.locator("img.widget-image").first
             figure.wait_for()
             pair_select = explorer.locator(".widget-dropdown select").nth(0)
-            quadrant_select = explorer.locator(".widget-dropdown select").nth(1)
+            finding_select = explorer.locator(".widget-dropdown select").nth(1)
+            quadrant_select = explorer.locator(".widget-dropdown select").nth(2)
             pairs = pair_select.locator("option").all_text_contents()
             assert len(pairs) == len(PAIRS), pairs
             assert pairs[0] in explorer.inner_text()  # the numbers beside the figure name the pair
@@ -232,6 +233,26 @@ def test_analysis_notebook_and_explorer_in_jupyterlab(lab):
             assert third_png != second_png, "the figure stayed the same after choosing a quadrant"
             assert f"{pairs[1]}: Dangerous" in explorer.inner_text()
             explorer.screenshot(path=str(SHOTS / "explorer_pair_2_dangerous.png"))
+
+            # a finding, then a click through to one sample: its predictions and (synthetic) image
+            third_src = figure.get_attribute("src")
+            quadrant_select.select_option(label="all quadrants")
+            wait_for_new_figure(third_src)
+            finding = finding_select.locator("option").all_text_contents()[1]
+            finding_select.select_option(label=finding)
+            page.wait_for_function("el => el.innerText.includes('Wilson intervals')",
+                                   arg=explorer.element_handle(), timeout=60_000)
+            explorer.screenshot(path=str(SHOTS / "explorer_finding.png"))
+            explorer.locator(".widget-select select").select_option(index=0)
+            page.wait_for_function("el => el.innerText.includes('p_yes per prompt and condition')",
+                                   arg=explorer.element_handle(), timeout=60_000)
+            assert "text_only" in explorer.inner_text()
+            sample_image = explorer.locator("img.widget-image").nth(1)
+            sample_image.wait_for(state="visible", timeout=60_000)
+            explorer.screenshot(path=str(SHOTS / "explorer_sample.png"))
+            listed = explorer.locator(".widget-select select option").all_text_contents()
+            assert listed and all(f"| {finding} |" in o.replace("\xa0", " ") for o in listed), listed   # that finding's samples only
+            assert f"{finding} (Wilson intervals)" in explorer.inner_text()
 
             # the notebook as saved from the browser holds no error output either
             page.keyboard.press("Control+s")

@@ -63,3 +63,31 @@ def test_pair_distributions_all_quadrants_or_one():
     assert [ax.get_title() for ax in fig.axes] == ["Dangerous: entropy (n=1)", "Dangerous: reliance (n=1)"]
     with pytest.raises(ValueError, match="unknown quadrant 'Safe'"):
         plots.pair_distributions(table, quadrant="Safe")
+
+
+def test_accuracy_by_quadrant_has_wilson_bars_and_n():
+    pairs = pd.DataFrame({"pair": ["a", "b"], "n_samples": [3, 10],
+                          **{f"frac_{q}": [1 / 3, 0.1] if q == "Ideal" else [2 / 3, 0.9] if q == "Dangerous"
+                             else [0.0, 0.0] for q in ("Ideal", "Fragile", "Dangerous", "Worst")},
+                          **{f"acc_{q}": [1.0, 0.0] if q == "Ideal" else [0.5, 1 / 3 + 1e-12] if q == "Dangerous"
+                             else [np.nan, np.nan] for q in ("Ideal", "Fragile", "Dangerous", "Worst")}})
+    fig = plots.accuracy_by_quadrant(pairs)   # 1/3 + 1e-12 of 9: an interval just below the value
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts[:2] == ["1", "1"] and texts[4:6] == ["2", "9"]   # samples per bar: Ideal, then Dangerous
+    ideal = [c for c in fig.axes[0].containers if hasattr(c, "lines")][0]   # the Ideal bars' error bars
+    low, high = ideal.lines[2][0].get_segments()[0][:, 1]
+    assert (low, high) == pytest.approx((0.2065, 1.0), abs=1e-3)   # Wilson for 1 of 1
+
+
+def test_flip_vs_dangerous_says_too_few_and_distributions_by_pair():
+    pairs = pd.DataFrame({"pair": ["a__m", "b__m"], "config": ["a", "b"], "dataset": ["m", "m"],
+                          "flip_rate": [0.1, 0.2], "frac_Dangerous": [0.5, 0.4]})
+    fig = plots.flip_vs_dangerous(pairs, {"pearson_r": -1.0, "p_value": 1.0, "n": 2})
+    assert "too few pairs to tell (fewer than 8)" in fig.axes[0].get_title()
+    fig = plots.flip_vs_dangerous(pairs, {"pearson_r": -0.9, "p_value": 0.01, "n": 9, "independence_r": -0.8})
+    assert "mostly arithmetic: independent axes alone give r = -0.80" in fig.axes[0].get_title()
+    tables = {"b": pd.DataFrame({"quadrant": ["Ideal", "Dangerous"], "entropy": [0.2, 0.9]}),
+              "a": pd.DataFrame({"quadrant": ["Ideal"], "entropy": [0.5]})}
+    fig = plots.distributions_by_pair(tables, "entropy", "entropy")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b"]
+    assert [t.get_text() for t in fig.axes[2].texts] == ["n=0", "n=1"]   # Dangerous: a has none

@@ -8,16 +8,24 @@ notebook as HTML with its code cells hidden (`evaluate.html` beside `evaluate.ip
 
     python -m lib evaluate params/llava-base__padchest.yaml [--out DIR] [-p limit 50 ...]
     cxr-screen --model M [--adapter A] [--quantization 4bit] --dataset D --data-root R
-               [--questions Q] [--limit N] [--device cuda] --out DIR [--max-dangerous F]
-    cxr-screen params/x.yaml [--out DIR] [--max-dangerous F]
+               [--findings F1,F2] [--questions Q] [--answer-instruction TEXT] [--limit N]
+               [--seed S] [--batch-size B] [--device cuda] [-p KEY VALUE ...] --out DIR
+               [--max-dangerous F] [--log-samples]
+    cxr-screen params/x.yaml [--out DIR] [-p KEY VALUE ...] [--max-dangerous F]
+    cxr-screen compare DIR DIR ... --out DIR
 
 `screen` writes `DIR/params.yaml` from its flags (or reads the params file given), runs the pair
 into DIR (the run's usual outputs: summary.json, samples.parquet, predictions.parquet, the executed
 notebook and its HTML) and writes `DIR/report.html` (`lib.front.report`). Exit status: 0 when the
-image-blind rate (lib.protocol.references) is at most `--max-dangerous` (default: no limit), 3 when above, 4
-when `--max-dangerous` is given but the run could not estimate that rate (the gate fails
+image-blind rate (lib.protocol.references) is at most `--max-dangerous` (default: no limit), 3 when
+above, 4 when `--max-dangerous` is given but the run could not estimate that rate (the gate fails
 closed; the reason is printed), 2 on bad input (the reason names the flag or file), 1 when the run
-itself fails (a full disk: one line naming the folder).
+itself fails (a full disk: one line naming the folder). A question file that
+covers only some of the default findings (and no --findings) screens the findings it covers and
+says so in one line; --findings naming a finding the file lacks is bad input. --log-samples also
+writes the per-sample rows as JSON lines (DIR/samples.jsonl). The progress bar counts samples.
+
+`compare` writes `DIR/compare.html` over several screens' output folders (`lib.front.compare`).
 
 The output directory is the tool's own (`lib.protocol.records.claim_output_dir`): missing, empty or
 marked by an earlier run, never inside the project's sources, the model or the data root. The
@@ -37,17 +45,12 @@ import logging
 import os
 import re
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
-import nbformat
-import papermill as pm
-from nbconvert import HTMLExporter
-
-from ..protocol import config, records
-from . import report
-
-import yaml
-
+# Only the standard library at import time: --help and a usage error answer in well under a
+# second. papermill, nbconvert, pandas, torch (through lib.protocol) load when a command runs.
 from .notebook import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "evaluate.ipynb"
@@ -62,8 +65,10 @@ INPUT_ERRORS = ("ParamsError", "NoSamplesError")
 # screen flag -> params key (flags that are paths are resolved against the current directory)
 SCREEN_FLAGS = {
     "config": "config", "model": "model", "adapter": "adapter", "quantization": "quantization",
-    "dataset": "dataset", "data_root": "data_root", "split": "split", "questions": "questions",
-    "limit": "limit", "device": "device", "out": "output_dir", "reference_root": "reference_root",
+    "dataset": "dataset", "data_root": "data_root", "split": "split", "findings": "findings",
+    "questions": "questions", "answer_instruction": "answer_instruction", "limit": "limit",
+    "seed": "seed", "batch_size": "batch_size", "device": "device", "out": "output_dir",
+    "reference_root": "reference_root",
 }
 PATH_FLAGS = ("data_root", "questions", "out", "reference_root")   # always paths
 MAYBE_PATH_FLAGS = ("model", "adapter")          # a directory if it exists here, else a hub id
@@ -90,12 +95,14 @@ def validate(raw: dict, source: str, sources: dict | None = None, names: dict | 
     """`config.validate` + `preflight.check` (run from the repository root, as the notebook is);
     a ParamsError becomes an InputError whose message names the flag (``names``: source label ->
     {params key: flag}) instead of the key where the value came from a flag."""
-    from ..protocol import preflight  # imports torch and transformers: not for --help
+    from ..protocol import config  # pandas: not for --help
 
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
         params = config.validate(raw, source=source, sources=sources)
+        from ..protocol import preflight  # torch and transformers: only once the values are valid
+
         preflight.check(params, source)
         return params
     except config.ParamsError as err:
@@ -114,6 +121,8 @@ def rename_keys(message: str, names: dict) -> str:
 
 
 def read_params_file(path) -> dict:
+    from ..protocol import config
+
     try:
         return config.read_file(path)
     except config.ParamsError as err:
@@ -122,6 +131,8 @@ def read_params_file(path) -> dict:
 
 def overrides_from(pairs) -> dict:
     """`-p key value` pairs as papermill's command line reads them (True/False/None, numbers)."""
+    if not pairs:
+        return {}   # papermill takes seconds to import: only for a -p
     from papermill.cli import _resolve_type
 
     return {key: _resolve_type(value) for key, value in pairs or ()}
@@ -131,18 +142,28 @@ def overrides_from(pairs) -> dict:
 
 def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: bool = True) -> Path:
     """Run notebooks/evaluate.ipynb into ``output_dir`` (papermill, cwd = the repository root),
-    export it as HTML; returns the executed notebook. ``progress``: papermill's progress bar over
-    the notebook's cells on stderr. The notebook is written under a temporary name, renamed to
-    evaluate.ipynb when complete, to evaluate.failed.ipynb when the run failed."""
+    export it as HTML; returns the executed notebook. ``progress``: a bar over the samples being
+    scored, with an ETA, on stderr (drawn by the kernel into a file, `session.PROGRESS_ENV`, that
+    `ProgressTail` copies to stderr as it grows). The notebook is written under a temporary name,
+    renamed to evaluate.ipynb when complete, to evaluate.failed.ipynb when the run failed."""
+    import papermill as pm
+
+    from ..protocol import records
+    from . import session
+
     records.claim_output_dir(output_dir)
     executed = output_dir / EXECUTED
     partial = output_dir / f".evaluate.partial-{os.getpid()}.ipynb"
     logging.getLogger("papermill").setLevel(logging.WARNING)
+    tail = ProgressTail(sys.stderr) if progress else None
+    # the kernel inherits this environment: the file it draws the samples bar into
+    os.environ.update({session.PROGRESS_ENV: str(tail.path)} if tail else {})
     try:
         os.close(records.create_new(partial))
         pm.execute_notebook(str(NOTEBOOK), str(partial),
                             parameters={**parameters, "params_file": str(params_file)},
-                            cwd=str(ROOT), progress_bar=progress)
+                            cwd=str(ROOT), progress_bar=False, extra_arguments=KERNEL_ARGUMENTS,
+                            coalesce_streams=True)
         os.replace(partial, executed)
     except pm.PapermillExecutionError as err:
         reason = f"{err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}".strip()
@@ -152,14 +173,61 @@ def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: 
         raise RunFailed(f"the evaluate notebook failed in cell {err.exec_count}: {reason} "
                         f"(the executed notebook: {output_dir / FAILED_NOTEBOOK})") from None
     finally:
+        os.environ.pop(session.PROGRESS_ENV, None)
+        if tail is not None:
+            tail.close()
         partial.unlink(missing_ok=True)
     (output_dir / FAILED_NOTEBOOK).unlink(missing_ok=True)  # a failed run's, now superseded
     export_html(executed)
     return executed
 
 
+# the kernel logs warnings only when they matter here: no "running over TCP without encryption"
+# (papermill's kernel listens on localhost only)
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
+
+class ProgressTail(threading.Thread):
+    """Copies what the kernel writes into a temporary file (the samples bar's frames) to
+    ``stream`` as the file grows, every half second, until ``close``; then removes the file."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        handle, name = tempfile.mkstemp(prefix="cxr-screen-progress-")
+        os.close(handle)
+        self.path, self.stream, self.drawn = Path(name), stream, False
+        self.stopped = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        with open(self.path, encoding="utf-8", errors="replace") as source:
+            while not self.stopped.wait(0.5):
+                self.copy(source)
+            self.copy(source)
+
+    def copy(self, source) -> None:
+        text = source.read()
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
+            self.drawn = True
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.join()
+        self.path.unlink(missing_ok=True)
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def export_html(notebook: Path) -> Path:
     """`jupyter nbconvert --to html --no-input NOTEBOOK`: the HTML beside it, code cells hidden."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from ..protocol import records
+
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     return records.write_new(notebook.with_suffix(".html"), body.encode("utf-8"))
@@ -171,6 +239,8 @@ def one_run(output_dir: Path):
     read-only) becomes RunFailed, one line naming the folder; when summary.json was replaced
     before the failure, the previous run's COMPANIONS (older than it) are removed by name, so
     that the folder holds ONE run's files."""
+    from ..protocol import records
+
     summary = output_dir / "summary.json"
     before = stamp(summary)
     try:
@@ -239,8 +309,9 @@ def evaluate_command(args) -> int:
     output_dir = output_dir_of(params)
     with one_run(output_dir):
         execute(params_file, values, output_dir, progress=not args.no_progress)
+    logged = ", samples.jsonl" if args.log_samples and log_samples(output_dir) else ""
     print(f"{params['config']}__{params['dataset']}: outputs in {output_dir} "
-          f"(summary.json, samples.parquet, {EXECUTED}, evaluate.html)")
+          f"(summary.json, samples.parquet{logged}, {EXECUTED}, evaluate.html)")
     return OK
 
 
@@ -261,9 +332,43 @@ def screen_params(args) -> dict:
         elif name in MAYBE_PATH_FLAGS and Path(value).expanduser().exists():
             value = absolute(value)
         values[key] = value
+    for key, value in overrides_from(args.p).items():   # -p for the keys without a flag
+        if key in values:
+            raise InputError(f"-p {key}: given twice; give the flag {flag(key)} only")
+        values[key] = value
     if "config" not in values:
         values["config"] = default_config_name(values)
     return values
+
+
+def restrict_findings(values: dict) -> str | None:
+    """A question file without --findings screens the default findings it has questions for:
+    sets ``values["findings"]`` and returns the one line that says so (None when it covers them
+    all, or none: preflight then names what is missing)."""
+    from ..protocol import config, questions
+
+    if values.get("questions") is None or "findings" in values:
+        return None
+    try:
+        info = questions.check_file(values["questions"])
+    except (ValueError, FileNotFoundError):
+        return None   # preflight says what is wrong with the file, in one line
+    default = config.DEFAULTS["findings"]
+    covered = [f for f in default if f in info["findings"]]
+    if info["per_image"] or not covered or covered == default:
+        return None
+    values["findings"] = covered
+    return (f"--questions {values['questions']} asks about {', '.join(covered)} only: screening "
+            f"those {len(covered)} of the {len(default)} findings (--findings to choose)")
+
+
+def log_samples(output_dir: Path) -> Path:
+    """samples.parquet as JSON lines, one per sample (``--log-samples``), beside it."""
+    import pandas as pd
+
+    target = output_dir / "samples.jsonl"
+    pd.read_parquet(output_dir / "samples.parquet").to_json(target, orient="records", lines=True)
+    return target
 
 
 def default_config_name(values: dict) -> str:
@@ -293,21 +398,29 @@ def screen_command(args) -> int:
         params, values = from_params_file(params_file, overrides_from(args.p), args.out)
         where = f"{params_file}: key 'reliance_checks'"
     else:
-        if args.p:
-            raise InputError("-p: overrides need a params file; with flags, give the flag itself")
         values = screen_params(args)
+        restricted = restrict_findings(values)
         source = "cxr-screen"
         names = {source: {key: flag(name) for name, key in SCREEN_FLAGS.items()}}
-        params = validate(values, source, names=names)
+        params = validate(values, source, {k: "-p" for k, _ in args.p or ()}, names=names)
+        if restricted:
+            print(f"cxr-screen: {restricted}", file=sys.stderr)
         params_file = output_dir_of(params) / "params.yaml"
         where = "the default reliance_checks"
     if "reference" not in params["reliance_checks"] and args.max_dangerous is not None:
         raise InputError(f"--max-dangerous needs the reference check, which {where} leaves out")
     output_dir = output_dir_of(params)
+    import yaml
+
+    from ..protocol import records
+    from . import report
+
     with one_run(output_dir):
         if args.params is None:
             records.write_new(params_file, yaml.safe_dump(values, sort_keys=False).encode("utf-8"))
         execute(params_file, values, output_dir, progress=progress)
+        if args.log_samples:
+            log_samples(output_dir)
         result = report.write_report(output_dir, max_dangerous=args.max_dangerous)
     print(result["verdict_line"])
     print(f"report: {result['path']}")
@@ -317,6 +430,17 @@ def screen_command(args) -> int:
               f"closed (exit {NOT_ESTIMABLE})", file=sys.stderr)
         return NOT_ESTIMABLE
     return ABOVE_LIMIT if result["passed"] is False else OK
+
+
+def compare_command(args) -> int:
+    from . import compare
+
+    try:
+        target = compare.write_compare(args.dirs, args.out)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    print(f"compare: {target}")
+    return OK
 
 
 # -- argument parsing -------------------------------------------------------------------------
@@ -336,19 +460,40 @@ def add_screen_arguments(parser) -> None:
     parser.add_argument("--dataset", help="mimic-cxr or padchest")
     parser.add_argument("--data-root", dest="data_root", help="the dataset in its official layout")
     parser.add_argument("--split", help="official split (default: test)")
-    parser.add_argument("--questions", help="CSV/JSONL question file (default: built-in sets)")
+    parser.add_argument("--findings", type=comma_list, metavar="F1,F2",
+                        help="findings to screen, comma-separated (default: cardiomegaly,pleural "
+                             "effusion,pneumothorax,nodule, or those the --questions file covers)")
+    parser.add_argument("--questions", help="question file: CSV with columns finding, prompt_id (0 = the "
+                                            "original question), prompt, optional negated; or JSONL "
+                                            "(default: built-in sets)")
     parser.add_argument("--reference-root", dest="reference_root",
                         help="another root in the dataset's layout to draw the opposite-label reference "
                              "images from (default: the data root's split the model did not train on)")
+    parser.add_argument("--answer-instruction", dest="answer_instruction", metavar="TEXT",
+                        help="appended to every question, e.g. 'Answer yes or no.' (chat models need one)")
     parser.add_argument("--limit", type=int, help="score at most N samples")
+    parser.add_argument("--seed", type=int, help="seed of the run: references, null images, bootstrap (default 0)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, help="samples per batch (default 16)")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--config", help="short name of the configuration (default: from --model)")
     parser.add_argument("--out", help="output directory: the run's outputs and report.html")
     parser.add_argument("--max-dangerous", dest="max_dangerous", type=float,
-                        help="exit 3 when the image-blind rate is above this (default: no limit)")
+                        help="exit 3 when the image-blind rate is above this, 4 when it cannot be "
+                             "estimated (default: no limit)")
     parser.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                        help="override a key of the params file (repeatable)")
+                        help="any other params key, or override a key of the params file (repeatable)")
+    add_run_arguments(parser)
+
+
+def add_run_arguments(parser) -> None:
+    parser.add_argument("--log-samples", dest="log_samples", action="store_true",
+                        help="also write the per-sample rows as JSON lines (samples.jsonl)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def comma_list(text: str) -> list[str]:
+    """--findings "cardiomegaly,pleural effusion" -> ["cardiomegaly", "pleural effusion"]."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,11 +506,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output directory (overrides output_dir)")
     ev.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"),
                     help="override a key (repeatable), as papermill's -p")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(ev)
     screen = commands.add_parser("screen", help="screen one model on one dataset: report.html and a verdict",
                                  description=SCREEN_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_screen_arguments(screen)
+    add_compare_arguments(commands.add_parser("compare", help="one page over several screens: compare.html",
+                                              description=COMPARE_USAGE))
     return parser
+
+
+COMPARE_USAGE = ("Compare screens: their settings, Dangerous and image-blind with intervals, paired "
+                 "differences over shared samples; writes OUT/compare.html.")
+
+
+def add_compare_arguments(parser) -> None:
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="output folders of screens or runs")
+    parser.add_argument("--out", required=True, help="folder for compare.html")
 
 
 def run(command, args, prog: str) -> int:
@@ -389,11 +545,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "evaluate":
         return run(evaluate_command, args, "python -m lib evaluate")
+    if args.command == "compare":
+        return run(compare_command, args, "python -m lib compare")
     return run(screen_command, args, "cxr-screen")
 
 
 def screen_main(argv=None) -> int:
-    """The `cxr-screen` console script (the same as `python -m lib screen`)."""
+    """The `cxr-screen` console script (the same as `python -m lib screen`; `cxr-screen compare ...`
+    is `python -m lib compare ...`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        parser = Parser(prog="cxr-screen compare", description=COMPARE_USAGE)
+        add_compare_arguments(parser)
+        return run(compare_command, parser.parse_args(argv[1:]), "cxr-screen compare")
     parser = Parser(prog="cxr-screen", description=SCREEN_USAGE,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_screen_arguments(parser)

@@ -1,18 +1,24 @@
-"""The screen's report: one run's numbers, with their intervals and a verdict in plain words, as HTML.
+"""The screen's report: what a researcher reads first, in one minute, as HTML.
 
-`write_report(run_dir, max_dangerous=None)` reads the run's `summary.json` and `samples.parquet`
-(written by the evaluate notebook) and writes `run_dir/report.html`: the four quadrants with their
-intervals; the Dangerous samples split by reference images into image-blind and prior-coincident;
-accuracy against what the prior (the text-only answer) alone earns; the confidence-screening
-AUROC; the yes/no-mass warnings; a verdict paragraph. The definitions are those of
-`lib.protocol.taxonomy`.
+`write_report(run_dir, max_dangerous=None)` reads the run's `summary.json`, `samples.parquet` and
+`predictions.parquet` (written by the evaluate notebook) and writes `run_dir/report.html`, in this
+order: a headline box (the Dangerous fraction and the image-blind estimate with their intervals,
+the gate); the "too few to tell" warnings (`lib.protocol.breakdown.too_few`, thresholds stated);
+per finding (n, positives, quadrants, accuracy / sensitivity / specificity with Wilson
+intervals); per paraphrase (flip rate against the original question, negated ones marked); the
+ground-truth (twins) result when the run has one; then the quadrants, accuracy against the prior,
+confidence screening, the decision threshold, the yes/no mass, the distributions and the setup.
+The per-finding and per-paraphrase numbers are computed in `lib.protocol.breakdown`, and every
+value with an interval is written by `breakdown.with_interval`. A bootstrap interval that
+degenerated (zero width, e.g. 40 of 40 correct) is replaced by the Wilson interval
+(`breakdown.steady_ci`). The definitions are those of `lib.protocol.taxonomy`.
 
-The report is aggregate only, whatever the dataset: it embeds no sample image (its two figures
-are histograms of numbers), no report text, no sample or image id, so it can be shared where the
-summary can. The verdict gates on the image-blind rate: `passed` is None without a
-limit, else whether that rate is at most ``max_dangerous``; when the run could not estimate
-it (`gate_basis`) `passed` is None and `estimable` False: the gate fails closed (the screen
-exits 4), it never reads an unknown as 0.
+The report is aggregate only, whatever the dataset: it embeds no sample image (its figure is a
+histogram of numbers), no report text, no sample or image id; it does show the question texts.
+The verdict gates on the image-blind rate (lib.protocol.references): `passed` is None without a
+limit, else whether that rate is at most ``max_dangerous``; when the run could not estimate it
+(``estimable`` False, with the run's reason) `passed` is None too: the gate fails closed (the
+screen exits 4), it never reads an unknown as 0.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..protocol import plots, records
+from ..protocol import breakdown, plots, records
+from ..protocol.breakdown import cell, with_interval
 from ..protocol.stats import lookup
 from ..protocol.taxonomy import QUADRANTS
 
@@ -51,6 +58,11 @@ def load_run(run_dir) -> tuple[dict, pd.DataFrame]:
     return summary, samples
 
 
+def load_predictions(run_dir) -> pd.DataFrame | None:
+    path = Path(run_dir) / "predictions.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
 def number(x, digits: int = 3) -> str:
     return "n/a" if x is None or x != x else f"{x:.{digits}f}"
 
@@ -59,12 +71,35 @@ def percent(x, digits: int = 1) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.{digits}f} %"
 
 
-def interval(ci, as_percent: bool = False) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return "n/a"
-    if as_percent:
-        return f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f} %"
-    return f"{ci[0]:.3f}-{ci[1]:.3f}"
+def image_blind(summary: dict) -> dict:
+    """The image-blind estimate of a run, from its ``image_blind`` block (lib.protocol.references):
+    {"rate", "ci", "among_dangerous", "estimable", "reason", "by_finding", "min_references",
+    "source"}; ``ci`` never degenerates (`breakdown.steady_ci`). Not estimable, with a reason, when
+    the run has no such block or its rate is None."""
+    n = summary["n_samples"]
+    block = summary.get("image_blind") or {}
+    rate = block.get("rate")
+    estimable = bool(block.get("estimable")) and rate is not None
+    reason = block.get("reason") or (None if estimable else "the run has no reference check")
+    return {"rate": rate if estimable else None,
+            "ci": breakdown.steady_ci(block.get("ci95"), round(rate * n), n) if estimable else None,
+            "among_dangerous": block.get("among_dangerous"), "estimable": estimable, "reason": reason,
+            "by_finding": block.get("by_finding") or {}, "min_references": block.get("min_references"),
+            "source": block.get("reference_source")}
+
+
+def reference_warnings(blind: dict) -> list[str]:
+    """"too few to tell" for each finding whose opposite-label reference images are fewer than
+    the run's ``min_references``, and the reason when the estimate is not estimable."""
+    notes = [] if blind["estimable"] else [f"image-blind: not estimable ({blind['reason'] or 'no reason given'})"]
+    minimum = blind["min_references"]
+    for finding, entry in sorted(blind["by_finding"].items()):
+        refs = entry.get("n_references") or {}
+        if minimum is not None and min(refs.get("yes", 0), refs.get("no", 0)) < minimum:
+            notes.append(f"too few to tell whether {finding} answers are image-blind: "
+                         f"{refs.get('yes', 0)} positive and {refs.get('no', 0)} negative reference "
+                         f"images (fewer than {minimum})")
+    return notes
 
 
 def baselines(samples: pd.DataFrame) -> dict:
@@ -91,100 +126,45 @@ def quadrant_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gate_basis(summary: dict) -> tuple[bool, str | None]:
-    """(whether the image-blind fraction could be estimated, why not): the run's own
-    `image_blind.estimable` and `reason` when it has them; else unestimable when the fraction is
-    None."""
-    block = summary.get("image_blind")
-    if isinstance(block, dict) and "estimable" in block:
-        return bool(block["estimable"]), block.get("reason")
-    if lookup(summary, "dangerous_breakdown", "image-blind") is None:
-        return False, "the run did not measure the image-blind fraction"
-    return True, None
-
-
 def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = None) -> dict:
-    """The verdict: ``paragraphs`` (plain words), ``passed`` (None without a limit), ``line``
-    (one line for the terminal) and the numbers it rests on."""
+    """The verdict: ``headline`` (the box's lines), ``passed`` (None without a limit), ``gate``
+    (its words), ``line`` (one line for the terminal) and the numbers it rests on."""
     n = summary["n_samples"]
     dangerous = lookup(summary, "quadrant_fractions", "Dangerous")
-    blind = lookup(summary, "dangerous_breakdown", "image-blind")
+    dangerous_ci = breakdown.steady_ci(lookup(summary, "ci95", "quadrant_fractions", "Dangerous"),
+                                       lookup(summary, "quadrant_counts", "Dangerous") or 0, n)
+    blind = image_blind(summary)
     coincident = lookup(summary, "dangerous_breakdown", "prior-coincident")
-    block = summary.get("image_blind") or {}
-    flip = summary.get("flip_rate")
-    consistent = None if flip is None else 1 - flip
     base = baselines(samples)
-    accuracy = summary.get("accuracy")
-    ci = lambda *keys: interval(lookup(summary, "ci95", *keys), as_percent=True)  # noqa: E731
-    words = []
-    words.append(
-        f"{summary['config']} on {summary['dataset']} ({n} samples): {percent(dangerous)} of the samples "
-        f"(95 % CI {ci('quadrant_fractions', 'Dangerous')}) are Dangerous: the answer is the same for "
-        f"every paraphrase and the same without the image. Paraphrase consistency alone would call "
-        f"all of them reliable.")
-    if blind is None:
-        words.append("The image-blind rate could not be estimated ("
-                     + (block.get("reason") or "the reference check did not run") + "), so the Dangerous "
-                     "samples cannot be told apart into image-blind and prior-coincident ones.")
-    else:
-        among = block.get("among_dangerous")
-        refs = "; ".join(f"{f}: {v['n_references']['yes']} with / {v['n_references']['no']} without"
-                         + ("" if v["estimable"] else " (too few to tell: not estimable)")
-                         for f, v in sorted((block.get("by_finding") or {}).items()))
-        words.append(
-            f"Had the image shown the opposite finding, the model would have answered the same on about "
-            f"{percent(among, 0)} of these Dangerous samples: the image-blind rate is {percent(blind)} of "
-            f"all samples (CI {ci('dangerous_breakdown', 'image-blind')}), estimated from reference "
-            f"images of the opposite label ({block.get('reference_source')}; references per finding, "
-            f"{refs}; a finding with fewer than {block.get('min_references')} is not estimable). "
-            f"The other {percent(coincident)} (CI {ci('dangerous_breakdown', 'prior-coincident')}) are "
-            f"prior-coincident: the model reads the image and its answer merely agrees with what it "
-            f"says without one.")
-    gain = None if accuracy is None or base["prior_accuracy"] is None else accuracy - base["prior_accuracy"]
-    words.append(
-        f"Accuracy is {number(accuracy)} (CI {interval(lookup(summary, 'ci95', 'accuracy'))}), balanced "
-        f"accuracy {number(summary.get('balanced_accuracy'))} (sensitivity {number(summary.get('sensitivity'))}, "
-        f"specificity {number(summary.get('specificity'))}); the text-only answer alone would get "
-        f"{number(base['prior_accuracy'])} and always answering \"{base['majority_label']}\" "
-        f"{number(base['majority_accuracy'])}"
-        + ("." if gain is None else f": the image adds {gain:+.3f} over the prior.")
-        + f" Within the Dangerous samples accuracy is "
-        f"{number(lookup(summary, 'accuracy_by_quadrant', 'Dangerous'))} against "
-        f"{number(lookup(summary, 'prior_accuracy_by_quadrant', 'Dangerous'))} for the prior there "
-        f"(the same number by definition: their answer is the text-only answer).")
-    auroc = lookup(summary, "screening", "auroc_entropy_dangerous")
-    catch = lookup(summary, "screening", "catch_rate", "0.2")
-    if auroc is None:
-        screen = "There is no Dangerous sample (or no other one), so confidence screening cannot be judged."
-    else:
-        if auroc < 0.45:
-            how = "Dangerous samples are the MORE confident ones: a screen that flags low-confidence answers reaches them last"
-        elif auroc <= 0.55:
-            how = "an entropy screen is blind to them"
-        else:
-            how = "an entropy screen flags them somewhat more often than the other samples"
-        screen = (f"Confidence screening: the AUROC of answer entropy for Dangerous against the other "
-                  f"samples is {number(auroc, 2)} (CI {interval(lookup(summary, 'screening', 'ci95'))}; "
-                  f"0.5 = blind): {how}. Flagging the 20 % least confident samples catches "
-                  f"{percent(catch, 0)} of the Dangerous ones.")
-    words.append(screen)
-    for warning in summary.get("warnings") or []:
-        words.append(f"Warning: {warning}")
-    estimable, why = gate_basis(summary)
     if max_dangerous is None:
         passed, gate = None, "no limit set (--max-dangerous): the screen reports, it does not gate"
-    elif not estimable:
-        passed, gate = None, (f"the image-blind rate cannot be estimated ({why}): "
+    elif not blind["estimable"]:
+        passed, gate = None, (f"the image-blind rate cannot be estimated ({blind['reason']}): "
                               f"NOT ESTIMABLE, the gate fails closed (exit 4)")
     else:
-        passed = blind <= max_dangerous
-        gate = (f"image-blind rate {blind:.3f} {'<=' if passed else '>'} "
+        passed = blind["rate"] <= max_dangerous
+        gate = (f"image-blind rate {blind['rate']:.3f} {'<=' if passed else '>'} "
                 f"--max-dangerous {max_dangerous:g}: {'PASS' if passed else 'FAIL (exit 3)'}")
-    words.append(f"Gate: {gate}.")
+    if blind["estimable"]:
+        references = "; ".join(f"{f} {v['n_references']['yes']} with / {v['n_references']['no']} without"
+                               for f, v in sorted(blind["by_finding"].items()))
+        blind_words = (f"{with_interval(blind['rate'], blind['ci'], percent=True)} of all samples. Had the "
+                       f"image shown the opposite finding, the model would have answered the same on about "
+                       f"{percent(blind['among_dangerous'], 0)} of the Dangerous samples (references: "
+                       f"{blind['source']}; per finding {references})")
+    else:
+        blind_words = f"not estimable ({blind['reason']})"
+    headline = [
+        f"Dangerous: {with_interval(dangerous, dangerous_ci, percent=True)} of {n} samples "
+        f"answer the same for every paraphrase and the same without the image.",
+        f"Image-blind: {blind_words}.",
+        f"Gate: {gate}.",
+    ]
     line = (f"{summary['config']}__{summary['dataset']}: Dangerous {percent(dangerous)}, image-blind "
-            f"{percent(blind)}, prior-coincident {percent(coincident)}; {gate}")
-    return {"paragraphs": words, "passed": passed, "line": line, "image_blind": blind,
-            "estimable": estimable, "why_not_estimable": why, "dangerous": dangerous, **base}
+            f"{percent(blind['rate'])}, prior-coincident {percent(coincident)}; {gate}")
+    return {"headline": headline, "passed": passed, "gate": gate, "line": line,
+            "image_blind": blind["rate"], "dangerous": dangerous, "blind": blind,
+            "estimable": blind["estimable"], "why_not_estimable": blind["reason"], **base}
 
 
 def figure_png(fig) -> str:
@@ -205,98 +185,172 @@ body { font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; 
 h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
 table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
 th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; } .verdict { background: #fff7e6; border-left: 4px solid #e76f51; padding: .5rem 1rem; }
+th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.headline { background: #fff7e6; border-left: 4px solid #e76f51; padding: .5rem 1rem; font-size: 1.05rem; }
+.warnings { background: #fdecea; border-left: 4px solid #b42318; padding: .4rem 1rem; }
 .pass { color: #1d7a4f; font-weight: bold; } .fail { color: #b42318; font-weight: bold; }
 .note { color: #555; font-size: .85rem; } img { max-width: 100%; }
+details { margin-top: 1rem; } summary { cursor: pointer; font-weight: bold; }
 """
 
 
-def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = None) -> tuple[str, dict]:
+def frame_html(frame: pd.DataFrame) -> str:
+    """A table of `breakdown`, as `breakdown.shown` writes it."""
+    shown = breakdown.shown(frame)
+    return table_html(shown.columns, shown.itertuples(index=False))
+
+
+def ground_truth_section(truth: dict | None) -> list[str]:
+    """The twins' verdict on each measure of "ignores the image" (nothing without twins)."""
+    if not truth:
+        return []
+    rows = []
+    for key, words in (("paper_measure", "not image-reliant (the paper's axis)"),
+                       ("dangerous", "Dangerous (against consistent and ignoring the image)")):
+        measure = truth.get(key)
+        if measure:
+            rows.append((words, measure["n_predicted"], measure["n_true"], cell(measure["precision"]),
+                         cell(measure["recall"])))
+    parts = ["<h2>Against the ground truth (counterfactual twins)</h2>",
+             f"<p>{truth['n_samples']} samples have a twin image (the same anatomy with the finding "
+             f"toggled); the model ignores the image on {percent(truth['ignored_rate'])} of them "
+             f"(its answer does not change on the twin).</p>",
+             table_html(("measure of ignoring the image", "samples it flags", "samples truly ignoring",
+                         "precision", "recall"), rows)]
+    blind = truth.get("image_blind")
+    if blind:
+        parts.append(f"<p>The image-blind rate {html.escape(with_interval(blind['estimate'], blind['ci95']))} "
+                     f"against its twin truth (Dangerous and unchanged on the twin) "
+                     f"{html.escape(cell(blind['truth']))}: the interval "
+                     f"{'covers' if blind['covered'] else 'does NOT cover'} it.</p>")
+    return parts
+
+
+def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = None,
+           predictions: pd.DataFrame | None = None) -> tuple[str, dict]:
     """(the report's HTML, its verdict)."""
     v = verdict(summary, samples, max_dangerous)
     params = summary.get("params") or {}
     pair = f"{summary['config']}__{summary['dataset']}"
+    n = summary["n_samples"]
+    findings = breakdown.per_finding(samples)
+    paraphrases = (breakdown.per_paraphrase(predictions, samples) if predictions is not None
+                   else pd.DataFrame(columns=list(breakdown.PARAPHRASE_COLUMNS)))
+    warnings = (breakdown.too_few(findings, paraphrases, n) + reference_warnings(v["blind"])
+                + list(summary.get("warnings") or []))
     status = ("" if v["passed"] is None else
               f"<p class='{'pass' if v['passed'] else 'fail'}'>{'PASS' if v['passed'] else 'FAIL'}</p>")
-    if max_dangerous is not None and not v["estimable"]:
-        status = "<p class='fail'>NOT ESTIMABLE: the gate fails closed</p>"
     parts = [f"<h1>Screen: {html.escape(pair)}</h1>", status,
-             "<div class='verdict'>" + "".join(f"<p>{html.escape(p)}</p>" for p in v["paragraphs"]) + "</div>"]
+             "<div class='headline'>" + "".join(f"<p>{html.escape(p)}</p>" for p in v["headline"]) + "</div>"]
+    if warnings:
+        parts += ["<div class='warnings'><p><b>Warnings</b> (a rate over fewer than "
+                  f"{breakdown.MIN_SAMPLES} samples, or a sensitivity or specificity over fewer than "
+                  f"{breakdown.MIN_POSITIVES}, is too few to tell)</p><ul>"
+                  + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>"]
 
-    setup = [("model", params.get("model")), ("adapter", params.get("adapter")),
-             ("quantization", params.get("quantization")), ("dataset", summary["dataset"]),
-             ("split", params.get("split")), ("samples", summary["n_samples"]),
-             ("samples left out", sum((summary.get("n_skipped") or {}).values())),
-             ("questions", params.get("questions") or "built-in"),
-             ("reliance checks", ", ".join(summary.get("reliance_checks") or []) or "none"),
-             ("run hash", summary.get("run_hash")), ("git commit", summary.get("git_commit"))]
-    parts += ["<h2>What was screened</h2>", table_html(("setting", "value"), [(k, "" if x is None else x) for k, x in setup])]
+    parts += ["<h2>Per finding</h2>",
+              frame_html(findings.rename(columns={"n": "samples"})),
+              "<p class='note'>Intervals per finding: Wilson score intervals.</p>"]
+    if len(paraphrases):
+        parts += ["<h2>Per paraphrase</h2>",
+                  "<p class='note'>Flip rate: how often the paraphrase's answer differs from the "
+                  "original question's on the same image (a negated paraphrase is compared by the "
+                  "answer it implies). Wilson intervals.</p>",
+                  frame_html(paraphrases.rename(columns={"prompt": "paraphrase", "n": "samples"}))]
+    parts += ground_truth_section(summary.get("ground_truth"))
 
-    rows = [(r["quadrant"], r["meaning"], r["samples"], number(r["fraction"]), interval(r["ci"]),
-             number(r["accuracy"]), number(r["prior accuracy"]), number(r["mean entropy (bits)"]))
+    rows = [(r["quadrant"], r["meaning"], r["samples"],
+             with_interval(r["fraction"], breakdown.steady_ci(r["ci"], r["samples"] or 0, n)),
+             cell(r["accuracy"]), cell(r["prior accuracy"]), cell(r["mean entropy (bits)"]))
             for r in quadrant_table(summary).to_dict("records")]
     parts += ["<h2>The four quadrants</h2>",
-              table_html(("quadrant", "meaning", "samples", "fraction", "95 % CI", "accuracy",
+              table_html(("quadrant", "meaning", "samples", "fraction", "accuracy",
                           "prior accuracy (text-only answer)", "mean entropy (bits)"), rows)]
 
-    kinds = [(k, KIND_WORDS[k], number(lookup(summary, "dangerous_breakdown", k)),
-              interval(lookup(summary, "ci95", "dangerous_breakdown", k)))
-             for k in ("image-blind", "prior-coincident")]
-    parts += ["<h2>Dangerous samples, split by reference images of the opposite label</h2>",
-              "<p class='note'>Fractions of ALL samples; the two add up to the Dangerous fraction of "
-              "the samples whose finding had enough references.</p>",
-              table_html(("kind", "meaning", "fraction of all samples", "95 % CI"), kinds)]
+    kinds = [(k, KIND_WORDS.get(k, ""), with_interval(value, lookup(summary, "ci95", "dangerous_breakdown", k)))
+             for k, value in (summary.get("dangerous_breakdown") or {}).items()]
+    if kinds:
+        parts += ["<h2>Dangerous samples: image-blind or prior-coincident</h2>",
+                  "<p class='note'>Fractions of ALL samples.</p>",
+                  table_html(("kind", "meaning", "fraction of all samples"), kinds)]
 
-    ci = lambda key: interval(lookup(summary, "ci95", key))  # noqa: E731
-    perf = [("accuracy", number(summary.get("accuracy")), ci("accuracy")),
-            ("balanced accuracy", number(summary.get("balanced_accuracy")), ci("balanced_accuracy")),
-            ("sensitivity", number(summary.get("sensitivity")), ci("sensitivity")),
-            ("specificity", number(summary.get("specificity")), ci("specificity")),
-            ("text-only answer alone (the prior)", number(v["prior_accuracy"]), ""),
-            (f"always \"{v['majority_label']}\" (the majority label)", number(v["majority_accuracy"]), ""),
-            ("flip rate", number(summary.get("flip_rate")), ci("flip_rate")),
-            ("pairwise flip rate", number(summary.get("pairwise_flip_rate")), ci("pairwise_flip_rate")),
-            ("image reliance rate", number(summary.get("image_reliance_rate")), ci("image_reliance_rate")),
-            ("blank image changes the answer", number(summary.get("blank_change_rate")), ""),
-            ("noise images change the answer", number(summary.get("noise_change_rate")), "")]
+    def measure(label, key, k=None, of=None):
+        value = summary.get(key)
+        ci = lookup(summary, "ci95", key)
+        if k is not None and value is not None:
+            ci = breakdown.steady_ci(ci, k, of)
+        return (label, with_interval(value, ci))
+
+    correct = int(samples["correct"].sum()) if len(samples) else 0
+    perf = [measure("accuracy", "accuracy", correct, n),
+            measure("balanced accuracy", "balanced_accuracy"),
+            measure("sensitivity", "sensitivity"), measure("specificity", "specificity"),
+            ("text-only answer alone (the prior)", cell(v["prior_accuracy"])),
+            (f"always \"{v['majority_label']}\" (the majority label)", cell(v["majority_accuracy"])),
+            measure("flip rate", "flip_rate", int((~samples["consistent"].astype(bool)).sum()), n),
+            measure("pairwise flip rate", "pairwise_flip_rate"),
+            measure("image reliance rate", "image_reliance_rate", int(samples["image_reliant"].astype(bool).sum()), n)]
+    perf += [(f"{check} image changes the answer", cell(summary.get(f"{check}_change_rate")))
+             for check in ("blank", "noise") if summary.get(f"{check}_change_rate") is not None]
     parts += ["<h2>Accuracy against what the prior alone earns</h2>",
-              table_html(("measure", "value", "95 % CI"), perf)]
+              table_html(("measure", "value (95 % CI)"), perf)]
 
     screening = summary.get("screening") or {}
-    catch = [(f"{100 * float(f):.0f} %", number(r), number((screening.get("flagged_dangerous_fraction") or {}).get(f)))
+    catch = [(f"{100 * float(f):.0f} %", cell(r), cell((screening.get("flagged_dangerous_fraction") or {}).get(f)))
              for f, r in (screening.get("catch_rate") or {}).items()]
     parts += ["<h2>Confidence screening</h2>",
               f"<p>AUROC of answer entropy, Dangerous vs the other samples: "
-              f"<b>{number(screening.get('auroc_entropy_dangerous'))}</b> (95 % CI "
-              f"{interval(screening.get('ci95'))}). 0.5: an entropy screen is blind to Dangerous "
-              f"samples; below 0.5 they are the more confident ones.</p>",
-              table_html(("least confident samples flagged", "share of Dangerous samples caught",
-                          "Dangerous among the flagged"), catch)]
+              f"<b>{html.escape(with_interval(screening.get('auroc_entropy_dangerous'), screening.get('ci95')))}</b>. "
+              f"0.5: an entropy screen is blind to Dangerous samples; below 0.5 they are the more "
+              f"confident ones.</p>"]
+    if any(r[1] != "n/a" for r in catch):
+        parts += [table_html(("least confident samples flagged", "share of Dangerous samples caught",
+                              "Dangerous among the flagged"), catch)]
 
     thresholds = summary.get("threshold_sensitivity") or {}
-    parts += ["<h2>Decision threshold</h2>",
-              "<p class='note'>Quadrant fractions when pred = yes iff p_yes &ge; t (0.5 is the protocol's).</p>",
-              table_html(("t",) + QUADRANTS, [(t,) + tuple(number(f.get(q)) for q in QUADRANTS)
-                                              for t, f in thresholds.items()])]
+    if thresholds:
+        parts += ["<h2>Decision threshold</h2>",
+                  "<p class='note'>Quadrant fractions when pred = yes iff p_yes &ge; t (0.5 is the protocol's).</p>",
+                  table_html(("t",) + QUADRANTS, [(t,) + tuple(cell(f.get(q)) for q in QUADRANTS)
+                                                  for t, f in thresholds.items()])]
 
     mass = summary.get("yes_no_mass") or {}
-    warnings = summary.get("warnings") or []
     parts += ["<h2>Yes/no probability mass</h2>",
-              f"<p>Median {number(mass.get('median'))}, 10th percentile {number(mass.get('p10'))} over the "
-              f"image prompts (how much of the next-token probability the answers yes and no held).</p>",
-              "".join(f"<p class='fail'>{html.escape(w)}</p>" for w in warnings) or "<p>No warning.</p>"]
+              f"<p>Median {cell(mass.get('median'))}, 10th percentile {cell(mass.get('p10'))} over the "
+              f"image prompts (how much of the next-token probability the answers yes and no held).</p>"]
 
     if len(samples):
         fig = plots.pair_distributions(samples, title=pair)
         parts += ["<h2>Distributions per quadrant</h2>",
                   f"<img alt='entropy and reliance histograms per quadrant' src='data:image/png;base64,{figure_png(fig)}'>"]
 
+    setup = [("model", params.get("model")), ("adapter", params.get("adapter")),
+             ("quantization", params.get("quantization")), ("dataset", summary["dataset"]),
+             ("split", params.get("split")), ("samples", n), ("limit", params.get("limit")),
+             ("samples left out", sum((summary.get("n_skipped") or {}).values())),
+             ("findings", ", ".join(params.get("findings") or [])),
+             ("questions", params.get("questions") or "built-in"),
+             ("answer instruction", params.get("answer_instruction")),
+             ("reliance checks", ", ".join(summary.get("reliance_checks") or []) or "none"),
+             ("seed", params.get("seed")), ("run hash", summary.get("run_hash")),
+             ("git commit", summary.get("git_commit"))]
+    parts += ["<details><summary>What was screened (settings)</summary>",
+              table_html(("setting", "value"), [(k, "" if x is None else x) for k, x in setup]), "</details>"]
+
     parts += ["<h2>How to read this</h2>",
-              f"<p class='note'>Intervals: {html.escape(summary.get('ci_method') or 'none')}.</p>",
-              "<p class='note'>This report holds aggregate numbers only: no sample image, no report "
-              "text, no sample or image id (for every dataset, mimic-cxr and padchest included). The "
-              "per-sample tables beside it (samples.parquet, predictions.parquet) hold dataset ids: "
-              "share them only as your data use agreement allows.</p>",
+              "<p class='note'>Start with the box: Dangerous is the share of samples whose answer "
+              "survives every paraphrase and the removal of the image; image-blind is the part of "
+              "it whose answer does not follow the image at all. A narrow interval and no warning "
+              "mean the number can be trusted; a warning saying too few means it cannot, whatever "
+              "its value.</p>",
+              f"<p class='note'>Intervals: {html.escape(summary.get('ci_method') or 'none')}; where "
+              f"that bootstrap collapses to a point (every sample alike) the Wilson score interval "
+              f"is shown instead.</p>",
+              "<p class='note'>This report holds aggregate numbers and the question texts only: no "
+              "sample image, no report text, no sample or image id (for every dataset, mimic-cxr "
+              "and padchest included). The per-sample tables beside it (samples.parquet, "
+              "predictions.parquet) hold dataset ids: share them only as your data use agreement "
+              "allows.</p>",
               f"<p class='note'>Written {datetime.datetime.now().isoformat(timespec='seconds')} by "
               f"cxr-screen (lib/front/report.py).</p>"]
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Screen: {html.escape(pair)}"
@@ -308,7 +362,7 @@ def write_report(run_dir, path=None, max_dangerous: float | None = None) -> dict
     """Write ``run_dir/report.html`` (or ``path``); returns the verdict with ``path`` and
     ``verdict_line``."""
     summary, samples = load_run(run_dir)
-    page, v = render(summary, samples, max_dangerous)
+    page, v = render(summary, samples, max_dangerous, load_predictions(run_dir))
     target = Path(path) if path else Path(run_dir) / "report.html"
     records.write_new(target, page.encode("utf-8"))
     return {**v, "path": str(target), "verdict_line": v["line"]}

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..protocol import stats
+from ..protocol.breakdown import with_interval
 from . import report
 
 
@@ -34,15 +35,6 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def with_ci(value, ci) -> str:
-    """`0.412 [0.37, 0.45]`, or the value alone without an interval."""
-    if value is None:
-        return "–"
-    if not ci or ci[0] is None:
-        return fmt(value)
-    return f"{fmt(value)} [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]"
-
-
 def table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -58,14 +50,14 @@ def pair_row(pair: str, s: dict) -> list:
     q, qci = s["quadrant_fractions"], ci.get("quadrant_fractions", {})
     breakdown, bci = s.get("dangerous_breakdown") or {}, ci.get("dangerous_breakdown") or {}
     held = s.get("pairwise_flip_rate_held_out")
-    return [pair, s["n_samples"], with_ci(s["flip_rate"], ci.get("flip_rate")),
+    return [pair, s["n_samples"], with_interval(s["flip_rate"], ci.get("flip_rate")),
             f"{fmt(s['pairwise_flip_rate'])} ({fmt(held)})",
-            with_ci(s.get("balanced_accuracy"), ci.get("balanced_accuracy")),
-            *(with_ci(q[k], qci.get(k)) for k in ("Ideal", "Fragile", "Dangerous")),
-            with_ci(breakdown.get("image-blind"), bci.get("image-blind")),
-            with_ci(breakdown.get("prior-coincident"), bci.get("prior-coincident")),
+            with_interval(s.get("balanced_accuracy"), ci.get("balanced_accuracy")),
+            *(with_interval(q[k], qci.get(k)) for k in ("Ideal", "Fragile", "Dangerous")),
+            with_interval(breakdown.get("image-blind"), bci.get("image-blind")),
+            with_interval(breakdown.get("prior-coincident"), bci.get("prior-coincident")),
             fmt(s.get("blank_change_rate")),
-            with_ci((s.get("screening") or {}).get("auroc_entropy_dangerous"),
+            with_interval((s.get("screening") or {}).get("auroc_entropy_dangerous"),
                     (s.get("screening") or {}).get("ci95")),
             fmt((s.get("yes_no_mass") or {}).get("median"))]
 
@@ -109,7 +101,7 @@ def image_blind_section(runs: dict, seeds_dir: Path) -> str:
         block = runs[pair].get("image_blind") or {}
         refs = [f"{f} {v['n_references']['yes']}/{v['n_references']['no']}"
                 for f, v in sorted((block.get("by_finding") or {}).items())]
-        rows.append([pair, e["n_samples"], with_ci(e["estimate"], e["ci95"]), fmt(e["truth"]),
+        rows.append([pair, e["n_samples"], with_interval(e["estimate"], e["ci95"]), fmt(e["truth"]),
                      "yes" if e["covered"] else "no", fmt(abs(e["estimate"] - e["truth"])),
                      fmt((runs[pair].get("ground_truth") or {}).get("reference_auroc"), 2), "; ".join(refs)])
     if not rows:
@@ -125,7 +117,7 @@ def image_blind_section(runs: dict, seeds_dir: Path) -> str:
         frame = pd.read_csv(seeds_csv)
         if "image_blind_covered" in frame:
             known = frame.dropna(subset=["image_blind_covered"])
-            per_seed = [[int(r.seed), r.pair, with_ci(r.image_blind, [r.image_blind_low, r.image_blind_high]),
+            per_seed = [[int(r.seed), r.pair, with_interval(r.image_blind, [r.image_blind_low, r.image_blind_high]),
                          fmt(r.image_blind_truth), "yes" if r.image_blind_covered else "no"]
                         for r in known.itertuples()]
             text += (f"\nOver `make seeds` ({frame.seed.nunique()} seeds): the interval covers the truth in "

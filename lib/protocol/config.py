@@ -414,12 +414,18 @@ def check_show_images(params: dict, where: str) -> None:
     """Images are embedded only from synthetic data, or with a second explicit flag."""
     if not params["show_images"] or params["allow_patient_images"]:
         return
-    root = Path(params["data_root"])
-    if not (root / SYNTHETIC_MARKER).is_file() and not (root.parent / SYNTHETIC_MARKER).is_file():
+    if not is_synthetic(params["data_root"]):
         raise ParamsError(
             f"{where}: key 'show_images' is true but {params['data_root']} is not a synthetic dataset "
             f"(no {SYNTHETIC_MARKER}): executed notebooks would embed patient images; set "
             f"allow_patient_images: true as well if that is really wanted")
+
+
+def is_synthetic(data_root) -> bool:
+    """Whether a data root was written by lib.offline.synth (its folder or the one above holds
+    ``SYNTHETIC_MARKER``): its images may be shown; a real dataset's never are by default."""
+    root = Path(data_root)
+    return (root / SYNTHETIC_MARKER).is_file() or (root.parent / SYNTHETIC_MARKER).is_file()
 
 
 def expand_env(value, key: str, source: str):

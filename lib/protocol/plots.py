@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .breakdown import proportion_ci
 from .taxonomy import QUADRANTS
 
 QUADRANT_COLORS = {"Ideal": "#2a9d8f", "Fragile": "#e9c46a", "Dangerous": "#e76f51", "Worst": "#6d597a"}
@@ -22,6 +23,8 @@ def per_quadrant_histograms(samples_table: pd.DataFrame, column: str, xlabel: st
     for ax, quadrant in zip(axes, QUADRANTS):
         values = samples_table.loc[samples_table.quadrant == quadrant, column].dropna()
         ax.hist(values, bins=bins, color=QUADRANT_COLORS[quadrant])
+        if not len(values):
+            _empty(ax)
         ax.set_title(f"{quadrant} (n={len(values)})")
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel("samples")
@@ -46,36 +49,77 @@ def quadrant_fractions(pairs: pd.DataFrame):
     return fig
 
 
-def flip_vs_dangerous(pairs: pd.DataFrame, corr: dict):
-    """The study's scatter: flip rate against Dangerous fraction, one point per pair."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+def flip_vs_dangerous(pairs: pd.DataFrame, corr: dict, min_pairs: int = 8):
+    """The study's scatter: flip rate against Dangerous fraction, one point per pair, with each
+    pair's intervals as error bars; the title gives r and what independent axes alone give
+    (``corr["independence_r"]``), or says the pairs are too few (fewer than ``min_pairs``)."""
+    fig, ax = plt.subplots(figsize=(7, 5))
     for dataset, group in pairs.groupby("dataset"):
-        ax.scatter(group.flip_rate, group.frac_Dangerous, label=dataset, s=40)
-        for _, row in group.iterrows():
+        _, xerr = _interval_errors(group, "flip_rate")
+        _, yerr = _interval_errors(group, "frac_Dangerous")
+        ax.errorbar(group.flip_rate, group.frac_Dangerous, xerr=xerr, yerr=yerr, fmt="o", ms=5,
+                    capsize=2, elinewidth=0.8, label=dataset)
+        for k, row in enumerate(group.itertuples()):  # labels alternate sides so neighbours do not overlap
             ax.annotate(row.config, (row.flip_rate, row.frac_Dangerous), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+                        xytext=(5, 4 if k % 2 else -9), textcoords="offset points")
     r = corr.get("pearson_r")
     stats = "r undefined" if r is None else f"r = {r:.2f}, p = {corr['p_value']:.3g}, n = {corr['n']}"
-    ax.set_title(f"Flip rate vs Dangerous fraction ({stats})")
-    ax.set_xlabel("flip rate")
+    if corr.get("n", 0) < min_pairs:
+        caveat = f"too few pairs to tell (fewer than {min_pairs})"
+    elif corr.get("independence_r") is not None:
+        caveat = f"mostly arithmetic: independent axes alone give r = {corr['independence_r']:.2f}"
+    else:
+        caveat = "partly arithmetic: Dangerous = consistent minus Ideal"
+    ax.set_title(f"Flip rate vs Dangerous fraction ({stats})\n{caveat}", fontsize=10)
+    ax.set_xlabel("flip rate (bars: 95 % intervals)")
     ax.set_ylabel("Dangerous fraction")
-    ax.legend()
+    ax.legend(title="dataset")
     fig.tight_layout()
     return fig
 
 
 def accuracy_by_quadrant(pairs: pd.DataFrame):
-    """Grouped bars: accuracy of the original question within each quadrant, per pair."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(pairs)), 5.5))
+    """Grouped bars: accuracy of the original question within each quadrant, per pair, with
+    Wilson intervals and each bar's number of samples (a bar over 2 samples looks like one)."""
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(pairs)), 5.5))
     width = 0.2
     x = np.arange(len(pairs))
     for k, quadrant in enumerate(QUADRANTS):
-        ax.bar(x + (k - 1.5) * width, pairs[f"acc_{quadrant}"].astype(float), width,
-               label=quadrant, color=QUADRANT_COLORS[quadrant])
-    ax.set_xticks(x, pairs["pair"], rotation=75)
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.05)
+        n = np.rint(pairs[f"frac_{quadrant}"].fillna(0) * pairs["n_samples"]).astype(int).to_numpy()
+        accuracy = pairs[f"acc_{quadrant}"].astype(float).to_numpy()
+        intervals = [proportion_ci(round(a * m), m) if m else None for a, m in zip(np.nan_to_num(accuracy), n)]
+        errors = np.clip(np.array([[a - ci[0], ci[1] - a] if ci else [0, 0]
+                                   for a, ci in zip(np.nan_to_num(accuracy), intervals)]).T, 0, None)
+        ax.bar(x + (k - 1.5) * width, accuracy, width, yerr=errors, capsize=2, label=quadrant,
+               color=QUADRANT_COLORS[quadrant], error_kw={"elinewidth": 0.8})
+        for xi, m in zip(x + (k - 1.5) * width, n):
+            ax.text(xi, 1.02, str(m), ha="center", fontsize=6, rotation=90)
+    ax.set_xticks(x, pairs["pair"], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (bars: Wilson 95 % intervals; top: samples)")
+    ax.set_ylim(0, 1.12)
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def distributions_by_pair(samples_by_pair: dict, column: str, label: str):
+    """One panel per quadrant, one box per pair (rows): ``column`` of the samples of that pair and
+    quadrant, with the number of samples at the right; every pair in one figure."""
+    pairs = sorted(samples_by_pair)
+    fig, axes = plt.subplots(1, 4, figsize=(13, max(2.5, 0.32 * len(pairs) + 1.2)), sharey=True)
+    for ax, quadrant in zip(axes, QUADRANTS):
+        values = [samples_by_pair[p].loc[samples_by_pair[p].quadrant == quadrant, column].dropna()
+                  if column in samples_by_pair[p] else pd.Series(dtype=float) for p in pairs]
+        ax.boxplot([v.to_numpy() if len(v) else [np.nan] for v in values], vert=False,
+                   positions=np.arange(len(pairs)), widths=0.6, showfliers=False,
+                   patch_artist=True, boxprops={"facecolor": QUADRANT_COLORS[quadrant], "alpha": 0.6})
+        for y, v in enumerate(values):
+            ax.text(1.02, y, f"n={len(v)}", va="center", fontsize=7, transform=ax.get_yaxis_transform())
+        ax.set_xlim(0, 1)
+        ax.set_title(quadrant)
+        ax.set_xlabel(label, fontsize=8)
+    axes[0].set_yticks(np.arange(len(pairs)), pairs, fontsize=8)
+    axes[0].invert_yaxis()
     fig.tight_layout()
     return fig
 
@@ -140,7 +184,7 @@ def screening_auroc(pairs: pd.DataFrame):
     ax.set_yticks(y, pairs["pair"])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("AUROC of entropy for Dangerous vs other samples (0.5: screen blind to them)")
+    ax.set_xlabel("AUROC of entropy, Dangerous vs the rest (0.5: blind)")
     ax.set_title("Confidence screening")
     fig.tight_layout()
     return fig
@@ -175,8 +219,7 @@ def pair_distributions(samples_table: pd.DataFrame, title: str = "", quadrant: s
                   else pd.Series(dtype=float))
         ax.hist(values, bins=bins, color=QUADRANT_COLORS[q])
         if not len(values):
-            ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes, color="grey")
-            ax.set_yticks([])
+            _empty(ax)
         ax.set_title(f"{q}: {column} (n={len(values)})", fontsize=9)
         ax.set_xlabel(label, fontsize=8)
     for ax in axes[:, 0]:
@@ -184,3 +227,9 @@ def pair_distributions(samples_table: pd.DataFrame, title: str = "", quadrant: s
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _empty(ax) -> None:
+    """A panel without data says so (no -0.05..0.05 axis)."""
+    ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_yticks([])

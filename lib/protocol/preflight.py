@@ -42,9 +42,11 @@ def check(params: dict, source: str = "<params>") -> None:
         fail("findings", err)
     if params["questions"] is not None:
         try:
-            questions.check_file(params["questions"])
+            problem = coverage_problem(questions.check_file(params["questions"]), params["findings"])
         except (ValueError, FileNotFoundError) as err:
             fail("questions", err)
+        if problem:
+            fail("questions", problem)
     try:
         models.check_model_exists(params["model"])
     except FileNotFoundError as err:
@@ -78,6 +80,17 @@ def check(params: dict, source: str = "<params>") -> None:
     problem = output_dir_problem(params)  # last: it creates the folder
     if problem:
         fail("output_dir", problem)
+
+
+def coverage_problem(info: dict, findings) -> str | None:
+    """The findings a question file (``questions.check_file``'s ``info``) has no question set
+    for, in words; None when it covers them all (a per-image file is checked per image)."""
+    missing = [f for f in findings if not info["per_image"] and f.strip().lower() not in info["findings"]]
+    if not missing:
+        return None
+    return (f"{info['source']} has no question for {', '.join(missing)} (it covers "
+            f"{', '.join(info['findings']) or 'no finding'}); add them to the file or screen only "
+            f"the findings it covers (findings, --findings)")
 
 
 def output_dir_problem(params: dict) -> str | None:

@@ -38,7 +38,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .breakdown import shown
 from .taxonomy import QUADRANTS, validate_bootstrap
+
+# Below this many pairs a correlation across them is too few to tell: Pearson r over 7 points has a
+# 95 % interval wider than 1.2 even at r = 0.5, and r = 1.0 over 2 points means nothing.
+MIN_PAIRS = 8
+# The columns of the pairs table a page shows (the rest are in pairs.csv), with their names there.
+READABLE_COLUMNS = {"flip_rate": "flip rate", "frac_Dangerous": "Dangerous",
+                    "frac_image_blind": "image-blind", "accuracy": "accuracy",
+                    "auroc_entropy_dangerous": "screening AUROC"}
 
 SUMMARY_KEYS = (
     "config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "accuracy",
@@ -147,28 +156,50 @@ def gather_runs(runs_dir) -> pd.DataFrame:
     rows, seen = [], {}
     for run, summary in summaries.items():
         path = runs_dir / run / "summary.json"
-        missing = [k for k in SUMMARY_KEYS if k not in summary]
-        if missing:
-            raise ValueError(f"{path}: summary is missing key(s) {missing}")
-        pair = f"{summary['config']}__{summary['dataset']}"
-        if pair in seen:
-            raise ValueError(f"pair {pair} appears twice: {seen[pair]} and {path}")
-        seen[pair] = path
-        row = {"pair": pair, **{k: summary[k] for k in SUMMARY_KEYS[:6]}}
-        for prefix, key in (("frac", "quadrant_fractions"), ("acc", "accuracy_by_quadrant"),
-                            ("entropy", "entropy_by_quadrant")):
-            row.update({f"{prefix}_{q}": summary[key].get(q) for q in QUADRANTS})
-        row["n_skipped"] = int(sum((summary.get("n_skipped") or {}).values()))
-        row.update({name: lookup(summary, *keys) for name, keys in OPTIONAL_COLUMNS.items()})
-        for name, keys in CI_COLUMNS.items():
-            interval = lookup(summary, *keys) or (None, None)
-            row[f"{name}_low"], row[f"{name}_high"] = interval
-        row["run"] = run
+        row = summary_row(run, summary, path)
+        if row["pair"] in seen:
+            raise ValueError(f"pair {row['pair']} appears twice: {seen[row['pair']]} and {path}")
+        seen[row["pair"]] = path
         rows.append(row)
+    return pairs_frame(rows).sort_values(["config", "dataset"], ignore_index=True)
+
+
+def summary_row(run: str, summary: dict, path) -> dict:
+    """One row of ``gather_runs`` (columns ``PAIR_COLUMNS``) from a run's summary; ``path`` names
+    the summary in the error when a key is missing."""
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise ValueError(f"{path}: summary is missing key(s) {missing}")
+    row = {"pair": f"{summary['config']}__{summary['dataset']}", **{k: summary[k] for k in SUMMARY_KEYS[:6]}}
+    for prefix, key in (("frac", "quadrant_fractions"), ("acc", "accuracy_by_quadrant"),
+                        ("entropy", "entropy_by_quadrant")):
+        row.update({f"{prefix}_{q}": summary[key].get(q) for q in QUADRANTS})
+    row["n_skipped"] = int(sum((summary.get("n_skipped") or {}).values()))
+    row.update({name: lookup(summary, *keys) for name, keys in OPTIONAL_COLUMNS.items()})
+    for name, keys in CI_COLUMNS.items():
+        interval = lookup(summary, *keys) or (None, None)
+        row[f"{name}_low"], row[f"{name}_high"] = interval
+    row["run"] = run
+    return row
+
+
+def pairs_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows of ``summary_row`` as a table, every rate a float (None -> NaN)."""
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     rates = [c for c in PAIR_COLUMNS[4:] if c not in ("n_skipped", "run")]
-    frame[rates] = frame[rates].astype(float)  # None -> NaN
-    return frame.sort_values(["config", "dataset"], ignore_index=True)
+    frame[rates] = frame[rates].astype(float)
+    return frame
+
+
+def readable_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pairs table of ``gather_runs`` as a page shows it: one row per pair, its samples and
+    ``READABLE_COLUMNS`` each with its interval (``breakdown.shown``)."""
+    table = pd.DataFrame({"pair": pairs["pair"], "samples": pairs["n_samples"].astype(int)})
+    for column, name in READABLE_COLUMNS.items():
+        table[name] = pairs[column]
+        table[f"{name}_ci"] = [None if pd.isna(low) or pd.isna(high) else [low, high]
+                               for low, high in zip(pairs[f"{column}_low"], pairs[f"{column}_high"])]
+    return shown(table).set_index("pair")
 
 
 def read_summaries(runs_dir) -> dict[str, dict]:
@@ -178,9 +209,10 @@ def read_summaries(runs_dir) -> dict[str, dict]:
             for path in sorted(Path(runs_dir).glob("*/summary.json"))}
 
 
-def gather_samples(runs_dir) -> dict[str, pd.DataFrame]:
-    """Each pair's per-sample table (``samples.parquet``), keyed by the run folder's name."""
-    paths = sorted(Path(runs_dir).glob("*/samples.parquet"))
+def gather_samples(runs_dir, name: str = "samples.parquet") -> dict[str, pd.DataFrame]:
+    """Each pair's per-sample table (``samples.parquet``, or another table ``name`` of the runs:
+    ``predictions.parquet``), keyed by the run folder's name."""
+    paths = sorted(Path(runs_dir).glob(f"*/{name}"))
     return {path.parent.name: pd.read_parquet(path) for path in paths}
 
 

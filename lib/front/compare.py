@@ -1,0 +1,134 @@
+"""`cxr-screen compare DIR DIR ... --out OUT`: one page over several screens, OUT/compare.html.
+
+Each DIR is a screen's (or an evaluate run's) output folder: its summary.json and samples.parquet.
+The page holds, in this order:
+
+- the screens: their folder, configuration, dataset, model and adapter, n, limit, question file,
+  run hash and commit (two screens of one pair with different limits are told apart by folder
+  and n), with the Dangerous fraction and the image-blind estimate and their intervals;
+- a forest plot of those intervals, one row per screen (`plots.dangerous_forest`);
+- for every two screens that share samples (same dataset and split: two models, or a model with
+  and without an adapter), the paired difference over the shared samples of the Dangerous and
+  correct indicators (`breakdown.paired_difference`: a bootstrap over shared images and
+  McNemar's exact test); the image-blind rate, an expectation over reference images with no
+  per-sample verdict, is compared by its interval in the table and the forest plot;
+- the correlation of flip rate with the Dangerous fraction across screens only when there are at
+  least ``stats.MIN_PAIRS`` of them; with fewer, the page says why there is none.
+"""
+from __future__ import annotations
+
+import html
+import itertools
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..protocol import breakdown, plots, stats
+from ..protocol.breakdown import cell, with_interval
+from .report import STYLE, figure_png, image_blind, table_html
+
+def read_screen(directory) -> dict:
+    """{"dir", "label", "summary", "samples"} of one screen's output folder; ValueError (one line)
+    when it has no summary.json or samples.parquet."""
+    directory = Path(directory)
+    for name in ("summary.json", "samples.parquet"):
+        if not (directory / name).is_file():
+            raise ValueError(f"{directory}: no {name} (give the output folder of a screen or run)")
+    summary = json.loads((directory / "summary.json").read_text())
+    label = f"{directory.name}: {summary['config']}__{summary['dataset']} (n={summary['n_samples']})"
+    return {"dir": directory, "label": label, "summary": summary,
+            "samples": pd.read_parquet(directory / "samples.parquet")}
+
+
+def screen_rows(screens: list[dict]) -> list[tuple]:
+    rows = []
+    for screen in screens:
+        summary, params = screen["summary"], screen["summary"].get("params") or {}
+        blind = image_blind(summary)
+        dangerous = with_interval(
+            stats.lookup(summary, "quadrant_fractions", "Dangerous"),
+            breakdown.steady_ci(stats.lookup(summary, "ci95", "quadrant_fractions", "Dangerous"),
+                                stats.lookup(summary, "quadrant_counts", "Dangerous") or 0, summary["n_samples"]))
+        rows.append((screen["dir"].name, summary["config"], summary["dataset"], params.get("split") or "",
+                     params.get("model") or "", params.get("adapter") or "", summary["n_samples"],
+                     cell(params.get("limit")) if params.get("limit") else "all",
+                     params.get("questions") or "built-in", summary.get("run_hash") or "",
+                     (summary.get("git_commit") or "")[:12], dangerous,
+                     with_interval(blind["rate"], blind["ci"]) if blind["estimable"] else "not estimable"))
+    return rows
+
+
+def forest_frame(screens: list[dict]) -> pd.DataFrame:
+    """`stats.summary_row` of every screen, the pair named by the screen's label (unique)."""
+    rows = [stats.summary_row(s["dir"].name, s["summary"], s["dir"] / "summary.json") for s in screens]
+    frame = stats.pairs_frame(rows)
+    frame["pair"] = [s["label"] for s in screens]
+    return frame
+
+
+def paired_rows(screens: list[dict]) -> tuple[list[tuple], list[str]]:
+    """(rows of paired differences, notes on the pairs of screens that share no sample)."""
+    rows, notes = [], []
+    for a, b in itertools.combinations(screens, 2):
+        found = False
+        for measure in breakdown.PAIRED_MEASURES:
+            result = breakdown.paired_difference(a["samples"], b["samples"], measure)
+            if result is None:
+                continue
+            found = True
+            rows.append((a["dir"].name, b["dir"].name, measure, result["n_shared"], result["n_images"],
+                         cell(result["rate_a"]), cell(result["rate_b"]),
+                         with_interval(result["difference"], result["ci95"]),
+                         f"{result['only_a']} / {result['only_b']}", f"{result['mcnemar_p']:.3g}"))
+        if not found:
+            notes.append(f"{a['dir'].name} and {b['dir'].name} share no sample: no paired difference")
+    return rows, notes
+
+
+def correlation_section(frame: pd.DataFrame) -> str:
+    n = len(frame)
+    if n < stats.MIN_PAIRS:
+        return (f"<p>No correlation across screens: {n} screens are too few to tell (a correlation "
+                f"needs at least {stats.MIN_PAIRS}; over fewer, even r = 1.0 says little).</p>")
+    corr = stats.correlation(frame["flip_rate"], frame["frac_Dangerous"])
+    if corr["pearson_r"] is None:
+        return f"<p>Correlation undefined: {html.escape(corr['note'] or '')}.</p>"
+    ci = [corr["ci95_low"], corr["ci95_high"]] if corr["ci95_low"] is not None else None
+    return (f"<p>Flip rate against the Dangerous fraction over {corr['n']} screens: Pearson r = "
+            f"{html.escape(with_interval(corr['pearson_r'], ci, digits=2))} (Fisher z), p = "
+            f"{corr['p_value']:.3g}. Much of it is arithmetic: Dangerous = consistent minus Ideal.</p>")
+
+
+def render(screens: list[dict]) -> str:
+    frame = forest_frame(screens)
+    pairs, notes = paired_rows(screens)
+    parts = ["<h1>Screens compared</h1>",
+             table_html(("folder", "config", "dataset", "split", "model", "adapter", "samples", "limit",
+                         "questions", "run hash", "commit", "Dangerous", "image-blind"), screen_rows(screens)),
+             "<h2>Dangerous and image-blind, with intervals</h2>",
+             f"<img alt='forest plot of the Dangerous fraction per screen' "
+             f"src='data:image/png;base64,{figure_png(plots.dangerous_forest(frame))}'>",
+             "<h2>Paired differences (screens of the same samples)</h2>",
+             "<p class='note'>Over the samples both screens hold: each screen's rate, the difference "
+             "(second minus first) with a 95 % bootstrap interval over the shared images, the "
+             "discordant samples (only in the first / only in the second) and McNemar's exact p.</p>"]
+    if pairs:
+        parts.append(table_html(("first", "second", "indicator", "shared samples", "shared images",
+                                 "first rate", "second rate", "difference", "discordant", "McNemar p"), pairs))
+    parts += [f"<p>{html.escape(note)}</p>" for note in notes]
+    parts += ["<h2>Across screens</h2>", correlation_section(frame)]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Screens compared</title>"
+            f"<style>{STYLE} body {{ max-width: 90rem; }}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_compare(dirs, out) -> Path:
+    """Read the screens in ``dirs`` (at least two) and write ``out/compare.html``."""
+    screens = [read_screen(d) for d in dirs]
+    if len(screens) < 2:
+        raise ValueError("compare needs at least two screen folders")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "compare.html"
+    target.write_text(render(screens), encoding="utf-8")
+    return target

@@ -1,0 +1,221 @@
+"""A run's numbers per finding and per paraphrase, intervals that hold on small samples, and the
+one way a value with its interval is written.
+
+Pure functions over a run's tables (``samples.parquet``: one row per sample, the columns of
+``lib.protocol.taxonomy.SAMPLE_TABLE_COLUMNS``; ``predictions.parquet``: one row per prompt and
+condition) and its ``summary.json``:
+
+- ``proportion_ci(k, n)``: the Wilson score interval of k successes out of n
+  (statsmodels.stats.proportion.proportion_confint). Unlike a percentile bootstrap it does not
+  collapse to a point when every sample agrees (40 of 40 correct: 0.912 to 1.000, not 1.000).
+- ``steady_ci(ci, k, n)``: a bootstrap interval, or the Wilson interval where the bootstrap
+  degenerated (missing, or of zero width).
+- ``per_finding(samples)``: per finding, n, positives, negatives, the four quadrant counts,
+  accuracy, sensitivity and specificity with Wilson intervals.
+- ``per_paraphrase(predictions, samples)``: per finding and paraphrase (prompt_id > 0), the
+  flip rate against the original question (image-conditioned answers of the same sample
+  differ; negated paraphrases compared by the answer they imply) with its Wilson interval.
+- ``too_few(...)``: the "too few to tell" warnings, each naming its number and ``MIN_SAMPLES``
+  (or ``MIN_POSITIVES``).
+- ``paired_difference(a, b, measure)``: two screens of the same samples (two models, or a model
+  with and without an adapter): over the samples both hold, each screen's rate of a per-sample
+  indicator (``PAIRED_MEASURES``), their difference b - a with a percentile bootstrap interval
+  that resamples the shared images (all samples of a drawn image together, as
+  ``taxonomy.bootstrap_ci`` does), and the exact McNemar p-value of the discordant samples
+  (statsmodels.stats.contingency_tables.mcnemar).
+- ``with_interval(value, ci)``: "0.742 (95 % CI 0.610 to 0.850)"; every page that shows a value
+  with its interval writes it with this function, and ``shown(table)`` with it turns a table of
+  these functions (a column X beside X_ci) into the table a page shows.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.proportion import proportion_confint
+
+from .taxonomy import QUADRANTS
+
+# Below these a rate is shown but flagged "too few to tell": a Wilson interval over fewer than
+# 30 samples is wider than +/- 0.15 near one half, and sensitivity over fewer than 10 positives
+# moves by 0.1 with a single sample.
+MIN_SAMPLES = 30
+MIN_POSITIVES = 10
+FINDING_COLUMNS = ("finding", "n", "positives", "negatives", *QUADRANTS, "accuracy", "accuracy_ci",
+                   "sensitivity", "sensitivity_ci", "specificity", "specificity_ci")
+# per-sample indicators two screens of the same samples are compared on: name -> (column, value).
+# The image-blind rate has no per-sample indicator (lib.protocol.references: it is an expectation
+# over references), so two screens compare it by its interval, not sample by sample.
+PAIRED_MEASURES = {"Dangerous": ("quadrant", "Dangerous"), "correct": ("correct", True)}
+PARAPHRASE_COLUMNS = ("finding", "prompt_id", "prompt", "negated", "n", "flips", "flip_rate",
+                      "flip_rate_ci")
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> list[float] | None:
+    """Wilson score interval [low, high] of k successes out of n; None when n is 0."""
+    if not n:
+        return None
+    low, high = proportion_confint(int(k), int(n), alpha=1 - level, method="wilson")
+    return [float(max(low, 0.0)), float(min(high, 1.0))]
+
+
+def steady_ci(ci, k: int, n: int, level: float = 0.95) -> list[float] | None:
+    """``ci`` (a bootstrap interval) unless it is missing or of zero width, then the Wilson interval."""
+    if ci is None or ci[0] is None or ci[1] is None or ci[1] - ci[0] <= 0:
+        return proportion_ci(k, n, level)
+    return [float(ci[0]), float(ci[1])]
+
+
+def _rate(hits: pd.Series) -> tuple[float | None, list[float] | None]:
+    """(mean, Wilson interval) of a boolean series; (None, None) when empty."""
+    n = int(len(hits))
+    if not n:
+        return None, None
+    k = int(hits.sum())
+    return k / n, proportion_ci(k, n)
+
+
+def per_finding(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per finding (sorted), columns ``FINDING_COLUMNS``; counts are integers, rates
+    None where undefined (no positive sample: no sensitivity)."""
+    rows = []
+    for finding, group in samples.groupby("finding", sort=True):
+        positive = group["label"] == "yes"
+        counts = group["quadrant"].value_counts()
+        accuracy, accuracy_ci = _rate(group["correct"].astype(bool))
+        sensitivity, sensitivity_ci = _rate(group.loc[positive, "pred"] == "yes")
+        specificity, specificity_ci = _rate(group.loc[~positive, "pred"] == "no")
+        rows.append({"finding": finding, "n": int(len(group)), "positives": int(positive.sum()),
+                     "negatives": int((~positive).sum()),
+                     **{q: int(counts.get(q, 0)) for q in QUADRANTS},
+                     "accuracy": accuracy, "accuracy_ci": accuracy_ci,
+                     "sensitivity": sensitivity, "sensitivity_ci": sensitivity_ci,
+                     "specificity": specificity, "specificity_ci": specificity_ci})
+    return pd.DataFrame(rows, columns=list(FINDING_COLUMNS))
+
+
+def per_paraphrase(predictions: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per (finding, paraphrase text), columns ``PARAPHRASE_COLUMNS``: over the samples
+    with both the original question and that paraphrase scored with the image, how often the
+    paraphrase's (implied) answer differs from the original's. ``prompt_id`` is the paraphrase's
+    smallest id in the run (per-image question files may number them differently)."""
+    image = predictions[(predictions["condition"] == "image")
+                        & predictions["sample_id"].isin(samples["sample_id"])]
+    image = image.merge(samples[["sample_id", "finding"]], on="sample_id")
+    original = image[image["prompt_id"] == 0].set_index("sample_id")["pred"]
+    paraphrases = image[image["prompt_id"] > 0].copy()
+    paraphrases["flip"] = paraphrases["pred"].to_numpy() != original.reindex(paraphrases["sample_id"]).to_numpy()
+    if "negated" not in paraphrases.columns:
+        paraphrases["negated"] = False
+    rows = []
+    for (finding, prompt), group in paraphrases.groupby(["finding", "prompt"], sort=True):
+        flip_rate, flip_ci = _rate(group["flip"])
+        rows.append({"finding": finding, "prompt_id": int(group["prompt_id"].min()), "prompt": prompt,
+                     "negated": bool(group["negated"].any()), "n": int(len(group)),
+                     "flips": int(group["flip"].sum()), "flip_rate": flip_rate, "flip_rate_ci": flip_ci})
+    table = pd.DataFrame(rows, columns=list(PARAPHRASE_COLUMNS))
+    return table.sort_values(["finding", "prompt_id"], ignore_index=True)
+
+
+def too_few(findings: pd.DataFrame, paraphrases: pd.DataFrame, n_samples: int) -> list[str]:
+    """The "too few to tell" warnings of a run: the run, each finding (one line: its samples, its
+    positives and negatives), the paraphrases (thresholds ``MIN_SAMPLES`` and ``MIN_POSITIVES``)."""
+    notes = []
+    if n_samples < MIN_SAMPLES:
+        notes.append(f"too few to tell: the run has {n_samples} samples (fewer than {MIN_SAMPLES}); "
+                     f"every rate below rests on them")
+    for row in findings.itertuples():
+        few = [f"{row.n} samples (fewer than {MIN_SAMPLES})"] if row.n < MIN_SAMPLES else []
+        few += [f"{count} {word if count != 1 else word[:-1]} (fewer than {MIN_POSITIVES}, for the {measure})"
+                for count, word, measure in ((row.positives, "positives", "sensitivity"),
+                                             (row.negatives, "negatives", "specificity"))
+                if count < MIN_POSITIVES]
+        if few:
+            notes.append(f"too few to tell for {row.finding}: {', '.join(few)}")
+    thin = paraphrases[paraphrases["n"] < MIN_SAMPLES]
+    if len(thin):
+        notes.append(f"too few to tell for {len(thin)} of {len(paraphrases)} paraphrases: fewer than "
+                     f"{MIN_SAMPLES} samples each (as few as {int(thin['n'].min())})")
+    return notes
+
+
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, measure: str = "Dangerous", *,
+                      resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict | None:
+    """Screen b against screen a on the samples both hold (module docstring): {"measure",
+    "n_shared", "n_images", "rate_a", "rate_b", "difference", "ci95", "only_a", "only_b",
+    "mcnemar_p"}; None when they share no sample or a table lacks the measure's column."""
+    column, value = PAIRED_MEASURES[measure]
+    if column not in a.columns or column not in b.columns:
+        return None
+    shared = a[["sample_id", "image_id", column]].merge(b[["sample_id", column]], on="sample_id",
+                                                         suffixes=("_a", "_b"))
+    if shared.empty:
+        return None
+    hit_a = (shared[f"{column}_a"] == value).fillna(False).to_numpy(bool)
+    hit_b = (shared[f"{column}_b"] == value).fillna(False).to_numpy(bool)
+    only_a, only_b = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
+    table = [[int((hit_a & hit_b).sum()), only_a], [only_b, int((~hit_a & ~hit_b).sum())]]
+    images, _ = pd.factorize(shared["image_id"])
+    sums = np.zeros((images.max() + 1, 2))
+    np.add.at(sums, images, np.column_stack([np.ones(len(shared)), hit_b.astype(float) - hit_a]))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(sums), size=(resamples, len(sums)))
+    totals = sums[draws].sum(axis=1)
+    differences = totals[:, 1] / totals[:, 0]
+    alpha = (1 - level) / 2
+    return {"measure": measure, "n_shared": int(len(shared)), "n_images": int(len(sums)),
+            "rate_a": float(hit_a.mean()), "rate_b": float(hit_b.mean()),
+            "difference": float(hit_b.mean() - hit_a.mean()),
+            "ci95": [float(x) for x in np.quantile(differences, [alpha, 1 - alpha])],
+            "only_a": only_a, "only_b": only_b,
+            "mcnemar_p": float(mcnemar(table, exact=True).pvalue) if only_a + only_b else 1.0}
+
+
+def with_interval(value, ci=None, *, percent: bool = False, digits: int | None = None) -> str:
+    """A value with its interval, the one way every page writes it: "0.742 (95 % CI 0.610 to
+    0.850)", "74.2 % (95 % CI 61.0 to 85.0 %)" with ``percent`` ("to": a bound may be negative); "n/a" for a missing value, the value alone
+    without an interval. ``digits`` defaults to 3 (1 for percentages)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and not percent:
+        return str(value)   # a count
+    digits = (1 if percent else 3) if digits is None else digits
+    scale, unit = (100, " %") if percent else (1, "")
+    shown = f"{scale * value:.{digits}f}{unit}"
+    if not ci or ci[0] is None or ci[1] is None:
+        return shown
+    return f"{shown} (95 % CI {scale * ci[0]:.{digits}f} to {scale * ci[1]:.{digits}f}{unit})"
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` as a page shows it, every cell a string: a column X with a column X_ci beside it
+    becomes one column "X (95 % CI)" (``with_interval``), other numbers are written by
+    ``with_interval`` too (counts as integers, rates to 3 places, None and NaN as n/a), booleans
+    as "yes" or ""."""
+    out = {}
+    for column in table.columns:
+        if column.endswith("_ci") and column[:-3] in table.columns:
+            continue
+        values = table[column].astype(object)
+        if f"{column}_ci" in table.columns:
+            out[f"{column} (95 % CI)"] = [with_interval(v, ci) for v, ci in zip(values, table[f"{column}_ci"])]
+        else:
+            out[column] = [cell(v) for v in values]
+    return pd.DataFrame(out, index=table.index)
+
+
+def cell(value) -> str:
+    """One value as a page shows it: a string as it is, a boolean as "yes" or "", a number by
+    ``with_interval`` (counts as integers, rates to 3 places, None and NaN as n/a)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
+    return with_interval(value)
+
+
+def interval_table(rows: dict) -> pd.DataFrame:
+    """{measure: (value, [low, high] or None)} as a one-column table, "value (95 % CI)"."""
+    return pd.DataFrame({"value (95 % CI)": {label: with_interval(value, ci) for label, (value, ci) in rows.items()}})

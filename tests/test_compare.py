@@ -1,0 +1,63 @@
+"""`cxr-screen compare`: two tiny runs of the same samples (untrained tiny LLaVA and Gemma 3) on
+one page, with the paired differences checked against hand-made tables."""
+import re
+
+import pandas as pd
+import pytest
+
+from lib.front import cli
+from lib.protocol import breakdown
+
+
+def table(quadrants, correct, images):
+    return pd.DataFrame({"sample_id": [f"s{i}" for i in range(len(quadrants))], "image_id": images,
+                         "quadrant": quadrants, "correct": correct})
+
+
+def test_paired_difference_counts_the_discordant_samples():
+    a = table(["Dangerous", "Dangerous", "Ideal", "Ideal"], [True, True, False, True], ["i1", "i1", "i2", "i3"])
+    b = table(["Dangerous", "Ideal", "Ideal", "Ideal", "Ideal"], [True] * 5, ["i1", "i1", "i2", "i3", "i4"])
+    result = breakdown.paired_difference(a, b, "Dangerous", resamples=500)
+    assert (result["n_shared"], result["n_images"]) == (4, 3)   # s4 is in b only
+    assert (result["rate_a"], result["rate_b"], result["difference"]) == (0.5, 0.25, -0.25)
+    assert (result["only_a"], result["only_b"], result["mcnemar_p"]) == (1, 0, 1.0)
+    low, high = result["ci95"]
+    assert -1 <= low <= -0.25 <= high <= 0
+    assert breakdown.paired_difference(a, b, "correct")["difference"] == 0.25
+    assert "image-blind" not in breakdown.PAIRED_MEASURES   # a rate over references, no per-sample verdict
+    assert breakdown.paired_difference(a, b.assign(sample_id=list("vwxyz"))) is None   # nothing shared
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_world, tmp_path_factory):
+    from lib.protocol import config, run
+
+    root = tmp_path_factory.mktemp("compare")
+    for family in ("llava", "gemma3"):
+        run.evaluate(config.validate({
+            "config": f"tiny-{family}", "model": str(tiny_world["models"][family]), "dataset": "padchest",
+            "data_root": str(tiny_world["data"]["padchest"]), "split": "train", "limit": 16,
+            "batch_size": 8, "bootstrap_resamples": 50, "output_dir": str(root / family)}))
+    return root
+
+
+def test_compare_page(two_runs, capsys):
+    out = two_runs / "page"
+    status = cli.main(["compare", str(two_runs / "llava"), str(two_runs / "gemma3"), "--out", str(out)])
+    assert status == 0 and capsys.readouterr().out.strip() == f"compare: {out / 'compare.html'}"
+    page = (out / "compare.html").read_text()
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<style>.*?</style>", "", page, flags=re.S))
+    for words in ("Screens compared", "tiny-llava", "tiny-gemma3", "Paired differences", "McNemar",
+                  "too few to tell (a correlation needs at least 8", "95 % CI"):
+        assert words in text, words
+    assert page.count("<img ") == 1 and not re.search(r"\bnan\b", text, flags=re.I)
+    rows = re.findall(r"<tr><td>llava</td><td>gemma3</td><td>(\w[\w-]*)</td><td>(\d+)</td>", page)
+    assert rows == [("Dangerous", "16"), ("correct", "16")]
+
+
+def test_compare_needs_two_screen_folders(two_runs, tmp_path, capsys):
+    status = cli.screen_main(["compare", str(two_runs / "llava"), str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.strip() == f"cxr-screen compare: {tmp_path}: no summary.json (give the output folder of a screen or run)"
+    assert cli.screen_main(["compare", str(two_runs / "llava"), "--out", str(tmp_path / "o")]) == 2
+    assert "at least two" in capsys.readouterr().err
