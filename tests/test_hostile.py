@@ -288,7 +288,9 @@ def test_a_write_error_of_the_command_is_one_line_and_tears_no_notebook(giant_ru
         Path(output).write_text('{"cells": [')
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli.pm, "execute_notebook", full_disk)
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", full_disk)
     status, line = main(["evaluate", str(giant_run["file"]), "--out", str(out), "-p", "limit", str(LIMIT)], capsys)
     assert status == cli.FAILED and str(out) in line and "No space left" in line, line
     assert (out / "evaluate.ipynb").read_bytes() == before
@@ -333,8 +335,7 @@ def test_the_gate_fails_closed_when_image_blind_cannot_be_estimated(giant_run, t
     assert status == cli.NOT_ESTIMABLE == 4
     assert "no finding has references of both labels" in captured.err and "PASS" not in captured.out
     assert "NOT ESTIMABLE" in (out / "report.html").read_text()
-    estimable, _ = report.gate_basis({**summary, "image_blind": {"estimable": True, "reason": None}})
-    assert estimable
+    assert report.image_blind({**summary, "image_blind": {"estimable": True, "rate": 0.1, "ci95": [0.05, 0.2]}})["estimable"]
 
 
 # -- 9: late errors become validation errors ----------------------------------------------------

@@ -106,13 +106,13 @@ def test_image_blind_reads_the_reference_block_and_warns_on_few_references():
     summary = {"n_samples": 40, "image_blind": {
         "rate": 0.0, "ci95": [0.0, 0.0], "estimable": True, "reason": None, "min_references": 5,
         "by_finding": {"nodule": {"n_samples": 40, "n_references": {"yes": 2, "no": 9}}}}}
-    blind = report.image_blind(summary, pd.DataFrame({"quadrant": []}))
+    blind = report.image_blind(summary)
     assert blind["rate"] == 0.0 and blind["ci"] == breakdown.proportion_ci(0, 40)  # not 0.0-0.0
     assert report.reference_warnings(blind) == [
         "too few to tell whether nodule answers are image-blind: 2 positive and 9 negative "
         "reference images (fewer than 5)"]
     summary["image_blind"].update(rate=None, estimable=False, reason="no reference image")
-    blind = report.image_blind(summary, pd.DataFrame({"quadrant": []}))
+    blind = report.image_blind(summary)
     assert not blind["estimable"] and blind["ci"] is None
     assert report.reference_warnings(blind)[0] == "image-blind: not estimable (no reference image)"
 
@@ -145,4 +145,6 @@ def test_report_of_a_tiny_run(tiny_run):
     counts = re.findall(r"<td>(\d+)</td>", page)
     assert str(summary["n_samples"]) in counts
     assert text.index("Dangerous:") < text.index("Warnings") < text.index("Per finding") < text.index("Per paraphrase")
-    assert result["passed"] in (True, False) and result["line"].startswith("tiny__padchest: Dangerous")
+    # the tiny world's padchest train split leaves too few references here: the gate fails closed
+    assert result["line"].startswith("tiny__padchest: Dangerous")
+    assert result["passed"] in (True, False) if result["estimable"] else result["passed"] is None
