@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import config, data, engine, labels, models, provenance, questions, records, references, taxonomy
 from .engine import Engine, Item
+from .summary import summarize
 
 
 @dataclass
@@ -514,7 +515,7 @@ def finalize(params, store, work: Plan, skipped, engine_info, reuse) -> RunResul
         samples_table = samples_table.merge(per_sample, on="sample_id", how="left")
         block.update(reference_source=reference_source(params), reference_split=params["reference_split"],
                      references_unreadable=len(unreadable_references))
-    summary_measures = taxonomy.summarize(
+    summary_measures = summarize(
         samples_table, predictions, image_blind=block, reliance_checks=params["reliance_checks"],
         bootstrap_resamples=params["bootstrap_resamples"], ci_level=params["ci_level"], seed=params["seed"],
         held_out_prompts=held_out_prompts(params))
