@@ -1,11 +1,12 @@
 """The protocol core: everything one model-dataset pair's evaluation needs, and nothing else.
 
-Data flows one way: `config` (the params schema, strict validation, hashes) -> `preflight`
+Data flows one way: `config` (the params schema, strict validation) -> `preflight`
 (every check that needs no model weights) -> `data` + `labels` (readers of the official dataset
 layouts, label policies and the label hierarchy; samples) -> `questions` (question sets and
-paraphrases) -> `prompts` (chat-template rendering) -> `models` (loading) -> `engine` (batched
-forward passes, conditions image / text_only / swap / blank / noise / twin) -> `records` (the
-content-keyed resumable store, the output lock, atomic final files) -> `taxonomy` (the paper's
+paraphrases) -> `samples` (the run's samples and their prompts, decided once) -> `prompts` (chat-template rendering) -> `models` (loading) -> `engine` (batched
+forward passes, conditions image / text_only / swap / blank / noise / twin) -> `identity` (record
+keys, fingerprints, run hash) and `records` (the content-keyed resumable store, the output lock,
+atomic final files) -> `taxonomy` (the paper's
 definitions: answers, quadrants) -> `measures` (every rate with an interval, declared once) ->
 `screening`, `ground_truth`, `intervals` (every bootstrap) -> `summary` (summary.json's measures),
 beside `references` (the image-blind rate) -> `stats`
