@@ -29,14 +29,14 @@ import numpy as np
 import pandas as pd
 
 from .taxonomy import pair_disagreements
-from .vocabulary import QUADRANTS
+from .vocabulary import DANGEROUS_SPLIT, QUADRANTS
 
 
 @dataclass(frozen=True)
 class Rate:
     """One declared rate. ``key``: its path under ``summary["ci95"]`` (and in the summary unless
     ``at`` says otherwise); ``how``: ("ratio", numerator, denominator) of per-sample columns
-    (``COLUMNS``) summed over the samples, ("complement", ...) for 1 - that ratio, ("mean", a, b)
+    (``columns``) summed over the samples, ("complement", ...) for 1 - that ratio, ("mean", a, b)
     of two declared rates, ("auroc",) of entropy for Dangerous, or ("crossed", value key,
     interval key) of the image-blind block (lib.protocol.references)."""
     key: tuple[str, ...]
@@ -46,14 +46,17 @@ class Rate:
 
     @property
     def name(self) -> str:
+        """The key path joined by ":" (e.g. "quadrant_fractions:Dangerous")."""
         return ":".join(self.key)
 
     @property
     def point_at(self) -> tuple[str, ...]:
+        """Where the point value sits in summary.json."""
         return self.at or self.key
 
 
 RATES = (
+    # 1 - the consistent fraction: the float summary.json has always held (1 ulp from n_inconsistent / n)
     Rate(("flip_rate",), "flip rate", ("complement", "consistent", "one")),
     Rate(("pairwise_flip_rate",), "pairwise flip rate", ("ratio", "disagree", "pairs")),
     Rate(("accuracy",), "accuracy", ("ratio", "correct", "one")),
@@ -64,8 +67,8 @@ RATES = (
     Rate(("auroc_entropy_dangerous",), "AUROC of entropy for Dangerous", ("auroc",),
          at=("screening", "auroc_entropy_dangerous")),
 ) + tuple(Rate(("quadrant_fractions", q), f"{q} fraction", ("ratio", f"q_{q}", "one")) for q in QUADRANTS) + (
-    Rate(("dangerous_breakdown", "image-blind"), "image-blind rate", ("crossed", "rate", "ci95")),
-    Rate(("dangerous_breakdown", "prior-coincident"), "prior-coincident rate",
+    Rate(("dangerous_breakdown", DANGEROUS_SPLIT[0]), "image-blind rate", ("crossed", "rate", "ci95")),
+    Rate(("dangerous_breakdown", DANGEROUS_SPLIT[1]), "prior-coincident rate",
          ("crossed", "prior_coincident", "ci95_prior_coincident")),
 )
 # the rates of the cluster bootstrap over images (all but the crossed ones), in RATES order
