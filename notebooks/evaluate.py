@@ -152,8 +152,8 @@ lib.protocol.breakdown.shown(lib.protocol.breakdown.per_paraphrase(result.predic
 
 # %% [markdown]
 # ## Beside the paper's measures
-# Added next to the paper's definitions, which they leave unchanged (`lib/protocol/taxonomy.py`,
-# module docstring, defines each one).
+# Added next to the paper's definitions, which they leave unchanged (each defined once in a module
+# docstring: the rates in `lib/protocol/measures.py`, the rest in `lib/protocol/summary.py`).
 #
 # **Accuracy is not enough** with real prevalences (an always-"no" model is 99.6 % accurate on
 # pneumothorax): sensitivity, specificity and their mean, the balanced accuracy.

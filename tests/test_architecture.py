@@ -88,7 +88,7 @@ def test_the_walker_sees_function_level_imports_and_cycles():
     assert any(isinstance(n, ast.ImportFrom) for n in ast.walk(tree))
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert "lib.protocol.config" in GRAPH["lib.protocol.run"]
+    assert "lib.protocol.identity" in GRAPH["lib.protocol.run"]
 
 
 def test_no_import_cycle():

@@ -23,7 +23,7 @@ from collections import Counter  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from lib.protocol import config, data, records, run  # noqa: E402
+from lib.protocol import config, data, identity, records, run  # noqa: E402
 from lib.offline import default_models, synth
 from lib.scale import ray_scorer as distributed
 from lib.front import session
@@ -101,7 +101,7 @@ def map_workers():
 
 def test_killing_a_worker_mid_run_loses_nothing(world, cluster, reference):
     params = world("killed", workers=2)
-    store = records.RecordStore(params["output_dir"], config.records_key(params))
+    store = records.RecordStore(params["output_dir"], identity.records_key(params))
     killed, stop = [], threading.Event()
 
     def kill_after_first_chunk():
@@ -146,7 +146,7 @@ def test_actors_get_exactly_the_single_process_batches(world, tmp_path):
         "image_id": im, "label": "yes", "question": "Is there cardiomegaly?",
         "paraphrases": ["Is the heart enlarged?"]}) + "\n" for im in images))
     for params in (world("rows"), world("rows-per-image", questions=str(per_image))):
-        store = records.RecordStore(params["output_dir"], config.records_key(params))
+        store = records.RecordStore(params["output_dir"], identity.records_key(params))
         expected = run.batches_to_score(params, store, Counter())
         rows, todo = distributed.batch_rows(expected)
         got = [pickle.loads(r["samples"]) for r in rows]

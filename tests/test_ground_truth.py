@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lib.protocol import config, data, questions, run, taxonomy
+from lib.protocol import config, data, ground_truth, questions, run, taxonomy
 
 
 def table(rows):
@@ -16,10 +16,10 @@ def table(rows):
 
 
 def test_precision_recall_known_values():
-    assert taxonomy.precision_recall([1, 1, 0, 0], [1, 0, 1, 0]) == {
+    assert ground_truth.precision_recall([1, 1, 0, 0], [1, 0, 1, 0]) == {
         "precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2}
-    assert taxonomy.precision_recall([0, 0], [1, 0])["precision"] is None
-    assert taxonomy.precision_recall([1, 0], [0, 0])["recall"] is None
+    assert ground_truth.precision_recall([0, 0], [1, 0])["precision"] is None
+    assert ground_truth.precision_recall([1, 0], [0, 0])["recall"] is None
 
 
 def test_ground_truth_by_hand():
@@ -36,7 +36,7 @@ def test_ground_truth_by_hand():
         ("s5", False, 0.7, True, "Dangerous", None),
     ])
     block = {"rate": 0.3, "ci95": [0.2, 0.4]}
-    gt = taxonomy.ground_truth(t, block)
+    gt = ground_truth.ground_truth(t, block)
     assert gt["n_samples"] == 4 and gt["ignored_rate"] == 0.5
     assert gt["paper_measure"] == {"precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2}
     # reference agreement for "Dangerous and ignored" (s1: 0.9) against the rest (0.4, 0.5, 0.1): 3/3
@@ -44,11 +44,11 @@ def test_ground_truth_by_hand():
     # twin truth: Dangerous and ignored = s1 of the 4 -> 0.25, inside [0.2, 0.4]
     assert gt["image_blind"] == {"truth": 0.25, "estimate": 0.3, "ci95": [0.2, 0.4], "covered": True,
                                  "n_samples": 4}
-    assert taxonomy.ground_truth(t, {"rate": 0.5, "ci95": [0.45, 0.6]})["image_blind"]["covered"] is False
-    assert taxonomy.ground_truth(t)["image_blind"] is None
+    assert ground_truth.ground_truth(t, {"rate": 0.5, "ci95": [0.45, 0.6]})["image_blind"]["covered"] is False
+    assert ground_truth.ground_truth(t)["image_blind"] is None
     # truth for Dangerous: consistent and ignored = s1 only; predicted Dangerous = s1, s3
     assert gt["dangerous"] == {"precision": 0.5, "recall": 1.0, "n_predicted": 2, "n_true": 1}
-    assert taxonomy.ground_truth(t[t.sample_id == "s5"]) is None
+    assert ground_truth.ground_truth(t[t.sample_id == "s5"]) is None
 
 
 def test_held_out_pairwise_flip_rate_by_hand():

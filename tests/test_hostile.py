@@ -29,7 +29,7 @@ import yaml
 from PIL import Image
 
 from lib.front import cli, report
-from lib.protocol import config, data, records, run
+from lib.protocol import config, data, identity, records, run
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1 << 30
@@ -301,7 +301,7 @@ def test_a_damaged_chunk_is_named_set_aside_and_rescored(giant_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(giant_run["out"], out)
     params = {**giant_run["params"], "output_dir": str(out)}
-    store = records.RecordStore(out, config.records_key(params))
+    store = records.RecordStore(out, identity.records_key(params))
     empty, garbled = sorted(store.dir.glob("chunk-*.json"))[:2]
     held = [s["sample_id"] for path in (empty, garbled) for key in ("samples", "skipped")
             for s in json.loads(path.read_text())[key]]

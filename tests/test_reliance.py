@@ -1,5 +1,6 @@
 """Known-answer tests for the measures added beside the paper's (issue 12): the reliance columns,
-the new summary keys and the cluster bootstrap (the image-blind rate: tests/test_references.py).
+the new summary keys (lib.protocol.summary, lib.protocol.screening) and the cluster bootstrap on
+this run (more in tests/test_intervals.py; the image-blind rate: tests/test_references.py).
 
 Hand-worked run: 8 samples on 7 images (a1 and a2 share image A). pred: p_yes >= 0.5 -> yes.
 
@@ -20,16 +21,17 @@ pred_noise "no" for all. pred "yes": a1, c1, e1, f1, so both change rates are 4 
 """
 
 import json
-import math
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as sps
-from statsmodels.stats.proportion import proportion_confint
 
 from lib.protocol import taxonomy as tx
+from lib.protocol.intervals import bootstrap_ci
+from lib.protocol.measures import CLUSTER_RATES, ByImage
+from lib.protocol.screening import auroc_entropy_dangerous, flag_weights
+from lib.protocol.summary import summarize
+from lib.protocol.vocabulary import QUADRANTS
 
 H = {p: float(tx.binary_entropy(p)) for p in (0.9, 0.2)}
 
@@ -131,7 +133,7 @@ def test_samples_table_survives_parquet(table, tmp_path):
 
 @pytest.fixture
 def summary(table, preds):
-    return tx.summarize(table, pd.concat([preds, make_per_run()], ignore_index=True),
+    return summarize(table, pd.concat([preds, make_per_run()], ignore_index=True),
                         bootstrap_resamples=200, seed=1)
 
 
@@ -163,7 +165,7 @@ def test_screening_auroc_with_ties(summary, table):
     # Wins over the 15 (D, other) pairs: zeros 0; d1 > a1, f1 and ties a2 -> 2.5; e1 > all -> 3.
     assert table.loc[table.sample_id == "d1", "entropy"].item() == table.loc[table.sample_id == "a2", "entropy"].item()
     assert summary["screening"]["auroc_entropy_dangerous"] == pytest.approx(5.5 / 15)
-    assert tx.auroc_entropy_dangerous(table) == pytest.approx(5.5 / 15)
+    assert auroc_entropy_dangerous(table) == pytest.approx(5.5 / 15)
 
 
 def test_catch_rate_with_ties_at_the_cut(summary):
@@ -172,7 +174,7 @@ def test_catch_rate_with_ties_at_the_cut(summary):
     s = summary["screening"]
     assert s["catch_rate"] == pytest.approx({"0.1": 0.8 / 5, "0.2": 1.3 / 5, "0.3": 1.7 / 5})
     assert s["flagged_dangerous_fraction"] == pytest.approx({"0.1": 1.0, "0.2": 1.3 / 1.6, "0.3": 1.7 / 2.4})
-    assert tx.flag_weights([1.0, 0.5, 0.5, 0.0], 0.5).tolist() == [1.0, 0.5, 0.5, 0.0]
+    assert flag_weights([1.0, 0.5, 0.5, 0.0], 0.5).tolist() == [1.0, 0.5, 0.5, 0.0]
 
 
 def test_threshold_table(summary):
@@ -195,14 +197,14 @@ def test_yes_no_mass_and_warning(summary, table):
     assert len(summary["warnings"]) == 1 and "0.400" in summary["warnings"][0]
     assert "answer" in summary["warnings"][0]
     high = make_predictions(masses=[0.9] * 15)
-    quiet = tx.summarize(table, high, bootstrap_resamples=10)
+    quiet = summarize(table, high, bootstrap_resamples=10)
     assert quiet["yes_no_mass"] == pytest.approx({"median": 0.9, "p10": 0.9}) and quiet["warnings"] == []
 
 
 def test_old_call_still_works_and_new_keys_are_null_without_checks():
     preds = make_predictions()
     table = tx.classify_samples(preds, make_samples())
-    s = tx.summarize(table, preds)
+    s = summarize(table, preds)
     json.dumps(s)
     assert s["reliance_checks"] == [] and s["blank_change_rate"] is None
     assert s["dangerous_breakdown"] == {"image-blind": None, "prior-coincident": None}
@@ -213,13 +215,13 @@ def test_bad_input():
     preds = make_predictions()
     table = tx.classify_samples(preds, make_samples())
     with pytest.raises(ValueError, match="bootstrap_resamples"):
-        tx.summarize(table, preds, bootstrap_resamples=0)
+        summarize(table, preds, bootstrap_resamples=0)
     with pytest.raises(ValueError, match="bootstrap_resamples"):
-        tx.bootstrap_ci(table, preds, resamples=2.5)
+        bootstrap_ci(table, preds, resamples=2.5)
     with pytest.raises(ValueError, match="ci_level"):
-        tx.summarize(table, preds, ci_level=1.0)
+        summarize(table, preds, ci_level=1.0)
     with pytest.raises(ValueError, match="flip"):
-        tx.summarize(table, preds, reliance_checks=["reference", "flip"])
+        summarize(table, preds, reliance_checks=["reference", "flip"])
     bad = preds.copy()
     bad.loc[0, "condition"] = "mirror"
     with pytest.raises(ValueError, match="mirror"):
@@ -234,125 +236,34 @@ def test_ci_keys_and_that_intervals_hold_the_estimate(summary):
     for key in ("flip_rate", "pairwise_flip_rate", "accuracy", "balanced_accuracy"):
         low, high = ci[key]
         assert low <= summary[key] <= high, key
-    for q in tx.QUADRANTS:
+    for q in QUADRANTS:
         low, high = ci["quadrant_fractions"][q]
         assert 0 <= low <= summary["quadrant_fractions"][q] <= high <= 1
     assert set(ci["dangerous_breakdown"]) == {"image-blind", "prior-coincident"}
     assert summary["screening"]["ci95"] == ci["auroc_entropy_dangerous"]
 
 
-def test_identity_resample_reproduces_the_point_values(table, preds, summary):
-    stat, names, n_images = tx._bootstrap_statistic(table, preds)
-    assert n_images == 7
-    point = dict(zip(names, stat(np.arange(n_images)[None, :])[:, 0]))
-    assert point["flip_rate"] == pytest.approx(summary["flip_rate"])
-    assert point["pairwise_flip_rate"] == pytest.approx(summary["pairwise_flip_rate"])  # 2 / 7
-    assert point["balanced_accuracy"] == pytest.approx(summary["balanced_accuracy"])
-    assert point["quadrant:Dangerous"] == pytest.approx(5 / 8)
+def test_identity_resample_gives_the_point_values(table, preds, summary):
+    rates = ByImage(table, preds)
+    assert rates.n_images == 7
+    point = rates.point()
+    assert point["flip_rate"] == summary["flip_rate"] == 2 / 8     # a2 and f1 are inconsistent
+    assert point["pairwise_flip_rate"] == pytest.approx(2 / 7)
+    assert point["balanced_accuracy"] == pytest.approx((0.6 + 2 / 3) / 2)
+    assert point["quadrant_fractions:Dangerous"] == pytest.approx(5 / 8)
     assert point["auroc_entropy_dangerous"] == pytest.approx(5.5 / 15)
-    # Image A drawn twice, B..G once except G: weights a1, a2 = 2; weighted AUROC by hand:
+    # Image A drawn twice, B..F once, G not: weights a1, a2 = 2; weighted AUROC by hand:
     # D = b1 c1 d1 e1 (w 1 each), O = a1 a2 (w 2), f1 (w 1): wins b1 c1 0; d1 2 + 0.5*2 + 1 = 4;
     # e1 5 -> 9 / (4 * 5)
-    idx = np.array([[0, 0, 1, 2, 3, 4, 5]])
-    assert stat(idx)[names.index("auroc_entropy_dangerous"), 0] == pytest.approx(9 / 20)
-
-
-def test_all_equal_data_gives_zero_width_intervals():
-    n = 30
-    rows = []
-    for i in range(n):
-        rows += [dict(sample_id=f"s{i}", prompt_id=j, condition="image", p_yes=0.9) for j in range(3)]
-        rows.append(dict(sample_id=f"s{i}", prompt_id=0, condition="text_only", p_yes=0.8))
-    preds = tx.add_answers(pd.DataFrame(rows))
-    samples = pd.DataFrame(dict(sample_id=[f"s{i}" for i in range(n)], image_id=[f"i{i // 2}" for i in range(n)],
-                                finding="nodule", label="yes"))
-    table = tx.classify_samples(preds, samples)
-    s = tx.summarize(table, preds, bootstrap_resamples=300)
-    assert s["ci95"]["quadrant_fractions"]["Dangerous"] == [1.0, 1.0]
-    assert s["ci95"]["flip_rate"] == [0.0, 0.0] and s["ci95"]["accuracy"] == [1.0, 1.0]
-    assert s["ci95"]["pairwise_flip_rate"] == [0.0, 0.0]
-    assert s["ci95"]["specificity"] is None and s["ci95"]["balanced_accuracy"] is None  # no "no" label
-    assert s["ci95"]["auroc_entropy_dangerous"] is None  # no other quadrant
-    one = tx.classify_samples(preds, samples.assign(image_id="same"))
-    assert tx.summarize(one, preds, bootstrap_resamples=5)["ci95"]["flip_rate"] == [0.0, 0.0]
-
-
-def bernoulli_run(outcomes_by_image):
-    """Samples labelled yes whose pred is yes (Ideal, correct) or no (Dangerous, wrong), by image."""
-    rows, samples = [], []
-    for i, outcomes in enumerate(outcomes_by_image):
-        for k, hit in enumerate(outcomes):
-            sid = f"i{i}/{k}"
-            samples.append(dict(sample_id=sid, image_id=f"i{i}", finding="f", label="yes"))
-            rows.append(dict(sample_id=sid, prompt_id=0, condition="image", p_yes=0.9 if hit else 0.1))
-            rows.append(dict(sample_id=sid, prompt_id=0, condition="text_only", p_yes=0.1))
-    preds = tx.add_answers(pd.DataFrame(rows))
-    return tx.classify_samples(preds, pd.DataFrame(samples)), preds
-
-
-def test_interval_of_a_proportion_matches_the_normal_approximation():
-    # 400 images, one sample each, 100 correct: the percentile bootstrap of the accuracy
-    # approaches p +- 1.96 sqrt(p (1 - p) / n) = 0.25 +- 0.0424 (statsmodels' normal interval)
-    table, preds = bernoulli_run([[k < 100] for k in range(400)])
-    ci = tx.bootstrap_ci(table, preds, resamples=2000, seed=0)
-    low, high = proportion_confint(100, 400, alpha=0.05, method="normal")
-    assert ci["accuracy"] == pytest.approx([low, high], abs=0.008)
-    assert ci["quadrant_fractions"]["Ideal"] == ci["accuracy"]
-
-
-def test_clustered_samples_widen_the_interval():
-    # 100 images x 4 samples with the same outcome within an image: the effective sample size
-    # is 100 images, so the half-width is 1.96 sqrt(0.3 * 0.7 / 100) = 0.0898, twice the
-    # 0.0449 that 400 independent samples would give.
-    table, preds = bernoulli_run([[k < 30] * 4 for k in range(100)])
-    low, high = tx.bootstrap_ci(table, preds, resamples=2000, seed=3)["accuracy"]
-    assert (high - low) / 2 == pytest.approx(1.96 * math.sqrt(0.21 / 100), abs=0.012)
+    names = [r.name for r in CLUSTER_RATES]
+    values = rates.values(np.array([[2.0, 1, 1, 1, 1, 1, 0]]))
+    assert values[0, names.index("auroc_entropy_dangerous")] == pytest.approx(9 / 20)
 
 
 def test_bootstrap_is_seeded(table, preds):
-    a = tx.bootstrap_ci(table, preds, resamples=100, seed=5)
-    assert a == tx.bootstrap_ci(table, preds, resamples=100, seed=5)
-    assert a != tx.bootstrap_ci(table, preds, resamples=100, seed=6)
-    narrow = tx.bootstrap_ci(table, preds, resamples=400, ci_level=0.5, seed=5)["accuracy"]
-    wide = tx.bootstrap_ci(table, preds, resamples=400, ci_level=0.99, seed=5)["accuracy"]
+    a = bootstrap_ci(table, preds, resamples=100, seed=5)
+    assert a == bootstrap_ci(table, preds, resamples=100, seed=5)
+    assert a != bootstrap_ci(table, preds, resamples=100, seed=6)
+    narrow = bootstrap_ci(table, preds, resamples=400, ci_level=0.5, seed=5)["accuracy"]
+    wide = bootstrap_ci(table, preds, resamples=400, ci_level=0.99, seed=5)["accuracy"]
     assert wide[0] <= narrow[0] <= narrow[1] <= wide[1]
-
-
-def test_bootstrap_of_a_large_run_takes_seconds():
-    rng = np.random.default_rng(0)
-    n_images, per_image, prompts = 750, 4, 6
-    rows, samples = [], []
-    for i in range(n_images):
-        for f in range(per_image):
-            sid = f"i{i}/{f}"
-            samples.append(dict(sample_id=sid, image_id=f"i{i}", finding=f"f{f}",
-                                label=("yes", "no")[int(rng.integers(2))]))
-            rows += [dict(sample_id=sid, prompt_id=j, condition="image", p_yes=rng.beta(0.3, 0.3))
-                     for j in range(prompts)]
-            rows.append(dict(sample_id=sid, prompt_id=0, condition="text_only", p_yes=rng.random()))
-    preds = tx.add_answers(pd.DataFrame(rows))
-    table = tx.classify_samples(preds, pd.DataFrame(samples))
-    start = time.perf_counter()
-    ci = tx.bootstrap_ci(table, preds, resamples=1000)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"1000 resamples of 3000 samples took {elapsed:.1f} s"
-    point = tx.auroc_entropy_dangerous(table)
-    assert ci["auroc_entropy_dangerous"][0] <= point <= ci["auroc_entropy_dangerous"][1]
-
-
-def test_weighted_auroc_equals_mann_whitney_on_random_tables():
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        n = 40
-        table = pd.DataFrame(dict(
-            sample_id=[f"s{i}" for i in range(n)], image_id=[f"i{i}" for i in range(n)],
-            label="yes", pred="yes", pred_text_only="yes", consistent=True, image_reliant=False,
-            quadrant=rng.choice(list(tx.QUADRANTS), n), correct=True,
-            entropy=rng.choice([0.0, 0.25, 0.5, 1.0], n)))  # many ties
-        preds = pd.DataFrame(dict(sample_id=table.sample_id, prompt_id=0, condition="image",
-                                  pred="yes", entropy=table.entropy))
-        stat, names, n_images = tx._bootstrap_statistic(table, preds)
-        d = table.quadrant == "Dangerous"
-        u = sps.mannwhitneyu(table.entropy[d], table.entropy[~d]).statistic
-        got = stat(np.arange(n_images)[None, :])[names.index("auroc_entropy_dangerous"), 0]
-        assert got == pytest.approx(u / (d.sum() * (~d).sum()))

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.protocol import config, questions, records, run
+from lib.protocol import config, identity, questions, records, run
 from lib.offline import default_models, synth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def chunk_files(params: dict) -> list[Path]:
 
 
 def records_dir(params: dict) -> Path:
-    return Path(params["output_dir"]) / "records" / config.records_key(params)
+    return Path(params["output_dir"]) / "records" / identity.records_key(params)
 
 
 def chunk_samples(path: Path) -> list[str]:
@@ -162,7 +162,7 @@ def test_killed_run_resumes_to_the_uninterrupted_outputs(world, tmp_path):
     # 3. An uninterrupted run elsewhere gives the same predictions, row for row.
     clean_params = make_params(world, tmp_path / "clean")
     clean = run.evaluate(clean_params).predictions
-    assert config.run_hash(clean_params) == config.run_hash(params)
+    assert identity.run_hash(clean_params) == identity.run_hash(params)
     assert killed["sample_id"].nunique() == LIMIT
     sets = questions.load_question_sets()
     findings = pd.read_parquet(Path(params["output_dir"]) / "samples.parquet")["finding"]
@@ -187,7 +187,7 @@ def test_changed_params_never_reuse_records(world, tmp_path):
     old_chunks = sorted(p.name for p in chunk_files(params))
 
     changed = make_params(world, tmp_path / "out", limit=8, max_paraphrases=1)
-    assert config.run_hash(changed) != config.run_hash(params)
+    assert identity.run_hash(changed) != identity.run_hash(params)
     seen = count_scored_samples(lambda: run.evaluate(changed))
     second = pd.read_parquet(Path(changed["output_dir"]) / "predictions.parquet")
     assert len(seen) == 8, "changed params must score every sample again"
@@ -195,6 +195,6 @@ def test_changed_params_never_reuse_records(world, tmp_path):
     assert len(chunk_files(changed)) == 3      # 8 samples and the text-only unit, 4 a batch
     assert second["prompt_id"].max() == 1 < first["prompt_id"].max()
     # The operational output_dir is not part of the hash; the other params are.
-    assert config.run_hash(make_params(world, tmp_path / "elsewhere", limit=8)) == config.run_hash(params)
-    store = records.RecordStore(params["output_dir"], config.records_key(changed))
+    assert identity.run_hash(make_params(world, tmp_path / "elsewhere", limit=8)) == identity.run_hash(params)
+    store = records.RecordStore(params["output_dir"], identity.records_key(changed))
     assert {s["sample_id"] for c in store.chunks() for s in c["samples"]} == set(second["sample_id"]) | {"text_only"}

@@ -147,6 +147,7 @@ def test_gather_runs_errors(tmp_path):
 # -- added beside the paper's statistics (issue 12) --------------------------------------------
 
 from lib.protocol import taxonomy  # noqa: E402
+from lib.protocol.summary import summarize  # noqa: E402
 
 
 def test_permutation_p_is_exact_for_four_pairs():
@@ -297,7 +298,7 @@ def classified_run(n, flip_p, seed):
         samples.append(dict(sample_id=f"s{i}", image_id=f"i{i}", finding="f", label="yes"))
     preds = taxonomy.add_answers(pd.DataFrame(rows))
     table = taxonomy.classify_samples(preds, pd.DataFrame(samples))
-    return table, taxonomy.summarize(table, preds, bootstrap_resamples=10)
+    return table, summarize(table, preds, bootstrap_resamples=10)
 
 
 def test_bootstrap_correlation_reads_taxonomy_tables():

@@ -1,4 +1,5 @@
-"""Known-answer tests for lib.protocol.taxonomy on a hand-made five-sample run.
+"""Known-answer tests for lib.protocol.taxonomy (and the summary of lib.protocol.summary) on a
+hand-made five-sample run.
 
 Hand-worked table (pred: p_yes >= 0.5 -> yes):
 
@@ -12,12 +13,13 @@ Hand-worked table (pred: p_yes >= 0.5 -> yes):
 """
 
 import json
-import math
 
 import pandas as pd
 import pytest
 
 from lib.protocol import taxonomy as tx
+from lib.protocol.measures import ByImage
+from lib.protocol.summary import summarize
 
 IMAGE_P = {
     "s1": [0.9, 0.8, 0.7],
@@ -73,6 +75,7 @@ def test_add_answers_threshold_and_copy():
 
 
 def test_quadrant_of():
+    assert tx.quadrant_of([True, False], [False, True]).tolist() == ["Dangerous", "Fragile"]
     assert tx.quadrant_of(True, True) == "Ideal"
     assert tx.quadrant_of(False, True) == "Fragile"
     assert tx.quadrant_of(True, False) == "Dangerous"
@@ -94,14 +97,14 @@ def test_classify_samples_table(table):
 
 def test_rates(table):
     # inconsistent samples: s2, s5 -> 2 / 5
-    assert tx.flip_rate(table) == pytest.approx(0.4)
+    assert ByImage(table, make_predictions()).point()["flip_rate"] == pytest.approx(0.4)
     # pairs (prompt 0 vs j): s1 2 agree; s2 3 pairs, 1 disagrees; s3 none; s4 1 agrees; s5 2 disagree
     # -> 3 disagreeing of 8 pairs
     assert tx.pairwise_flip_rate(make_predictions()) == pytest.approx(3 / 8)
 
 
 def test_summarize(table):
-    s = tx.summarize(table, make_predictions())
+    s = summarize(table, make_predictions())
     json.dumps(s)  # plain Python types only
     assert s["n_samples"] == 5
     assert s["flip_rate"] == pytest.approx(0.4)
@@ -119,7 +122,7 @@ def test_summarize(table):
 def test_summarize_empty_quadrants_are_none():
     preds = make_predictions()
     table = tx.classify_samples(preds[preds["sample_id"].isin(["s1", "s3"])], make_samples(["s1", "s3"]))
-    s = tx.summarize(table, preds)  # predictions of other samples are ignored
+    s = summarize(table, preds)  # predictions of other samples are ignored
     assert s["quadrant_counts"] == {"Ideal": 1, "Fragile": 0, "Dangerous": 1, "Worst": 0}
     assert s["accuracy_by_quadrant"]["Fragile"] is None
     assert s["entropy_by_quadrant"]["Worst"] is None
@@ -131,7 +134,7 @@ def test_summarize_empty_quadrants_are_none():
 def test_no_paraphrases_anywhere_gives_none_pairwise():
     preds = make_predictions(image_p={"s3": [0.5]}, text_p={"s3": 0.95})
     table = tx.classify_samples(preds, make_samples(["s3"]))
-    assert tx.summarize(table, preds)["pairwise_flip_rate"] is None
+    assert summarize(table, preds)["pairwise_flip_rate"] is None
 
 
 def test_text_only_paraphrase_rows_are_ignored(table):
@@ -168,4 +171,4 @@ def test_input_validation():
     bad.loc[0, "label"] = "maybe"
     with pytest.raises(ValueError, match="s1"):
         tx.classify_samples(preds, bad)
-    assert math.isnan(tx.flip_rate(make_samples().assign(consistent=True).iloc[:0]))
+    assert ByImage(tx.classify_samples(preds, make_samples()).iloc[:0], preds).point()["flip_rate"] is None

@@ -29,7 +29,7 @@ import pandas as pd
 from ..protocol import breakdown, config, data, plots
 from ..protocol.breakdown import with_interval
 from ..protocol.stats import lookup
-from ..protocol.taxonomy import QUADRANTS
+from ..protocol.vocabulary import QUADRANTS
 
 ALL = "all quadrants"
 ALL_FINDINGS = "all findings"

@@ -35,7 +35,7 @@ import pandas as pd
 from ..protocol import breakdown, plots, records
 from ..protocol.breakdown import cell, with_interval
 from ..protocol.stats import lookup
-from ..protocol.taxonomy import QUADRANTS
+from ..protocol.vocabulary import QUADRANTS
 
 KIND_WORDS = {
     "image-blind": "had the image shown the opposite finding, the answer would have been the same "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pandas as pd
 
 from ..protocol import stats
 from ..protocol.breakdown import with_interval
+from ..protocol.measures import number
 from . import report
 
 
@@ -25,14 +25,6 @@ PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc."
                 "Dangerous", "image-blind", "prior-coincident", "blank changes", "AUROC entropy",
                 "yes/no mass")
 SHORTCUT = "shortcut"   # the reliance dial's adapters, built to ignore the image (not "non-shortcut")
-
-
-def fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def table(header, rows) -> str:
@@ -51,21 +43,21 @@ def pair_row(pair: str, s: dict) -> list:
     breakdown, bci = s.get("dangerous_breakdown") or {}, ci.get("dangerous_breakdown") or {}
     held = s.get("pairwise_flip_rate_held_out")
     return [pair, s["n_samples"], with_interval(s["flip_rate"], ci.get("flip_rate")),
-            f"{fmt(s['pairwise_flip_rate'])} ({fmt(held)})",
+            f"{number(s['pairwise_flip_rate'])} ({number(held)})",
             with_interval(s.get("balanced_accuracy"), ci.get("balanced_accuracy")),
             *(with_interval(q[k], qci.get(k)) for k in ("Ideal", "Fragile", "Dangerous")),
             with_interval(breakdown.get("image-blind"), bci.get("image-blind")),
             with_interval(breakdown.get("prior-coincident"), bci.get("prior-coincident")),
-            fmt(s.get("blank_change_rate")),
+            number(s.get("blank_change_rate")),
             with_interval((s.get("screening") or {}).get("auroc_entropy_dangerous"),
                     (s.get("screening") or {}).get("ci95")),
-            fmt((s.get("yes_no_mass") or {}).get("median"))]
+            number((s.get("yes_no_mass") or {}).get("median"))]
 
 
 def precision_recall(entry) -> str:
     if not entry:
         return "–"
-    return f"{fmt(entry['precision'], 2)} / {fmt(entry['recall'], 2)}"
+    return f"{number(entry['precision'], 2)} / {number(entry['recall'], 2)}"
 
 
 def ground_truth_rows(runs: dict) -> list:
@@ -73,8 +65,8 @@ def ground_truth_rows(runs: dict) -> list:
     for pair, s in runs.items():
         gt = s.get("ground_truth")
         if gt:
-            rows.append([pair, gt["n_samples"], fmt(gt["ignored_rate"]), precision_recall(gt["paper_measure"]),
-                         precision_recall(gt["dangerous"]), fmt(gt.get("reference_auroc"))])
+            rows.append([pair, gt["n_samples"], number(gt["ignored_rate"]), precision_recall(gt["paper_measure"]),
+                         precision_recall(gt["dangerous"]), number(gt.get("reference_auroc"))])
     return rows
 
 
@@ -101,15 +93,15 @@ def image_blind_section(runs: dict, seeds_dir: Path) -> str:
         block = runs[pair].get("image_blind") or {}
         refs = [f"{f} {v['n_references']['yes']}/{v['n_references']['no']}"
                 for f, v in sorted((block.get("by_finding") or {}).items())]
-        rows.append([pair, e["n_samples"], with_interval(e["estimate"], e["ci95"]), fmt(e["truth"]),
-                     "yes" if e["covered"] else "no", fmt(abs(e["estimate"] - e["truth"])),
-                     fmt((runs[pair].get("ground_truth") or {}).get("reference_auroc"), 2), "; ".join(refs)])
+        rows.append([pair, e["n_samples"], with_interval(e["estimate"], e["ci95"]), number(e["truth"]),
+                     "yes" if e["covered"] else "no", number(abs(e["estimate"] - e["truth"])),
+                     number((runs[pair].get("ground_truth") or {}).get("reference_auroc"), 2), "; ".join(refs)])
     if not rows:
         return "No run has twins and references.\n"
     c = coverage(entries)
     text = (f"The interval covers the twin truth in **{c['covered']} of {c['n']}** pairs; median "
             f"|estimate - truth| over the pairs that are not shortcut adapters: "
-            f"**{fmt(c['median_abs_error_non_shortcut'])}**.\n\n"
+            f"**{number(c['median_abs_error_non_shortcut'])}**.\n\n"
             + table(["pair", "n", "image-blind rate [95 % CI]", "twin truth", "covered", "abs. error",
                      "AUROC of reference agreement", "references yes/no per finding"], rows) + "\n")
     seeds_csv = seeds_dir / "seeds.csv"
@@ -118,7 +110,7 @@ def image_blind_section(runs: dict, seeds_dir: Path) -> str:
         if "image_blind_covered" in frame:
             known = frame.dropna(subset=["image_blind_covered"])
             per_seed = [[int(r.seed), r.pair, with_interval(r.image_blind, [r.image_blind_low, r.image_blind_high]),
-                         fmt(r.image_blind_truth), "yes" if r.image_blind_covered else "no"]
+                         number(r.image_blind_truth), "yes" if r.image_blind_covered else "no"]
                         for r in known.itertuples()]
             text += (f"\nOver `make seeds` ({frame.seed.nunique()} seeds): the interval covers the truth in "
                      f"**{int(known.image_blind_covered.sum())} of {len(known)}** pair x seed.\n\n"
@@ -132,22 +124,22 @@ def correlation_section(corr: dict | None) -> str:
     boot = corr.get("bootstrap_ci95") or [None, None]
     blind = corr.get("image_blind") or {}
     rows = [
-        ["flip rate vs Dangerous fraction", corr.get("n"), fmt(corr.get("pearson_r")),
-         f"[{fmt(corr.get('ci95_low'), 2)}, {fmt(corr.get('ci95_high'), 2)}]",
-         f"[{fmt(boot[0], 2)}, {fmt(boot[1], 2)}]", fmt(corr.get("p_value")),
-         fmt(corr.get("permutation_p")), fmt(corr.get("spearman_rho"))],
+        ["flip rate vs Dangerous fraction", corr.get("n"), number(corr.get("pearson_r")),
+         f"[{number(corr.get('ci95_low'), 2)}, {number(corr.get('ci95_high'), 2)}]",
+         f"[{number(boot[0], 2)}, {number(boot[1], 2)}]", number(corr.get("p_value")),
+         number(corr.get("permutation_p")), number(corr.get("spearman_rho"))],
     ]
     if blind:
         bb = blind.get("bootstrap_ci95") or [None, None]
-        rows.append(["flip rate vs image-blind rate", blind.get("n"), fmt(blind.get("pearson_r")),
-                     f"[{fmt(blind.get('ci95_low'), 2)}, {fmt(blind.get('ci95_high'), 2)}]",
-                     f"[{fmt(bb[0], 2)}, {fmt(bb[1], 2)}]", fmt(blind.get("p_value")),
-                     fmt(blind.get("permutation_p")), fmt(blind.get("spearman_rho"))])
+        rows.append(["flip rate vs image-blind rate", blind.get("n"), number(blind.get("pearson_r")),
+                     f"[{number(blind.get('ci95_low'), 2)}, {number(blind.get('ci95_high'), 2)}]",
+                     f"[{number(bb[0], 2)}, {number(bb[1], 2)}]", number(blind.get("p_value")),
+                     number(blind.get("permutation_p")), number(blind.get("spearman_rho"))])
     text = table(["correlation", "pairs", "Pearson r", "Fisher-z CI", "bootstrap CI", "p", "permutation p",
                   "Spearman rho"], rows)
     if corr.get("independence_r") is not None:
         text += (f"\n\nr between flip rate f and (1 - f) x (1 - image-reliance rate) across the same "
-                 f"pairs: {fmt(corr['independence_r'])} — the correlation that arithmetic alone "
+                 f"pairs: {number(corr['independence_r'])} — the correlation that arithmetic alone "
                  f"gives if flipping and image reliance were independent.")
     return text + "\n"
 
@@ -158,14 +150,14 @@ def build_section(report: dict | None) -> str:
     checks = report.get("checks", [])
     keys = [k for k in (checks[0] if checks else {}) if k not in ("family", "dataset")]
     text = table(["family", "dataset", *keys],
-                 [[c["family"], c["dataset"], *(fmt(c.get(k)) for k in keys)] for c in checks])
+                 [[c["family"], c["dataset"], *(number(c.get(k)) for k in keys)] for c in checks])
     if report.get("prevalence"):
         text += "\n\nPrevalence of each finding (`build_report.json` `prevalence`):\n\n"
         findings = sorted({f for v in report["prevalence"].values() if isinstance(v, dict) for f in v})
         text += table(["dataset", *findings],
-                      [[d, *(fmt(v.get(f), 4) for f in findings)] for d, v in report["prevalence"].items()
+                      [[d, *(number(v.get(f), 4) for f in findings)] for d, v in report["prevalence"].items()
                        if isinstance(v, dict)])
-    return text + f"\n\nBuilt in {fmt(report.get('build_seconds'), 0)} s, seed {report.get('seed')}.\n"
+    return text + f"\n\nBuilt in {number(report.get('build_seconds'), 0)} s, seed {report.get('seed')}.\n"
 
 
 def provenance_line(runs: dict, report: dict | None) -> str:
@@ -185,7 +177,7 @@ def seeds_section(seeds_dir: Path) -> str:
     def span(entry) -> str:
         if not entry or entry.get("mean") is None:
             return "–"
-        return f"{fmt(entry['mean'])} ({fmt(entry['min'], 2)} to {fmt(entry['max'], 2)})"
+        return f"{number(entry['mean'])} ({number(entry['min'], 2)} to {number(entry['max'], 2)})"
 
     corr = [[k, *(span(v) for v in [v])] for k, v in dist.get("correlations", {}).items()]
     keys = ["flip_rate", "dangerous", "image_blind", "image_blind_truth", "ignored_rate", "paper_precision",
@@ -218,13 +210,13 @@ def bench_section(bench: dict | None) -> str:
     rows, protocol = [], []
     for name, model in bench.get("models", {}).items():
         ms, agree = model.get("ms_per_sample", {}), model.get("agreement", {})
-        rows.append([name, *(fmt(ms.get(w), 2) for w in ("naive", "forward_bs1", "engine")),
-                     fmt(model.get("speedup_vs_naive"), 1), fmt(agree.get("naive")),
-                     fmt(agree.get("forward_bs1")), fmt(model.get("yes_no_mass_median"))])
-        protocol.append([name, fmt(ms.get("paper_protocol"), 2), fmt(ms.get("default_protocol"), 2),
-                         fmt(model.get("default_vs_paper_protocol"), 2), fmt(ms.get("default_undeduplicated"), 2),
-                         fmt(model.get("agreement_dedup")), fmt(model.get("reference_ms_per_image"), 2),
-                         fmt(model.get("reference_pool"))])
+        rows.append([name, *(number(ms.get(w), 2) for w in ("naive", "forward_bs1", "engine")),
+                     number(model.get("speedup_vs_naive"), 1), number(agree.get("naive")),
+                     number(agree.get("forward_bs1")), number(model.get("yes_no_mass_median"))])
+        protocol.append([name, number(ms.get("paper_protocol"), 2), number(ms.get("default_protocol"), 2),
+                         number(model.get("default_vs_paper_protocol"), 2), number(ms.get("default_undeduplicated"), 2),
+                         number(model.get("agreement_dedup")), number(model.get("reference_ms_per_image"), 2),
+                         number(model.get("reference_pool"))])
     return (f"{bench.get('n_samples')} test samples, one CPU thread; ms per sample:\n\n"
             + table(["model", "generate() per prompt", "forward bs 1", "engine", "speedup",
                      "agreement generate / engine", "agreement forward / engine", "yes/no mass"], rows)
@@ -244,9 +236,9 @@ def gpu_section(results_dir: Path) -> str:
         rows = []
         for model in report.get("models", {}).values():
             ms, mem = model.get("ms_per_sample", {}), model.get("peak_memory_gib", {})
-            rows.append([model.get("shape"), *(fmt(ms.get(w), 1) for w in
+            rows.append([model.get("shape"), *(number(ms.get(w), 1) for w in
                                                ("naive", "forward_bs1", "batched", "engine", "engine_nf4", "floor")),
-                         f"{fmt(mem.get('engine_bf16'), 1)} / {fmt(mem.get('engine_nf4'), 1)}"])
+                         f"{number(mem.get('engine_bf16'), 1)} / {number(mem.get('engine_nf4'), 1)}"])
         versions = report.get("versions", {})
         parts.append(f"`{path.name}`: {report.get('device')}, {report.get('dtype')}, {report.get('created')}, "
                      f"torch {versions.get('torch')}, transformers {versions.get('transformers')}; "
@@ -266,7 +258,7 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results"
         f"{provenance_line(runs, report)} Do not edit by hand: rerun `make all` and `make results`.\n",
         "Intervals: [low, high] at 95 %, a cluster bootstrap over images; the image-blind rate's "
         "a crossed bootstrap over images and references (`ci_method` in each summary.json); "
-        "definitions in `lib/protocol/taxonomy.py` and `lib/protocol/references.py`.\n",
+        "definitions in `lib/protocol/measures.py`, `lib/protocol/intervals.py` and `lib/protocol/references.py`.\n",
         "## The default build\n", build_section(report),
         "## The pairs\n",
         table(PAIR_COLUMNS, [pair_row(p, s) for p, s in runs.items()]) if runs else "No runs.",

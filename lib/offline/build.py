@@ -57,7 +57,7 @@ def check_row(family: str, dataset: str, result) -> dict:
     """One row of ``build_report.json["checks"]`` from a check's `run.RunResult`.
 
     Accuracy, sensitivity, specificity, balanced accuracy and the median yes/no mass are the
-    run's summary's (`lib.protocol.taxonomy.summarize`); twin_changes = the fraction of samples
+    run's summary's (`lib.protocol.summary.summarize`); twin_changes = the fraction of samples
     with a twin whose answer changes on it (truly_image_reliant; None without twins);
     text_only_differs = the summary's image_reliance_rate; then the accuracy and the mean
     text-only p(yes) of each finding.

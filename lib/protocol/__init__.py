@@ -1,15 +1,18 @@
 """The protocol core: everything one model-dataset pair's evaluation needs, and nothing else.
 
-Data flows one way: `config` (the params schema, strict validation, hashes) -> `preflight`
+Data flows one way: `config` (the params schema, strict validation) -> `preflight`
 (every check that needs no model weights) -> `data` + `labels` (readers of the official dataset
 layouts, label policies and the label hierarchy; samples) -> `questions` (question sets and
-paraphrases) -> `prompts` (chat-template rendering) -> `models` (loading) -> `engine` (batched
-forward passes, conditions image / text_only / swap / blank / noise / twin) -> `records` (the
-content-keyed resumable store, the output lock, atomic final files) -> `taxonomy` (quadrants and
-every per-pair measure, defined in its docstring) and `reliance` (swap choice) -> `stats`
+paraphrases) -> `samples` (the run's samples and their prompts, decided once) -> `prompts` (chat-template rendering) -> `models` (loading) -> `engine` (batched
+forward passes, conditions image / text_only / swap / blank / noise / twin) -> `identity` (record
+keys, fingerprints, run hash) and `records` (the content-keyed resumable store, the output lock,
+atomic final files) -> `taxonomy` (the paper's
+definitions: answers, quadrants) -> `measures` (every rate with an interval, declared once) ->
+`screening`, `ground_truth`, `intervals` (every bootstrap) -> `summary` (summary.json's measures),
+beside `references` (the image-blind rate) -> `stats`
 (across pairs) and `plots`; `run` drives one pair through a `Scorer`. `provenance` seeds and
 records versions.
 
 Must not import any other subpackage of lib (offline world, families, scale, bench, front):
-they stand on it. `taxonomy` and `stats` import no torch.
+they stand on it. The measures and `stats` import no torch.
 """

@@ -21,7 +21,7 @@ condition) and its ``summary.json``:
   with and without an adapter): over the samples both hold, each screen's rate of a per-sample
   indicator (``PAIRED_MEASURES``), their difference b - a with a percentile bootstrap interval
   that resamples the shared images (all samples of a drawn image together, as
-  ``taxonomy.bootstrap_ci`` does), and the exact McNemar p-value of the discordant samples
+  ``intervals.bootstrap_ci`` does), and the exact McNemar p-value of the discordant samples
   (statsmodels.stats.contingency_tables.mcnemar).
 - ``with_interval(value, ci)``: "0.742 (95 % CI 0.610 to 0.850)"; every page that shows a value
   with its interval writes it with this function, and ``shown(table)`` with it turns a table of
@@ -36,7 +36,7 @@ import pandas as pd
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from .taxonomy import QUADRANTS
+from .vocabulary import QUADRANTS
 
 # Below these a rate is shown but flagged "too few to tell": a Wilson interval over fewer than
 # 30 samples is wider than +/- 0.15 near one half, and sensitivity over fewer than 10 positives

@@ -1,4 +1,5 @@
-"""The params schema of one run (one model-dataset pair): defaults, strict validation, hashes.
+"""The params schema of one run (one model-dataset pair): defaults, strict validation (the
+run's identity hashes: lib.protocol.identity).
 
 A params file is YAML with the keys of DEFAULTS. Values may name environment variables as
 `${NAME}`; a missing variable stops the run with a message naming it and the file. A params file
@@ -20,8 +21,6 @@ never longer than MAX_MESSAGE characters, whatever the input (long values are cu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -450,74 +449,3 @@ def resolve(values: dict, params_file=None, injected: dict | None = None) -> dic
 
 
 # -- what a run's records are keyed by ---------------------------------------------------------
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def files_fingerprint(location) -> list | None:
-    """Names, sizes and mtimes (ns) of a local checkpoint's files; None for hub ids.
-
-    Weights are fingerprinted by size + mtime, not hashed: a 7B checkpoint is 15 GB, and any
-    rewrite of a file (a retrained model, a new download) changes its mtime.
-    """
-    if not location or not Path(location).is_dir():
-        return None
-    return sorted(
-        (str(p.relative_to(location)), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in Path(location).rglob("*") if p.is_file()
-    )
-
-
-def records_key(params: dict) -> str:
-    """The key of a run's record store: its params (but the operational ones) and the model's
-    and adapter's files. Within the store each sample's record also carries the fingerprint of
-    its image file and prompts (`run.Job.fingerprint`), so an edited question file or a
-    repaired image rescores exactly the samples it touches; labels are never part of a record.
-    """
-    keyed = {k: v for k, v in params.items() if k not in OPERATIONAL + SUMMARY_ONLY}
-    keyed["model_files"] = files_fingerprint(params["model"])
-    keyed["adapter_files"] = files_fingerprint(params["adapter"])
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def input_fingerprints(params: dict) -> dict:
-    """sha256 of every file the params name besides the model: the question file, the
-    dataset's official label files (those the reader reads), the twins and prompt split files."""
-    def digest(value):
-        return sha256_file(value) if value and Path(value).is_file() else None
-
-    try:
-        files = data.check_layout(params["dataset"], params["data_root"],
-                                  data.LabelPolicy.from_dict(params["label_policy"]),
-                                  findings=tuple(params["findings"]))
-    except ValueError:
-        files = {}  # preflight names the problem; without label files there is nothing to hash
-    reference_files = {}
-    if params.get("reference_root"):
-        try:
-            reference_files = data.check_layout(params["dataset"], params["reference_root"],
-                                                data.LabelPolicy.from_dict(params["label_policy"]),
-                                                findings=tuple(params["findings"]))
-        except ValueError:
-            reference_files = {}
-    return {"questions": digest(params["questions"]),
-            "label_files": {Path(p).name: sha256_file(p) for p in files.values()},
-            "reference_label_files": {Path(p).name: sha256_file(p) for p in reference_files.values()},
-            "twins": digest(params["twins"]), "prompt_split": digest(params["prompt_split"])}
-
-
-def run_hash(params: dict, inputs: dict | None = None) -> str:
-    """Hash of everything the run's results depend on: its params, the model's and adapter's
-    files and the fingerprints of every other file they name (`inputs`, computed by
-    `input_fingerprints` unless given)."""
-    keyed = {k: v for k, v in params.items() if k not in OPERATIONAL}
-    keyed["model_files"] = files_fingerprint(params["model"])
-    keyed["adapter_files"] = files_fingerprint(params["adapter"])
-    keyed["inputs"] = input_fingerprints(params) if inputs is None else inputs
-    blob = json.dumps(keyed, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .breakdown import proportion_ci
-from .taxonomy import QUADRANTS
+from .vocabulary import QUADRANTS
 
 QUADRANT_COLORS = {"Ideal": "#2a9d8f", "Fragile": "#e9c46a", "Dangerous": "#e76f51", "Worst": "#6d597a"}
 

@@ -3,7 +3,7 @@
 Records. Scored batches are written as they are computed to `<output_dir>/records/<key>/`, one
 small JSON chunk per batch, written atomically (temporary name, then `os.replace`), so a run
 killed at any moment (even `kill -9`) leaves only whole chunks. `<key>` is
-`config.records_key`: the params that change scoring and the model's and adapter's files. A
+`identity.records_key`: the params that change scoring and the model's and adapter's files. A
 chunk holds, for each sample of the batch, its `fingerprint` (`run.Job.fingerprint`: the
 image file's size and mtime, the prompt texts, the swap image), its prediction rows keyed by (sample_id,
 prompt_id, condition), and the samples skipped for an unreadable image with the same

@@ -13,9 +13,6 @@ pool of `lib.scale` implements the same interface. Either way the records land i
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -26,8 +23,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import config, data, engine, labels, models, provenance, questions, records, references, taxonomy
+from . import data, engine, identity, labels, models, provenance, questions, records, references, taxonomy
 from .engine import Engine, Item
+from .samples import prompt_specs, question_sets_for, stream_samples
+from .summary import summarize
 
 
 @dataclass
@@ -35,75 +34,6 @@ class RunResult:
     samples: pd.DataFrame
     predictions: pd.DataFrame
     summary: dict
-
-
-def stream_samples(params: dict, skipped: data.Skips):
-    """The pair's samples, streamed from the reader, at most `limit` of them.
-
-    With a per-image question file (`questions` = JSONL rows with an image_id, as written by
-    `lib.protocol.questions.import_psf_med`) the samples are the file's rows joined with the reader's
-    images instead (see `per_image_samples`).
-    """
-    if questions.is_per_image_file(params["questions"]):
-        samples = per_image_samples(params, skipped)
-    else:
-        samples = data.iter_samples(
-            params["dataset"], params["data_root"], findings=tuple(params["findings"]),
-            split=params["split"], label_policy=data.LabelPolicy.from_dict(params["label_policy"]),
-            skipped=skipped,
-        )
-    return itertools.islice(samples, params["limit"])
-
-
-# --- per-image question files (PSF-Med) ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class QuestionSample(data.Sample):
-    """A sample from a per-image question file: its prompts (original first) travel with it."""
-
-    prompts: tuple = ()
-    negated: tuple = ()
-
-
-def question_sets_for(params: dict) -> dict:
-    """Question sets by finding; none for a per-image file (its prompts are in its samples)."""
-    if questions.is_per_image_file(params["questions"]):
-        return {}
-    return questions.load_question_sets(params["questions"])
-
-
-def per_image_samples(params: dict, skipped: data.Skips):
-    """One sample per row of the per-image question file whose image the reader yields.
-
-    Images come in the reader's order (the official file's, of `split`); each image's rows in
-    file order, sample_id "<image_id>/q<n>" (n = the row's rank among its image's rows). Label,
-    finding (may be None) and prompts come from the row; `findings` and `label_policy` do not
-    apply. Rows whose image is not a readable frontal image of the split are counted as
-    `question_image_not_found`.
-    """
-    by_image = questions.load_per_image_questions(params["questions"])
-    images = data.iter_samples(
-        params["dataset"], params["data_root"], findings=tuple(params["findings"])[:1],
-        split=params["split"], label_policy=data.LabelPolicy(uncertain="yes", blank="yes"),
-        skipped=data.Skips(),
-    )
-    seen = set()
-    for image in images:
-        rows = by_image.get(image.image_id)
-        if rows is None or image.image_id in seen:
-            continue
-        seen.add(image.image_id)
-        for n, row in enumerate(rows):
-            yield QuestionSample(
-                sample_id=f"{image.image_id}/q{n}", image_id=image.image_id,
-                image_path=image.image_path, finding=row["finding"], label=row["label"],
-                prompts=row["prompts"], negated=tuple(row["negated"]))
-    for image_id, rows in by_image.items():
-        if image_id not in seen:
-            for n in range(len(rows)):
-                skipped.add("question_image_not_found", f"{image_id}/q{n}", params["questions"])
-
-# --- end per-image question files ---
 
 
 @dataclass(frozen=True)
@@ -126,8 +56,8 @@ class Job:
         (ns) of its image file and of its twin, and its prompts. A rewritten image or an edited
         paraphrase changes it; labels are not part of it. Taken once, when the run is planned
         (it travels with the Job to a Ray actor)."""
-        return digest([self.sample.sample_id, file_stat(self.sample.image_path), list(self.prompts),
-                       list(self.negated), file_stat(self.twin_image_path)])
+        return identity.digest([self.sample.sample_id, identity.file_stat(self.sample.image_path),
+                                list(self.prompts), list(self.negated), identity.file_stat(self.twin_image_path)])
 
     def item(self, image_of):
         """(the Item to score, None) or (None, the skip entry of an unreadable image)."""
@@ -157,8 +87,9 @@ class RunUnit:
 
     @cached_property
     def fingerprint(self) -> str:
-        return digest([self.unit_id, self.condition, list(self.prompts), file_stat(self.image_path),
-                       self.seed, engine.DERIVED_SIZE, engine.NULL_IMAGES])
+        return identity.digest([self.unit_id, self.condition, list(self.prompts),
+                                identity.file_stat(self.image_path), self.seed, engine.DERIVED_SIZE,
+                                engine.NULL_IMAGES])
 
     def item(self, image_of):
         if self.condition == engine.CONDITION_TEXT_ONLY:
@@ -176,27 +107,6 @@ class RunUnit:
 
 
 REFERENCE_UNIT = "reference:"
-
-
-def digest(value) -> str:
-    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:20]
-
-
-def file_stat(path) -> list | None:
-    try:
-        stat = Path(path).stat()
-    except (OSError, TypeError):
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def prompt_specs(sample: data.Sample, question_sets: dict, max_paraphrases) -> list[questions.Prompt]:
-    """The sample's prompts, original first (from its question file row, or its finding's set)."""
-    if isinstance(sample, QuestionSample):
-        negated = sample.negated or (False,) * len(sample.prompts)
-        specs = [questions.Prompt(p, None, bool(n)) for p, n in zip(sample.prompts, negated)]
-        return specs if max_paraphrases is None else specs[:1 + max_paraphrases]
-    return list(questions.prompt_specs_for(sample.finding, question_sets, max_paraphrases))
 
 
 def jobs_for(params: dict, samples: list, question_sets: dict) -> list[Job]:
@@ -412,7 +322,7 @@ def evaluate(params: dict, scorer: Scorer | None = None, lm=None) -> RunResult:
         models.check_model_exists(params["model"])
     out = Path(params["output_dir"])
     with records.OutputLock(out) as lock:
-        store = records.RecordStore(out, config.records_key(params))
+        store = records.RecordStore(out, identity.records_key(params))
         skipped = data.Skips()
         work = plan(params, store, skipped)
         engine_info = {"mode": None, "fallback_reason": None, "samples_per_second": None}
@@ -498,7 +408,7 @@ def finalize(params, store, work: Plan, skipped, engine_info, reuse) -> RunResul
         raise NoSamplesError(
             f"no sample of {params['dataset']} at {params['data_root']} could be scored "
             f"(skipped: {dict(skipped)})")
-    inputs = config.input_fingerprints(params)
+    inputs = identity.input_fingerprints(params)
     scored_ids = set(sample_rows.sample_id)
     sample_df = pd.DataFrame([{**sample_row(j.sample), "question": j.prompts[0]} for j in jobs
                               if j.sample_id in scored_ids],
@@ -516,7 +426,7 @@ def finalize(params, store, work: Plan, skipped, engine_info, reuse) -> RunResul
         samples_table = samples_table.merge(per_sample, on="sample_id", how="left")
         block.update(reference_source=reference_source(params), reference_split=params["reference_split"],
                      references_unreadable=len(unreadable_references))
-    summary_measures = taxonomy.summarize(
+    summary_measures = summarize(
         samples_table, predictions, image_blind=block, reliance_checks=params["reliance_checks"],
         bootstrap_resamples=params["bootstrap_resamples"], ci_level=params["ci_level"], seed=params["seed"],
         held_out_prompts=held_out_prompts(params))
@@ -524,7 +434,7 @@ def finalize(params, store, work: Plan, skipped, engine_info, reuse) -> RunResul
     summary = {
         "config": params["config"], "dataset": params["dataset"], **summary_measures,
         "n_skipped": dict(sorted(skipped.items())), "records": reuse,
-        "run_hash": config.run_hash(params, inputs), "inputs": inputs,
+        "run_hash": identity.run_hash(params, inputs), "inputs": inputs,
         "trust_remote_code": params["trust_remote_code"], "engine": engine_info,
         "params": params, **provenance.provenance(params["seed"]),
     }

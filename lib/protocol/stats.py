@@ -1,7 +1,7 @@
 """Across-pair statistics: collect per-run summaries and correlate flip rate with the Dangerous fraction.
 
 A "pair" is one (model configuration, dataset) run, i.e. one ``<runs_dir>/<run>/summary.json``
-written by the evaluate notebooks (see ``lib.protocol.taxonomy.summarize``). The paper reports the
+written by the evaluate notebooks (see ``lib.protocol.summary.summarize``). The paper reports the
 flip-rate / Dangerous-fraction correlation over its 10 pairs (r = -0.89) without naming the
 correlation type or interval; we report Pearson r with a two-sided p-value and a 95 % Fisher-z
 confidence interval, plus Spearman rho as a rank-based check.
@@ -10,7 +10,7 @@ Added beside them (issue 12), in ``flip_vs_dangerous`` / ``flip_vs``:
 
 - ``bootstrap_ci95`` [bootstrap_correlation]: percentile interval of Pearson r from a bootstrap
   that resamples every pair's samples independently (stratified by pair), in clusters of images
-  as the per-pair intervals do (lib.protocol.taxonomy.bootstrap_ci), recomputes each pair's flip
+  as the per-pair intervals do (lib.protocol.intervals.bootstrap_ci), recomputes each pair's flip
   rate and Dangerous (or image-blind) fraction from its samples table, then r across pairs
   (scipy.stats.bootstrap, one sample per pair). Resamples where r is undefined (a constant
   variable) are left out.
@@ -39,7 +39,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from .breakdown import shown
-from .taxonomy import QUADRANTS, validate_bootstrap
+from .intervals import validate_bootstrap
+from .vocabulary import QUADRANTS
 
 # Below this many pairs a correlation across them is too few to tell: Pearson r over 7 points has a
 # 95 % interval wider than 1.2 even at r = 0.5, and r = 1.0 over 2 points means nothing.

@@ -1,6 +1,7 @@
 """The protocol's names, declared once: conditions, reliance checks, quadrants, answers, removal
 modes. The engine, the measures and the params schema read them from here (definitions: the
-docstrings of lib.protocol.taxonomy, lib.protocol.references and lib.protocol.engine)."""
+docstrings of lib.protocol.taxonomy, lib.protocol.measures, lib.protocol.references and
+lib.protocol.engine)."""
 
 IMAGE, TEXT_ONLY = "image", "text_only"
 REFERENCE, BLANK, NOISE = "reference", "blank", "noise"
