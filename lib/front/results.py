@@ -197,7 +197,7 @@ def verdict_section(runs_dir: Path, pair: str = VERDICT_PAIR) -> str:
     if not (runs_dir / pair / "summary.json").is_file():
         return f"No run {pair} in {runs_dir}.\n"
     summary, samples = report.load_run(runs_dir / pair)
-    words = report.verdict(summary, samples, max_dangerous=0.0)["paragraphs"]
+    words = report.verdict(summary, samples, max_dangerous=0.0)["headline"]
     return f"`{pair}`, all {summary['n_samples']} samples, `--max-dangerous 0`:\n\n" + \
         "\n".join(f"> {w}\n>" for w in words).rstrip(">\n") + "\n"
 
