@@ -19,6 +19,9 @@ On each offline default model (llava-base, gemma3-base) and the SAME samples (th
   references (``lib.protocol.run``): their image prompts, and once per distinct original question
   the text-only pass, the blank image and the null images; its answers are compared with
   ``default_undeduplicated``, the same conditions scored once per SAMPLE (``agreement_dedup``).
+  These per-run passes (five image prefixes whatever the run's size) are spread over the run's
+  samples, so the protocol rows are timed on ``--protocol-n`` samples (96: a quarter of a
+  default test split), against ``paper_protocol``, the engine way on the same samples.
   The references are a per-run cost: ``reference_ms_per_image`` (``--n`` reference images of the
   offline reference set, each with the four findings' original questions) beside
   ``reference_pool`` (the reference images of the pair's run in ``outputs/runs``, when there).
@@ -60,6 +63,7 @@ DEFAULT_DATA = "outputs/default/data"
 TARGET_SPEEDUP = 30.0
 ANSWER = re.compile(r"^\W*(yes|no)", re.IGNORECASE)
 WAYS = ("naive", "forward_bs1", "engine")
+PROTOCOL_WAYS = ("paper_protocol", "default_protocol", "default_undeduplicated")
 
 
 def load_items(dataset: str, data_root, n: int, split: str = "test") -> list[Item]:
@@ -215,28 +219,32 @@ def timed(fn, items) -> tuple[dict, float, float]:
 
 
 def bench_model(model_dir: str, items: list[Item], batch_size: int, max_new_tokens: int,
-                repeats: int = 3, references: list[Item] = (), dataset: str = "mimic-cxr") -> dict:
+                repeats: int = 3, references: list[Item] = (), dataset: str = "mimic-cxr",
+                protocol_items: list[Item] | None = None) -> dict:
     lm = models.load_model(model_dir, dtype="float32", device="cpu")
     engine = Engine(lm, batch_size=batch_size)
+    protocol_items = protocol_items or items
     ways = {
         "naive": lambda its: naive(lm, its, max_new_tokens),
         "forward_bs1": lambda its: forward_bs1(lm, its),
         "engine": lambda its: engine_way(lm, its, batch_size, engine),
+        "paper_protocol": lambda its: engine_way(lm, its, batch_size, engine),
         "default_protocol": lambda its: engine.score(list(its) + per_question_items(its)),
         "default_undeduplicated": lambda its: engine.score(per_sample_items(its)),
     }
+    on = {way: protocol_items if way in PROTOCOL_WAYS else items for way in ways}
     timed_ways = list(ways)
     for way in timed_ways:                # warm-up: each way once, on the first sample
         ways[way](items[:1])
     results, walls, cpus = {}, {w: [] for w in timed_ways}, {w: [] for w in timed_ways}
     for _ in range(repeats):              # interleaved, so load changes hit every way alike
         for way in timed_ways:
-            results[way], wall, cpu = timed(ways[way], items)
+            results[way], wall, cpu = timed(ways[way], on[way])
             walls[way].append(wall)
             cpus[way].append(cpu)
     seconds = {way: min(walls[way]) for way in timed_ways}
-    dedup = protocol_answers(results["default_protocol"], items)
-    undedup = protocol_answers(results["default_undeduplicated"], items)
+    dedup = protocol_answers(results["default_protocol"], protocol_items)
+    undedup = protocol_answers(results["default_undeduplicated"], protocol_items)
     reference_seconds = min(timed(engine.score, list(references))[1] for _ in range(repeats)) if references else None
     keys = list(results["engine"])
     reference = {k: answer(results["engine"][k]) for k in keys}
@@ -244,13 +252,13 @@ def bench_model(model_dir: str, items: list[Item], batch_size: int, max_new_toke
         way: sum(answer(results[way][k]) == reference[k] for k in keys) / len(keys)
         for way in WAYS if way != "engine"
     }
-    ms = {way: 1000 * seconds[way] / len(items) for way in timed_ways}
-    ms["paper_protocol"] = ms["engine"]
-    ms_cpu = {way: 1000 * min(cpus[way]) / len(items) for way in timed_ways}
+    ms = {way: 1000 * seconds[way] / len(on[way]) for way in timed_ways}
+    ms_cpu = {way: 1000 * min(cpus[way]) / len(on[way]) for way in timed_ways}
     naive_answers = [results["naive"][k]["answer"] for k in keys]
     return {
         "model": model_dir,
         "n_samples": len(items),
+        "n_protocol_samples": len(protocol_items),
         "n_prompts": len(keys),
         "n_image_prompts": sum(k[2] == CONDITION_IMAGE for k in keys),
         "n_text_only_prompts": sum(k[2] == CONDITION_TEXT_ONLY for k in keys),
@@ -328,6 +336,8 @@ def main(argv=None) -> dict:
                         help=f"dataset root (default {DEFAULT_DATA}/<dataset>)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--n", type=int, default=24, help="samples (same ones for every way)")
+    parser.add_argument("--protocol-n", type=int, default=96,
+                        help="samples the protocol rows are timed on (the per-run passes are spread over them)")
     parser.add_argument("--references", type=int, default=24,
                         help="reference images of the offline reference set to time (0: none)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -344,7 +354,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     provenance.seed_everything(0)
     data_root = args.data_root or f"{DEFAULT_DATA}/{args.dataset}"
-    items = load_items(args.dataset, data_root, args.n, args.split)
+    protocol_items = load_items(args.dataset, data_root, max(args.n, args.protocol_n), args.split)
+    items = protocol_items[:args.n]
     reference_root = Path(DEFAULT_DATA) / "references" / args.dataset
     refs = load_references(args.dataset, reference_root, args.references) \
         if args.references and reference_root.is_dir() else []
@@ -360,7 +371,8 @@ def main(argv=None) -> dict:
     }
     for model_dir in args.models:
         report["models"][Path(model_dir).name] = bench_model(
-            model_dir, items, args.batch_size, args.max_new_tokens, args.repeats, refs, args.dataset)
+            model_dir, items, args.batch_size, args.max_new_tokens, args.repeats, refs, args.dataset,
+            protocol_items[:args.protocol_n])
     if args.workers_pair:
         report["ray_workers"] = ray_rows(args.workers_pair)
     out = Path(args.out)

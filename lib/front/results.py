@@ -220,7 +220,8 @@ def bench_section(bench: dict | None) -> str:
     return (f"{bench.get('n_samples')} test samples, one CPU thread; ms per sample:\n\n"
             + table(["model", "generate() per prompt", "forward bs 1", "engine", "speedup",
                      "agreement generate / engine", "agreement forward / engine", "yes/no mass"], rows)
-            + "\n\nThe paper's protocol (image prompts + a text-only pass per sample) against the default "
+            + f"\n\nOn {next(iter(bench.get('models', {}).values()), {}).get('n_protocol_samples')} test samples, "
+            "the paper's protocol (image prompts + a text-only pass per sample) against the default "
             "protocol's per-sample part (the same, with the text-only, blank and null-image passes scored "
             "once per distinct question), and the same conditions scored once per sample; the references "
             "are a per-run cost (ms per reference image, and how many the pair's run scored):\n\n"
