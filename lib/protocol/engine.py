@@ -91,16 +91,18 @@ def blank_image() -> Image.Image:
     return Image.new("RGB", DERIVED_SIZE, BLANK_GREY)
 
 
+def null_image(seed: int, j: int) -> Image.Image:
+    """Null image ``j`` of the run's `noise` condition: grey Gaussian noise (mean ``NOISE_MEAN``,
+    standard deviation ``NOISE_STD``, rounded and clipped to 0..255, ``DERIVED_SIZE``) drawn from a
+    generator seeded with (seed, j). Same seed and j: same pixels."""
+    z = np.random.default_rng([int(seed), int(j)]).standard_normal(DERIVED_SIZE[::-1])
+    pixels = np.clip(np.rint(NOISE_MEAN + NOISE_STD * z), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "L").convert("RGB")
+
+
 def null_images(seed: int = 0, k: int = NULL_IMAGES) -> list[Image.Image]:
-    """The run's `noise` condition: ``k`` grey Gaussian-noise images (mean ``NOISE_MEAN``, standard
-    deviation ``NOISE_STD``, rounded and clipped to 0..255, ``DERIVED_SIZE``), image j drawn from a
-    generator seeded with (seed, j). Same seed: same pixels."""
-    out = []
-    for j in range(k):
-        z = np.random.default_rng([int(seed), j]).standard_normal(DERIVED_SIZE[::-1])
-        pixels = np.clip(np.rint(NOISE_MEAN + NOISE_STD * z), 0, 255).astype(np.uint8)
-        out.append(Image.fromarray(pixels, "L").convert("RGB"))
-    return out
+    """The run's ``k`` null images (``null_image`` 0 .. k-1)."""
+    return [null_image(seed, j) for j in range(k)]
 
 
 class Engine:

@@ -19,7 +19,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -63,8 +62,7 @@ class Job:
         """(the Item to score, None) or (None, the skip entry of an unreadable image)."""
         image, reasons = image_of(self.sample.image_path)
         if image is None:
-            return None, {"sample_id": self.sample_id, "reason": next(iter(reasons)),
-                          "detail": self.sample.image_path, "fingerprint": self.fingerprint}
+            return None, unreadable(self, self.sample.image_path, reasons)
         twin = image_of(self.twin_image_path)[0] if self.twin_image_path else None
         return Item(self.sample_id, image, self.prompts, twin_image=twin), None
 
@@ -78,8 +76,10 @@ class RunUnit:
     unit_id: str
     condition: str
     prompts: tuple[str, ...]
-    image_path: str | None = None   # a reference image
-    seed: int = 0                    # a null image's seed
+    image_path: str | None = None          # a reference image's file ...
+    reference_image_id: str | None = None  # ... and its image_id
+    null_image: int | None = None          # a null image's number (engine.null_image)
+    seed: int = 0                          # ... and its seed
 
     @property
     def sample_id(self) -> str:
@@ -97,16 +97,18 @@ class RunUnit:
         if self.condition == engine.CONDITION_BLANK:
             return Item(self.unit_id, engine.blank_image(), self.prompts, self.condition), None
         if self.condition == engine.CONDITION_NOISE:
-            j = int(self.unit_id.rsplit(":", 1)[1])
-            return Item(self.unit_id, engine.null_images(self.seed)[j], self.prompts, self.condition), None
+            return Item(self.unit_id, engine.null_image(self.seed, self.null_image), self.prompts,
+                        self.condition), None
         image, reasons = image_of(self.image_path)
         if image is None:
-            return None, {"sample_id": self.unit_id, "reason": next(iter(reasons)),
-                          "detail": self.image_path, "fingerprint": self.fingerprint}
+            return None, unreadable(self, self.image_path, reasons)
         return Item(self.unit_id, image, self.prompts, self.condition), None
 
 
-REFERENCE_UNIT = "reference:"
+def unreadable(work, path: str, reasons: data.Skips) -> dict:
+    """The record store's skip entry of a Job or RunUnit whose image cannot be read."""
+    return {"sample_id": work.sample_id, "reason": next(iter(reasons)), "detail": path,
+            "fingerprint": work.fingerprint}
 
 
 def jobs_for(params: dict, samples: list, question_sets: dict) -> list[Job]:
@@ -171,13 +173,13 @@ def run_units(params: dict, jobs: list[Job], refs: pd.DataFrame) -> list[RunUnit
     if every and "blank" in checks:
         units.append(RunUnit("blank", engine.CONDITION_BLANK, every))
     if every and "noise" in checks:
-        units += [RunUnit(f"noise:{j}", engine.CONDITION_NOISE, every, seed=params["seed"])
+        units += [RunUnit(f"noise:{j}", engine.CONDITION_NOISE, every, null_image=j, seed=params["seed"])
                   for j in range(engine.NULL_IMAGES)]
     for (image_id, path), group in refs.groupby(["image_id", "image_path"], sort=True):
         prompts = sorted({q for f in group["finding"] for q in by_finding.get(f, ())})
         if prompts:
-            units.append(RunUnit(REFERENCE_UNIT + image_id, engine.CONDITION_REFERENCE,
-                                 tuple(prompts), image_path=path))
+            units.append(RunUnit(f"reference:{image_id}", engine.CONDITION_REFERENCE,
+                                 tuple(prompts), image_path=path, reference_image_id=image_id))
     return units
 
 
@@ -355,8 +357,8 @@ def split_rows(raw: pd.DataFrame, jobs: list[Job], units: list[RunUnit]) -> tupl
     A sample's text-only row is the text-only unit's row of its original question: scored once per
     distinct question, it is the same forward pass for every sample that asks it.
     """
-    unit_ids = {u.unit_id for u in units}
-    is_unit = raw["sample_id"].isin(unit_ids)
+    unit_of = {u.unit_id: u for u in units}
+    is_unit = raw["sample_id"].isin(unit_of)
     sample_rows, unit_rows = raw[~is_unit], raw[is_unit]
     text = unit_rows[unit_rows["condition"] == engine.CONDITION_TEXT_ONLY].set_index("prompt")
     scored = set(sample_rows["sample_id"])
@@ -367,11 +369,10 @@ def split_rows(raw: pd.DataFrame, jobs: list[Job], units: list[RunUnit]) -> tupl
                               for sid, q in originals if q in text.index])
     samples = pd.concat([sample_rows, text_rows], ignore_index=True).sort_values(records.KEY, ignore_index=True)
     per_run = unit_rows[unit_rows["condition"] != engine.CONDITION_TEXT_ONLY].copy()
-    ids = per_run["sample_id"].astype(str)
-    per_run["reference_image_id"] = np.where(ids.str.startswith(REFERENCE_UNIT),
-                                             ids.str.slice(len(REFERENCE_UNIT)), None)
-    per_run["null_image"] = pd.array([int(i.rsplit(":", 1)[1]) if i.startswith("noise:") else None
-                                      for i in ids], dtype="Int64")
+    units_of_rows = [unit_of[i] for i in per_run["sample_id"]]
+    per_run["reference_image_id"] = pd.Series([u.reference_image_id for u in units_of_rows],
+                                              index=per_run.index, dtype=object)
+    per_run["null_image"] = pd.array([u.null_image for u in units_of_rows], dtype="Int64")
     per_run["sample_id"] = None
     return samples, per_run.reset_index(drop=True)
 
@@ -463,9 +464,9 @@ def dedup_counts(jobs: list[Job], units: list[RunUnit], params: dict) -> dict:
     per-run cost with no per-sample counterpart, are counted beside them."""
     per_sample = sum(len(j.prompts) + 1 + len(params["reliance_checks"]) + (j.twin_image_path is not None)
                      for j in jobs)
-    references = sum(len(u.prompts) for u in units if u.condition == engine.CONDITION_REFERENCE)
+    reference_prompts = sum(len(u.prompts) for u in units if u.condition == engine.CONDITION_REFERENCE)
     scored = sum(len(j.prompts) + (j.twin_image_path is not None) for j in jobs) + \
-        sum(len(u.prompts) for u in units) - references
+        sum(len(u.prompts) for u in units) - reference_prompts
     return {"prompts_scored": scored, "prompts_per_sample_protocol": per_sample,
             "share_saved": 1 - scored / per_sample if per_sample else None,
-            "reference_prompts": references}
+            "reference_prompts": reference_prompts}
