@@ -56,6 +56,7 @@ reliance_checks = ["reference", "blank", "noise"]
 reference_pool = 200
 reference_split = "auto"
 reference_root = None
+local_tests = ["occlude", "followup"]  # local counterfactuals where the data allow (occluded boxes, other studies)
 answer_instruction = None
 bootstrap_resamples = 1000
 ci_level = 0.95

@@ -31,7 +31,7 @@ def test_every_distinct_image_and_question_runs_once(evaluated):
     assert passes["image_prefixes"] == n_images + 1 + engine.NULL_IMAGES + references
     per_run = result.predictions[result.predictions.sample_id.isna()]
     assert passes["suffixes"] == int((result.predictions.condition == "image").sum()) + len(per_run)
-    assert per_run.groupby(["condition", "reference_image_id", "null_image", "prompt"], dropna=False).size().max() == 1
+    assert per_run.groupby(["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"], dropna=False).size().max() == 1
     dedup = result.summary["engine"]["dedup"]
     assert dedup["prompts_scored"] < dedup["prompts_per_sample_protocol"] and dedup["share_saved"] > 0
 

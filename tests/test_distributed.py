@@ -23,7 +23,7 @@ from collections import Counter  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from lib.protocol import config, data, identity, records, run  # noqa: E402
+from lib.protocol import config, data, identity, planning, records, run  # noqa: E402
 from lib.offline import default_models, synth
 from lib.scale import ray_scorer as distributed
 from lib.front import session
@@ -130,7 +130,7 @@ def test_killing_a_worker_mid_run_loses_nothing(world, cluster, reference):
     preds = result.predictions
     assert not preds[preds.sample_id.notna()].duplicated(KEY).any()
     per_run = preds[preds.sample_id.isna()]         # one row per (condition, image, question)
-    assert not per_run.duplicated(["condition", "reference_image_id", "null_image", "prompt"]).any()
+    assert not per_run.duplicated(["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"]).any()
     assert p_yes(result).equals(p_yes(reference))  # no missing and no extra row, same values
     assert result.summary["n_samples"] == N_SAMPLES
 
@@ -150,7 +150,7 @@ def test_actors_get_exactly_the_single_process_batches(world, tmp_path):
         "paraphrases": ["Is the heart enlarged?"]}) + "\n" for im in images))
     for params in (world("rows"), world("rows-per-image", questions=str(per_image))):
         store = records.RecordStore(params["output_dir"], identity.records_key(params))
-        expected = run.batches_to_score(params, store, Counter())
+        expected = planning.batches_to_score(params, store, Counter())
         rows, todo = distributed.batch_rows(expected)
         got = [pickle.loads(r["samples"]) for r in rows]
         assert got == expected and [r["batch_index"] for r in rows] == list(range(len(expected)))

@@ -55,7 +55,7 @@ def test_outputs_have_the_documented_columns(executed):
     # per-run rows: one per (condition, image, question)
     per_run = predictions[predictions.sample_id.isna()]
     assert set(per_run.condition) <= {"reference", "blank", "noise"}
-    assert not per_run.duplicated(["condition", "reference_image_id", "null_image", "prompt"]).any()
+    assert not per_run.duplicated(["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"]).any()
     for key in ("config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "quadrant_fractions",
                 "accuracy_by_quadrant", "entropy_by_quadrant", "n_skipped", "params", "seed", "packages",
                 "git_commit"):

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from lib.protocol import local_tests
 from lib.protocol import taxonomy as tx
 from lib.protocol.measures import RATES, auroc, number
 from lib.protocol.summary import summarize
@@ -38,7 +39,12 @@ def summary():
                                 label=["yes", "yes", "no", "no"]))
     table = tx.classify_samples(preds, samples)
     assert list(table["quadrant"]) == list(QUADRANTS)
-    return summarize(table, preds, image_blind=BLOCK, bootstrap_resamples=50)
+    flags = {"occlusion_changes": [True, None, False, None], "occlusion_control_changes": [False, None, False, None],
+             "followup_changes": [True, False, False, True], "followup_control_changes": [None] * 4}
+    table = table.assign(patient_id=["P1", "P1", "P2", None],
+                         **{k: pd.array(v, dtype="boolean") for k, v in flags.items()})
+    return summarize(table, preds, image_blind=BLOCK, bootstrap_resamples=50,
+                     local=local_tests.summary_counts(table, {}, []))
 
 
 def test_every_interval_of_the_summary_is_a_declared_rate(summary):
@@ -62,6 +68,11 @@ def test_each_declared_point_value_sits_where_declared(summary):
     assert at(("quadrant_fractions", "Dangerous")) == 0.25
     assert at(("dangerous_breakdown", "image-blind")) == 0.25
     assert summary["ci95"]["dangerous_breakdown"] == {"image-blind": [0.1, 0.4], "prior-coincident": [0.3, 0.7]}
+    local = summary["local_tests"]
+    assert (local["occlude"]["n_tested"], local["occlude"]["change_rate"]) == (2, 0.5)   # i changed, d did not
+    assert local["occlude"]["image_blind_share"] == 1.0                                   # d: Dangerous, unchanged
+    assert (local["followup"]["change_rate"], local["followup"]["image_blind_share"]) == (0.5, 1.0)
+    assert local["followup_control"]["n_tested"] == 0 and local["followup_control"]["change_rate"] is None
     for rate in RATES:
         at(rate.point_at)   # every declaration names a place that exists
         assert rate.label

@@ -146,7 +146,7 @@ def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(wor
 
     fresh = run.evaluate(make_params(model_dir, root, tmp_path / "fresh", questions=str(qfile)))
     assert fresh.summary["run_hash"] == second.summary["run_hash"]
-    per_run = ["condition", "reference_image_id", "null_image", "prompt"]
+    per_run = ["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"]
     for a, b, key in ((second.predictions, fresh.predictions, KEY), (second.predictions, fresh.predictions, per_run)):
         rows = [frame[frame.sample_id.notna() == (key == KEY)] for frame in (a, b)]
         merged = rows[0].merge(rows[1], on=key, suffixes=("", "_fresh"))

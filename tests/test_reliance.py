@@ -28,7 +28,7 @@ import pytest
 
 from lib.protocol import taxonomy as tx
 from lib.protocol.intervals import bootstrap_ci
-from lib.protocol.measures import CLUSTER_RATES, ByImage
+from lib.protocol.measures import CLUSTER_RATES, ByCluster
 from lib.protocol.screening import auroc_entropy_dangerous, flag_weights
 from lib.protocol.summary import summarize
 from lib.protocol.vocabulary import QUADRANTS
@@ -244,7 +244,7 @@ def test_ci_keys_and_that_intervals_hold_the_estimate(summary):
 
 
 def test_identity_resample_gives_the_point_values(table, preds, summary):
-    rates = ByImage(table, preds)
+    rates = ByCluster(table, preds)
     assert rates.n_images == 7
     point = rates.point()
     assert point["flip_rate"] == summary["flip_rate"] == 2 / 8     # a2 and f1 are inconsistent

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from lib.protocol import taxonomy as tx
-from lib.protocol.measures import ByImage
+from lib.protocol.measures import ByCluster
 from lib.protocol.summary import summarize
 
 IMAGE_P = {
@@ -97,7 +97,7 @@ def test_classify_samples_table(table):
 
 def test_rates(table):
     # inconsistent samples: s2, s5 -> 2 / 5
-    assert ByImage(table, make_predictions()).point()["flip_rate"] == pytest.approx(0.4)
+    assert ByCluster(table, make_predictions()).point()["flip_rate"] == pytest.approx(0.4)
     # pairs (prompt 0 vs j): s1 2 agree; s2 3 pairs, 1 disagrees; s3 none; s4 1 agrees; s5 2 disagree
     # -> 3 disagreeing of 8 pairs
     assert tx.pairwise_flip_rate(make_predictions()) == pytest.approx(3 / 8)
@@ -171,4 +171,4 @@ def test_input_validation():
     bad.loc[0, "label"] = "maybe"
     with pytest.raises(ValueError, match="s1"):
         tx.classify_samples(preds, bad)
-    assert ByImage(tx.classify_samples(preds, make_samples()).iloc[:0], preds).point()["flip_rate"] is None
+    assert ByCluster(tx.classify_samples(preds, make_samples()).iloc[:0], preds).point()["flip_rate"] is None

@@ -50,6 +50,7 @@ DEFAULTS = {
     "reference_pool": 200,      # at most this many reference images per (finding, label)
     "reference_split": "auto",  # auto (MIMIC: validate, PadChest: train) | a split | evaluated
     "reference_root": None,     # None = data_root; else another root in the dataset's layout
+    "local_tests": ["occlude", "followup"],  # local counterfactuals where the data allow (lib.protocol.local_tests)
     "answer_instruction": None,  # text appended to every question, e.g. "Answer yes or no."
     "bootstrap_resamples": 1000,  # cluster bootstrap over images for every ci95
     "ci_level": 0.95,
@@ -152,6 +153,7 @@ SCHEMA = {
     "reference_pool": Check("int", minimum=1),
     "reference_split": Check("str", choices=("auto", "evaluated", "all") + tuple(sorted({s for v in data.SPLITS.values() for s in v}))),
     "reference_root": Check("str", nullable=True),
+    "local_tests": Check("list", choices=vocabulary.LOCAL_TESTS, empty=True),
     "answer_instruction": Check("str", nullable=True),
     "bootstrap_resamples": Check("int", minimum=1),
     "ci_level": Check("float", minimum=0, maximum=1),

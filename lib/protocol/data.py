@@ -155,6 +155,9 @@ class Sample:
     finding: str      # canonical finding name (key of labels.FINDING_LABELS)
     label: str        # "yes" or "no"
     patient_id: str | None = None  # MIMIC subject_id / PadChest PatientID (references never share it)
+    study_id: str | None = None    # MIMIC study_id / PadChest StudyID
+    study_date: str | None = None  # "YYYYMMDD": MIMIC StudyDate / PadChest StudyDate_DICOM
+    boxes: tuple | None = None     # the finding's marked boxes, (x0, y0, x1, y1) fractions of the image
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ float32 every p_yes equals the one-prompt-at-a-time forward. Where the format do
 
 Conditions (names in CONDITIONS; definitions in lib.protocol.taxonomy and lib.protocol.references).
 Every Item carries its condition, and the engine scores each Item's prompts once:
-- ``image`` (a sample: its image, its prompts) and ``twin`` (the offline world: the sample's
-  counterfactual twin, the original question, scored through the same path whenever the item has
-  one);
+- ``image`` (a sample: its image, its prompts) and the sample's derived images, each with the
+  original question through the same path whenever the item has them: ``twin`` (the offline world:
+  its counterfactual twin), ``occlude`` and ``occlude_control`` (lib.protocol.local_tests);
 - per-run conditions, whose items the run builds once per distinct (image, prompt):
   ``reference`` (a reference image with the original question of each finding it serves),
+  ``followup`` (another study of a sample's patient with the original questions it serves),
   ``blank`` (a uniform grey image, ``blank_image``) and ``noise`` (``NULL_IMAGES`` seeded Gaussian
   noise images, ``null_images``) with every distinct original question, all through the image path
   (shared prefix when the format allows it); and ``text_only`` (an item without an image: every
@@ -44,7 +45,6 @@ from .vocabulary import IMAGE_REMOVAL_MODES
 from .vocabulary import NOISE as CONDITION_NOISE
 from .vocabulary import REFERENCE as CONDITION_REFERENCE
 from .vocabulary import TEXT_ONLY as CONDITION_TEXT_ONLY
-from .vocabulary import TWIN as CONDITION_TWIN
 
 BLANK_GREY = (128, 128, 128)
 # Derived images are made at this size: the processors resize every image to their own input
@@ -57,14 +57,15 @@ NOISE_MEAN, NOISE_STD = 128.0, 64.0
 @dataclass
 class Item:
     """What the engine scores: an image (RGB; None for ``text_only``), its prompts and the
-    condition its rows carry. ``twin_image``: an ``image`` item's counterfactual twin (offline
-    world), scored with the original question (prompt 0)."""
+    condition its rows carry. ``counterfactuals``: an ``image`` item's derived images as
+    (condition, image) pairs (its twin in the offline world, its occluded finding and control:
+    lib.protocol.local_tests), each scored with the original question (prompt 0)."""
 
     sample_id: str
     image: Image.Image | None
     prompts: tuple[str, ...]
     condition: str = CONDITION_IMAGE
-    twin_image: Image.Image | None = None
+    counterfactuals: tuple = ()
 
 
 def paper_items(items: list[Item]) -> list[Item]:
@@ -143,9 +144,9 @@ class Engine:
             with_image = [it for it in batch if it.image is not None]
             if with_image:
                 rows += self.score_image(with_image)
-                twins = [Item(it.sample_id, it.twin_image, it.prompts[:1], CONDITION_TWIN)
-                         for it in with_image if it.twin_image is not None]
-                rows += self.score_image(twins) if twins else []
+                derived = [Item(it.sample_id, image, it.prompts[:1], condition)
+                           for it in with_image for condition, image in it.counterfactuals]
+                rows += self.score_image(derived) if derived else []
             text = [it for it in batch if it.image is None]
             rows += self.score_text_only(text) if text else []
         return rows

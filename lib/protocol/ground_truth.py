@@ -10,13 +10,17 @@ truly_image_reliant are lib.protocol.taxonomy's columns).
   unchanged on the twin): references test the model on other images, never on the sample's own,
   so this is no per-sample verdict; ``image_blind``: the twin truth of the
   image-blind rate, mean of [Dangerous and pred_twin == pred] over the samples with a twin and
-  references, beside the estimate on the same samples, its interval and whether it covers.
+  references, beside the estimate on the same samples, its interval and whether it covers;
+  ``local_tests`` [local_test_truth]: per local test (lib.protocol.local_tests), precision and
+  recall of "the answer did not change" for "the twin's answer did not change" over the samples
+  with a twin that the test covers, with ``coverage`` = those samples / the samples with a twin.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from .local_tests import CHANGES
 from .measures import auroc, plain
 
 
@@ -47,7 +51,21 @@ def ground_truth(samples_table: pd.DataFrame, image_blind: dict | None = None) -
         "dangerous": precision_recall((table["quadrant"] == "Dangerous").to_numpy(), consistent & ignored),
         "reference_auroc": _reference_auroc(table, (table["quadrant"] == "Dangerous").to_numpy() & ignored),
         "image_blind": _image_blind_truth(table, ignored, image_blind),
+        "local_tests": local_test_truth(table, ignored),
     }
+
+
+def local_test_truth(table: pd.DataFrame, ignored: np.ndarray) -> dict | None:
+    """Each local test's "unchanged" scored against the twins' ``ignored`` (module docstring)."""
+    out = {}
+    for test, column in CHANGES.items():
+        if column not in table:
+            continue
+        covered = table[column].notna().to_numpy()
+        unchanged = ~table[column].fillna(True).to_numpy(dtype=bool)
+        out[test] = {**precision_recall(unchanged[covered], ignored[covered]),
+                     "n_covered": int(covered.sum()), "coverage": float(covered.mean())}
+    return out or None
 
 
 def _reference_auroc(table: pd.DataFrame, ignored: np.ndarray) -> float | None:

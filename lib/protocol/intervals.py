@@ -2,7 +2,8 @@
 
 - ci95 [bootstrap_ci]: percentile intervals from a cluster bootstrap over images (every resample
   draws the run's image_ids with replacement and takes all samples of each drawn image, because
-  samples of one image are not independent), computed with scipy.stats.bootstrap,
+  samples of one image are not independent; the local tests' rates draw patients instead, a
+  follow-up being another image of the same patient), computed with scipy.stats.bootstrap,
   ``bootstrap_resamples`` resamples (default 1000), level ``ci_level`` (default 0.95: the key is
   called ci95 whatever the level), seeded. All rates share the same resamples. A resample where a
   rate is undefined (zero denominator, e.g. no Dangerous sample for the AUROC) is left out of that
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .measures import CLUSTER_RATES, ByImage, place, plain
+from .measures import CLUSTER_RATES, ByCluster, place, plain
 
 
 def validate_bootstrap(resamples, ci_level) -> None:
@@ -56,11 +57,13 @@ def percentiles(dist: np.ndarray, ci_level: float, axis: int):
 
 
 def rate_intervals(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resamples: int = 1000,
-                   ci_level: float = 0.95, seed: int = 0) -> tuple[dict, dict]:
-    """(point, interval) of every rate of ``CLUSTER_RATES``, by name: the point value of the run
-    and its ``[low, high]`` (None where the rate is undefined on the run); module docstring."""
+                   ci_level: float = 0.95, seed: int = 0, rates=CLUSTER_RATES, unit: str = "image") -> tuple[dict, dict]:
+    """(point, interval) of every rate of ``rates`` (default ``CLUSTER_RATES``), by name: the point
+    value of the run and its ``[low, high]`` (None where the rate is undefined on the run), from
+    the cluster bootstrap over ``unit`` (lib.protocol.measures.ByCluster); module docstring."""
     validate_bootstrap(resamples, ci_level)
-    rates = ByImage(samples_table, predictions)
+    declared = tuple(rates)
+    rates = ByCluster(samples_table, predictions, declared, unit)
     n = rates.n_images
     point = rates.values(np.ones((1, n)))[0]
 
@@ -71,7 +74,7 @@ def rate_intervals(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, re
         b = len(idx)
         weights = np.bincount((idx + n * np.arange(b)[:, None]).ravel(),
                               minlength=b * n).reshape(b, n).astype(float)
-        return rates.values(weights).T.reshape((len(CLUSTER_RATES),) + batch_shape)
+        return rates.values(weights).T.reshape((len(declared),) + batch_shape)
 
     if n >= 2:
         with warnings.catch_warnings():
@@ -82,7 +85,7 @@ def rate_intervals(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, re
         low, high = percentiles(np.atleast_2d(result.bootstrap_distribution), ci_level, axis=-1)
     else:  # one image (or none): every resample is the run itself
         low = high = point
-    names = [r.name for r in CLUSTER_RATES]
+    names = [r.name for r in declared]
     return ({name: plain(p) for name, p in zip(names, point)},
             {name: (None if math.isnan(p) or math.isnan(lo) else [float(lo), float(hi)])
              for name, p, lo, hi in zip(names, point, low, high)})

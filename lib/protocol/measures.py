@@ -19,6 +19,11 @@ Definitions (the samples table is lib.protocol.taxonomy's; a rate over zero samp
   they are the MORE confident. Its point value sits in ``summary["screening"]``.
 - dangerous_breakdown["image-blind"], ["prior-coincident"]: the image-blind rate and its
   complement within Dangerous (lib.protocol.references), with their crossed interval.
+- local_tests[test]["change_rate"]: among the samples a local test applies to, the fraction whose
+  answer changed (``<test>_changes``); local_tests[test]["image_blind_share"] (occlude, followup):
+  among the Dangerous samples it applies to, the fraction whose answer did not change
+  (lib.protocol.local_tests). Their intervals resample patients, not images (``unit``): a
+  follow-up is another image of the same patient.
 """
 from __future__ import annotations
 
@@ -28,8 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .local_tests import CHANGES
 from .taxonomy import pair_disagreements
-from .vocabulary import DANGEROUS_SPLIT, QUADRANTS
+from .vocabulary import DANGEROUS_SPLIT, LOCAL_CHECKS, LOCAL_TESTS, QUADRANTS
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,13 @@ class Rate:
     ``at`` says otherwise); ``how``: ("ratio", numerator, denominator) of per-sample columns
     (``columns``) summed over the samples, ("complement", ...) for 1 - that ratio, ("mean", a, b)
     of two declared rates, ("auroc",) of entropy for Dangerous, or ("crossed", value key,
-    interval key) of the image-blind block (lib.protocol.references)."""
+    interval key) of the image-blind block (lib.protocol.references). ``unit``: what the cluster
+    bootstrap resamples ("image", or "patient": a sample's patient_id, its image where unknown)."""
     key: tuple[str, ...]
     label: str
     how: tuple
     at: tuple[str, ...] | None = None
+    unit: str = "image"
 
     @property
     def name(self) -> str:
@@ -71,8 +79,15 @@ RATES = (
     Rate(("dangerous_breakdown", DANGEROUS_SPLIT[1]), "prior-coincident rate",
          ("crossed", "prior_coincident", "ci95_prior_coincident")),
 )
-# the rates of the cluster bootstrap over images (all but the crossed ones), in RATES order
-CLUSTER_RATES = tuple(r for r in RATES if r.how[0] != "crossed")
+# the local tests' rates (lib.protocol.local_tests), resampled by patient
+LOCAL_RATES = tuple(
+    Rate(("local_tests", test, "change_rate"), f"{test.replace('_', ' ')} change rate",
+         ("ratio", f"{test}_changed", f"{test}_tested"), unit="patient") for test in LOCAL_CHECKS) + tuple(
+    Rate(("local_tests", test, "image_blind_share"), f"{test} image-blind share of Dangerous",
+         ("ratio", f"{test}_blind_dangerous", f"{test}_tested_dangerous"), unit="patient") for test in LOCAL_TESTS)
+RATES += LOCAL_RATES
+# the rates of the cluster bootstrap over images (all but the crossed and local ones), in RATES order
+CLUSTER_RATES = tuple(r for r in RATES if r.how[0] != "crossed" and r.unit == "image")
 
 
 def columns(samples_table: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -99,6 +114,21 @@ def columns(samples_table: pd.DataFrame, predictions: pd.DataFrame) -> dict[str,
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
+def local_columns(samples_table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The per-sample columns of ``LOCAL_RATES``: for each local test, whether it applies
+    (``tested``), whether the answer changed, and both among the Dangerous samples."""
+    dangerous = (samples_table["quadrant"] == "Dangerous").to_numpy()
+    out = {}
+    for test in LOCAL_CHECKS:
+        changes = samples_table[CHANGES[test]] if CHANGES[test] in samples_table else pd.Series(pd.NA, index=samples_table.index)
+        tested = changes.notna().to_numpy()
+        changed = changes.fillna(False).to_numpy(dtype=bool)
+        out.update({f"{test}_tested": tested, f"{test}_changed": changed & tested,
+                    f"{test}_tested_dangerous": tested & dangerous,
+                    f"{test}_blind_dangerous": tested & dangerous & ~changed})
+    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
+
+
 def auroc(score, positive, weights=None) -> np.ndarray:
     """P(score of a random positive > score of a random negative), ties one half, under each row
     of ``weights`` (shape (B, n): how often each of the n samples is drawn; None: once each).
@@ -121,19 +151,25 @@ def auroc(score, positive, weights=None) -> np.ndarray:
         return (wp * (below + 0.5 * wn)).sum(1) / (wp.sum(1) * wn.sum(1))
 
 
-class ByImage:
-    """Every rate of ``CLUSTER_RATES`` under any weighting of the run's images.
+class ByCluster:
+    """Every rate of ``rates`` (ratios, means and the AUROC of ``RATES``) under any weighting of the
+    run's clusters: the images (``unit`` "image") or the patients ("patient", an image counting as
+    its own patient where the patient is unknown).
 
-    ``values(weights)``: weights of shape (B, n_images) (how often each image is drawn; all ones
-    is the run itself) -> rates of shape (B, len(CLUSTER_RATES)). Images are the table's
-    ``image_id`` values in order of first appearance.
+    ``values(weights)``: weights of shape (B, n_clusters) (how often each cluster is drawn; all ones
+    is the run itself) -> rates of shape (B, len(rates)). Clusters are numbered in order of first
+    appearance in the table.
     """
 
-    def __init__(self, samples_table: pd.DataFrame, predictions: pd.DataFrame):
+    def __init__(self, samples_table: pd.DataFrame, predictions: pd.DataFrame, rates=None, unit: str = "image"):
         t = samples_table
-        self.image_index, _ = pd.factorize(t["image_id"], use_na_sentinel=False)
+        self.rates = CLUSTER_RATES if rates is None else tuple(rates)
+        cluster = t["image_id"]
+        if unit == "patient" and "patient_id" in t:
+            cluster = t["patient_id"].where(t["patient_id"].notna(), "image:" + t["image_id"].astype(str))
+        self.image_index, _ = pd.factorize(cluster, use_na_sentinel=False)
         self.n_images = int(self.image_index.max()) + 1 if len(t) else 0
-        per_sample = columns(t, predictions)
+        per_sample = columns(t, predictions) if unit == "image" else local_columns(t)
         self.keys = list(per_sample)
         stacked = np.column_stack([per_sample[k] for k in self.keys]) if len(t) else np.zeros((0, len(self.keys)))
         self.per_image = np.zeros((self.n_images, len(self.keys)))
@@ -146,7 +182,7 @@ class ByImage:
         col = {k: i for i, k in enumerate(self.keys)}
         out = {}
         with np.errstate(invalid="ignore", divide="ignore"):
-            for rate in CLUSTER_RATES:
+            for rate in self.rates:
                 kind, *args = rate.how
                 if kind in ("ratio", "complement"):
                     ratio = sums[:, col[args[0]]] / sums[:, col[args[1]]]
@@ -155,12 +191,12 @@ class ByImage:
                     out[rate.name] = (out[args[0]] + out[args[1]]) / 2
                 else:
                     out[rate.name] = auroc(self.entropy, self.dangerous, weights[:, self.image_index])
-        return np.column_stack([out[r.name] for r in CLUSTER_RATES])
+        return np.column_stack([out[r.name] for r in self.rates])
 
     def point(self) -> dict[str, float | None]:
         """Each rate of the run itself, by name (None where undefined)."""
         values = self.values(np.ones((1, self.n_images)))[0]
-        return {r.name: plain(v) for r, v in zip(CLUSTER_RATES, values)}
+        return {r.name: plain(v) for r, v in zip(self.rates, values)}
 
 
 def place(summary: dict, path: tuple, value) -> None:

@@ -15,6 +15,8 @@ measures (definitions written once, here, for the keys defined nowhere else).
   fraction; None when not estimable); ``image_blind``: the whole block, with per-finding rates.
 - screening, threshold_sensitivity, yes_no_mass, warnings: lib.protocol.screening;
   ground_truth: lib.protocol.ground_truth; pairwise_flip_rate_held_out: lib.protocol.taxonomy.
+- local_tests: per local test (lib.protocol.local_tests), ``n_tested`` samples, ``not_tested``
+  by reason and its rates (declared in lib.protocol.measures); None when the run has none.
 - ci_method: the sentences saying how the intervals were made.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 
 from .ground_truth import ground_truth
 from .intervals import ci_method, rate_intervals, validate_bootstrap
-from .measures import RATES, place, plain
+from .measures import LOCAL_RATES, RATES, place, plain
 from .screening import screening, threshold_sensitivity, yes_no_mass
 from .taxonomy import held_out_pairwise_flip_rate
 from .vocabulary import QUADRANTS, RELIANCE_CHECKS
@@ -34,13 +36,14 @@ KEYS = (
     "image_reliance_rate", "quadrant_counts", "quadrant_fractions", "accuracy_by_quadrant",
     "entropy_by_quadrant", "sensitivity", "specificity", "balanced_accuracy", "prior_accuracy_by_quadrant",
     "reliance_checks", "blank_change_rate", "noise_change_rate", "dangerous_breakdown", "image_blind",
+    "local_tests",
     "screening", "threshold_sensitivity", "yes_no_mass", "warnings", "ci95", "ground_truth", "ci_method",
 )
 
 
 def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, image_blind: dict | None = None,
               reliance_checks=None, bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0,
-              held_out_prompts: dict | None = None) -> dict:
+              held_out_prompts: dict | None = None, local: dict | None = None) -> dict:
     """JSON-ready summary of a classified run (plain Python types; None where a rate is undefined).
 
     The rates are computed on the predictions of the table's samples only. ``reliance_checks``:
@@ -48,7 +51,8 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, image_b
     block of lib.protocol.references.image_blind, from which ``dangerous_breakdown`` and its
     interval are read (None: not estimated). ``bootstrap_resamples``, ``ci_level`` and ``seed``
     drive ``ci95`` (lib.protocol.intervals). ``held_out_prompts`` ({finding: [texts]}, the
-    paraphrases no training stage saw) gives ``pairwise_flip_rate_held_out``. Every key is defined
+    paraphrases no training stage saw) gives ``pairwise_flip_rate_held_out``. ``local``: the local
+    tests' counts (lib.protocol.local_tests.summary_counts; None: no local test). Every key is defined
     in the module docstring or the one it names.
     """
     checks = _validate_checks(reliance_checks, predictions)
@@ -78,9 +82,14 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, image_b
     summary["warnings"] = mass["warnings"]
     point, interval = rate_intervals(samples_table, in_table, resamples=bootstrap_resamples,
                                      ci_level=ci_level, seed=seed)
+    summary["local_tests"] = local
+    if local is not None:
+        local_point, local_interval = rate_intervals(samples_table, in_table, resamples=bootstrap_resamples,
+                                                     ci_level=ci_level, seed=seed, rates=LOCAL_RATES, unit="patient")
+        point, interval = {**point, **local_point}, {**interval, **local_interval}
     block = image_blind or {}
     summary["ci95"] = {}
-    for rate in RATES:
+    for rate in RATES if local is not None else (r for r in RATES if r not in LOCAL_RATES):
         kind, *args = rate.how
         value, ci = (block.get(args[0]), block.get(args[1])) if kind == "crossed" \
             else (point[rate.name], interval[rate.name])

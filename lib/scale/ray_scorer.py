@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..protocol import config, identity, models, provenance, records, run
+from ..protocol import config, data, identity, models, planning, provenance, records, run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTALL_HINT = "install the optional Ray extra: pip install -r requirements-ray.txt"
@@ -320,7 +320,7 @@ def bench_workers(params: dict, workers=(1, 2)) -> list[dict]:
             with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
                 run_params = {**params, "workers": n, "ray_address": None, "output_dir": tmp}
                 store = records.RecordStore(tmp, identity.records_key(run_params))
-                work = run.plan(run_params, store, run.data.Skips()).todo
+                work = planning.plan(run_params, store, data.Skips()).todo
                 start = time.perf_counter()
                 info = score_with_ray(run_params, store, run.batched(work, params["batch_size"]))
                 wall = time.perf_counter() - start

@@ -1,0 +1,283 @@
+"""Local counterfactual tests: does THIS sample's answer depend on THIS image? Definitions, written
+once, here (the conditions' names are lib.protocol.vocabulary's).
+
+Each test changes the sample's own image in one way and asks the sample's original question again
+(scored once per (image, question) by lib.protocol.engine); ``<test>_changes`` says whether the
+answer (pred) changed. A test applies only where the data allow it; elsewhere its column is null
+and the run counts why (``not_tested``), it never guesses.
+
+- occlude [occlude]: the finding's marked region removed. Every box of the sample's finding
+  (``Sample.boxes``: VinDr-CXR's radiologists, an MS-CXR box file, the offline world's boxes) is
+  filled by harmonic inpainting from the pixels around it (the Laplace equation solved on the box
+  at <= ``SOLVE_SIDE`` px with the box's border as boundary, upsampled) plus Gaussian texture
+  with the standard deviation of the fine detail (image minus its blur) in a ring around the box,
+  seeded by the box. Applies to samples with a box (positives, in practice). An image-reading
+  "yes" should turn into "no". Occlusion is not absence: the fill is smoother than tissue, and a
+  large box (the heart of cardiomegaly, a whole pneumothorax side) removes anatomy too.
+- occlude_control [control_boxes]: the same boxes moved together, by one offset, to where they
+  stay inside ``LUNG_FIELD`` and overlap no marked box of the image (the mirror image across the
+  midline first, then ``CONTROL_TRIES`` seeded offsets); filled the same way. Null when no place
+  fits (counted ``no_control_room``). ``LUNG_FIELD`` is a fixed band of the image, not a
+  segmentation: on real data the control can land on the mediastinum or outside the lungs.
+- followup / followup_control [choose_followups]: the same patient's other study with the
+  opposite (resp. the same) label for the finding, the one closest in study date (ties: the
+  smaller image_id); scored as a per-run unit (condition ``followup``) with the sample's original
+  question. Needs a patient id and a study id (MIMIC-CXR, PadChest; not VinDr-CXR). A follow-up
+  differs in more than the finding (position, exposure, other findings, time), so a change is not
+  proof that the finding was read, and no change on the control is what licenses the test.
+- image_blind_share (per test): among the Dangerous samples the test applies to, the share whose
+  answer did not change: a locally tested counterpart of the image-blind rate of
+  lib.protocol.references. The rates and their patient-clustered intervals are declared in
+  lib.protocol.measures (``LOCAL_RATES``).
+
+The offline world is the only validation: lib.protocol.ground_truth scores each test against the
+counterfactual twins (precision and recall of "unchanged" for "the twin's answer is unchanged").
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import spsolve
+
+from .vocabulary import FOLLOWUP, FOLLOWUP_CONTROL, OCCLUDE, OCCLUDE_CONTROL
+
+SOLVE_SIDE = 48                       # px: the inpainting is smooth, solving it larger adds nothing
+LUNG_FIELD = (0.12, 0.10, 0.88, 0.85)  # x0, y0, x1, y1 fractions: where a control box may go
+CONTROL_TRIES = 200
+CHANGES = {OCCLUDE: "occlusion_changes", OCCLUDE_CONTROL: "occlusion_control_changes",
+           FOLLOWUP: "followup_changes", FOLLOWUP_CONTROL: "followup_control_changes"}
+NOT_TESTED = ("no_box", "no_control_room", "no_patient_study", "no_other_study",
+              "no_other_study_same_label", "image_unreadable")
+
+
+# -- occlusion -----------------------------------------------------------------------------------
+
+def pixel_box(box, width: int, height: int) -> tuple[int, int, int, int]:
+    """A fractional (x0, y0, x1, y1) box as whole pixels covering it, at least 1 px each way."""
+    x0, y0, x1, y1 = box
+    left, top = int(np.floor(x0 * width)), int(np.floor(y0 * height))
+    right, bottom = int(np.ceil(x1 * width)), int(np.ceil(y1 * height))
+    left, top = min(max(left, 0), width - 1), min(max(top, 0), height - 1)
+    return left, top, max(min(right, width), left + 1), max(min(bottom, height), top + 1)
+
+
+def occlude(image: Image.Image, boxes) -> Image.Image:
+    """``image`` with every fractional box filled by textured harmonic inpainting (module
+    docstring); grey images stay grey (the fill is computed once and written to every channel)."""
+    grey = np.asarray(image.convert("L"), dtype=np.float64)
+    height, width = grey.shape
+    out = grey.copy()
+    for box in boxes:
+        left, top, right, bottom = pixel_box(box, width, height)
+        out[top:bottom, left:right] = _fill(grey, left, top, right, bottom, _box_seed(box))
+    filled = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8), "L")
+    return filled.convert(image.mode) if image.mode != "L" else filled
+
+
+def _box_seed(box) -> int:
+    return int.from_bytes(hashlib.sha256(repr(tuple(round(float(v), 6) for v in box)).encode()).digest()[:4], "big")
+
+
+def _fill(grey: np.ndarray, left: int, top: int, right: int, bottom: int, seed: int) -> np.ndarray:
+    """The inpainted content of the box [top:bottom, left:right] of ``grey``."""
+    height, width = grey.shape
+    h, w = bottom - top, right - left
+    # the boundary: the box grown by one pixel, clipped to the image
+    y0, x0 = max(top - 1, 0), max(left - 1, 0)
+    y1, x1 = min(bottom + 1, height), min(right + 1, width)
+    frame = grey[y0:y1, x0:x1]
+    scale = min(1.0, SOLVE_SIDE / max(frame.shape))
+    size = (max(3, round(frame.shape[1] * scale)), max(3, round(frame.shape[0] * scale)))
+    small = np.asarray(Image.fromarray(frame.astype(np.float32)).resize(size, Image.BOX), dtype=np.float64)
+    smooth = _harmonic(small)
+    full = np.asarray(Image.fromarray(smooth.astype(np.float32)).resize(frame.shape[::-1], Image.BILINEAR),
+                      dtype=np.float64)
+    fill = full[top - y0:top - y0 + h, left - x0:left - x0 + w]
+    return fill + _texture_std(grey, left, top, right, bottom) * np.random.default_rng(seed).standard_normal((h, w))
+
+
+def _harmonic(frame: np.ndarray) -> np.ndarray:
+    """``frame`` with its interior replaced by the solution of Laplace's equation whose boundary
+    values are the frame's outer pixels."""
+    h, w = frame.shape
+    inner = np.zeros((h, w), dtype=bool)
+    inner[1:-1, 1:-1] = True
+    index = -np.ones((h, w), dtype=int)
+    index[inner] = np.arange(inner.sum())
+    n = int(inner.sum())
+    rows, cols, vals = [], [], []
+    rhs = np.zeros(n)
+    for y, x in zip(*np.nonzero(inner)):
+        i = index[y, x]
+        rows.append(i), cols.append(i), vals.append(4.0)
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            j = index[y + dy, x + dx]
+            if j >= 0:
+                rows.append(i), cols.append(j), vals.append(-1.0)
+            else:
+                rhs[i] += frame[y + dy, x + dx]
+    out = frame.copy()
+    out[inner] = spsolve(sparse.csr_matrix((vals, (rows, cols)), shape=(n, n)), rhs)
+    return out
+
+
+def _texture_std(grey: np.ndarray, left: int, top: int, right: int, bottom: int) -> float:
+    """Standard deviation of the fine detail (image minus its Gaussian blur, sigma 2 px) in a
+    ring around the box as wide as a tenth of its longer side (at least 3 px)."""
+    height, width = grey.shape
+    ring = max(3, round(0.1 * max(right - left, bottom - top)))
+    y0, x0 = max(top - ring, 0), max(left - ring, 0)
+    y1, x1 = min(bottom + ring, height), min(right + ring, width)
+    patch = grey[y0:y1, x0:x1]
+    detail = patch - ndimage.gaussian_filter(patch, 2)
+    outside = np.ones(patch.shape, dtype=bool)
+    outside[top - y0:bottom - y0, left - x0:right - x0] = False
+    return float(detail[outside].std()) if outside.any() else 0.0
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(box, field) -> bool:
+    return field[0] <= box[0] and field[1] <= box[1] and box[2] <= field[2] and box[3] <= field[3]
+
+
+def control_boxes(boxes, marked, key: str, seed: int) -> tuple | None:
+    """The control of a sample's ``boxes``: the same boxes moved together to a place inside
+    ``LUNG_FIELD`` overlapping none of ``marked`` (every box of the image), the mirror image across
+    the midline first, then seeded offsets; None when nothing fits."""
+    boxes = [tuple(map(float, b)) for b in boxes]
+    mirrored = [(1 - b[2], b[1], 1 - b[0], b[3]) for b in boxes]
+    rng = np.random.default_rng([seed, int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)])
+    hull = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    candidates = [mirrored]
+    for _ in range(CONTROL_TRIES):
+        dx = rng.uniform(LUNG_FIELD[0] - hull[0], LUNG_FIELD[2] - hull[2]) if hull[2] - hull[0] <= LUNG_FIELD[2] - LUNG_FIELD[0] else None
+        dy = rng.uniform(LUNG_FIELD[1] - hull[1], LUNG_FIELD[3] - hull[3]) if hull[3] - hull[1] <= LUNG_FIELD[3] - LUNG_FIELD[1] else None
+        if dx is None or dy is None:
+            break
+        candidates.append([(b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy) for b in boxes])
+    for moved in candidates:
+        if all(_inside(b, LUNG_FIELD) for b in moved) and \
+                not any(_overlaps(b, m) for b in moved for m in marked):
+            return tuple(tuple(round(v, 6) for v in b) for b in moved)
+    return None
+
+
+def plan_occlusion(samples: list, seed: int) -> tuple[dict, collections.Counter]:
+    """({sample_id: (its boxes, its control boxes or None)} for the samples with a box, the count
+    of samples not tested by reason); an image's marked boxes are those of all its samples."""
+    marked: dict = collections.defaultdict(list)
+    for s in samples:
+        marked[s.image_id] += list(s.boxes or ())
+    plan, not_tested = {}, collections.Counter()
+    for s in samples:
+        if not s.boxes:
+            not_tested["no_box"] += 1
+            continue
+        control = control_boxes(s.boxes, marked[s.image_id], s.sample_id, seed)
+        not_tested["no_control_room"] += control is None
+        plan[s.sample_id] = (tuple(tuple(b) for b in s.boxes), control)
+    return plan, not_tested
+
+
+# -- the same patient's other study --------------------------------------------------------------
+
+FOLLOWUP_COLUMNS = ("sample_id", "test", "image_id", "image_path")
+
+
+def _days(date) -> float:
+    try:
+        return float(pd.Timestamp(str(date)).value // 86_400_000_000_000)
+    except (ValueError, TypeError):
+        return float("nan")
+
+
+def choose_followups(samples: list, candidates: list) -> tuple[pd.DataFrame, collections.Counter]:
+    """(one row per (sample, test) with the other study's image chosen, the count of samples
+    without one by reason): among ``candidates`` (the split's samples, the evaluated ones
+    included) of the sample's patient and finding from ANOTHER study, the closest in study date
+    with the opposite label (``followup``) and with the same label (``followup_control``)."""
+    pool = pd.DataFrame([{"patient_id": c.patient_id, "study_id": c.study_id, "finding": c.finding,
+                          "label": c.label, "image_id": c.image_id, "image_path": c.image_path,
+                          "days": _days(c.study_date)}
+                         for c in candidates if c.patient_id is not None and c.study_id is not None])
+    by_key = dict(tuple(pool.groupby(["patient_id", "finding"]))) if len(pool) else {}
+    rows, not_tested = [], collections.Counter()
+    for s in samples:
+        if s.patient_id is None or s.study_id is None:
+            not_tested["no_patient_study"] += 1
+            continue
+        others = by_key.get((s.patient_id, s.finding))
+        others = others[others["study_id"] != s.study_id] if others is not None else pool.iloc[:0]
+        for test, same in ((FOLLOWUP, False), (FOLLOWUP_CONTROL, True)):
+            match = others[(others["label"] == s.label) == same]
+            if match.empty:
+                not_tested["no_other_study" if not same else "no_other_study_same_label"] += 1
+                continue
+            gap = (match["days"] - _days(s.study_date)).abs().fillna(np.inf)
+            best = match.assign(gap=gap).sort_values(["gap", "image_id"]).iloc[0]
+            rows.append({"sample_id": s.sample_id, "test": test, "image_id": best["image_id"],
+                         "image_path": best["image_path"]})
+    return pd.DataFrame(rows, columns=list(FOLLOWUP_COLUMNS)), not_tested
+
+
+# -- per-sample columns --------------------------------------------------------------------------
+
+def _changes(pred: pd.Series, other: pd.Series) -> pd.array:
+    """Nullable boolean: other != pred, null where other is missing."""
+    out = pd.array(other.notna() & (other != pred), dtype="boolean")
+    out[other.isna().to_numpy()] = pd.NA
+    return out
+
+
+def local_columns(samples_table: pd.DataFrame, predictions: pd.DataFrame, per_run: pd.DataFrame,
+                  followups: pd.DataFrame) -> pd.DataFrame:
+    """sample_id with ``CHANGES``' columns (nullable booleans, module docstring) and the follow-up
+    images used (``followup_image_id``, ``followup_control_image_id``)."""
+    t = samples_table.set_index("sample_id")
+    out = pd.DataFrame({"sample_id": t.index})
+    for condition in (OCCLUDE, OCCLUDE_CONTROL):
+        rows = predictions[(predictions["condition"] == condition) & (predictions["prompt_id"] == 0)]
+        other = rows.set_index("sample_id")["pred"].reindex(t.index)
+        out[CHANGES[condition]] = _changes(t["pred"], other).to_numpy()
+    unit_rows = per_run[per_run["condition"] == FOLLOWUP] if len(per_run) else per_run
+    answers = unit_rows.set_index(["followup_image_id", "prompt"])["pred"] if len(unit_rows) else pd.Series(dtype=object)
+    for test in (FOLLOWUP, FOLLOWUP_CONTROL):
+        chosen = followups[followups["test"] == test].set_index("sample_id")["image_id"].reindex(t.index)
+        keys = list(zip(chosen, t["question"]))
+        other = pd.Series([answers.get(k) if isinstance(k[0], str) else None for k in keys], index=t.index)
+        out[CHANGES[test]] = _changes(t["pred"], other).to_numpy()
+        out[f"{test}_image_id"] = chosen.to_numpy()
+    return out
+
+
+def summary_counts(samples_table: pd.DataFrame, not_tested: dict, unreadable_units: list) -> dict:
+    """summary.json's ``local_tests`` counts: per test, the samples it was scored on
+    (``n_tested``) and those it was not, by reason (``NOT_TESTED``; from the plan, and
+    ``image_unreadable`` for another study whose image could not be read). The rates are added
+    by lib.protocol.summary from their declarations."""
+    occlusion = not_tested.get(OCCLUDE, {})
+    followup = not_tested.get(FOLLOWUP, {})
+    reasons = {
+        OCCLUDE: {"no_box": occlusion.get("no_box", 0)},
+        OCCLUDE_CONTROL: {"no_box": occlusion.get("no_box", 0), "no_control_room": occlusion.get("no_control_room", 0)},
+        FOLLOWUP: {"no_patient_study": followup.get("no_patient_study", 0),
+                   "no_other_study": followup.get("no_other_study", 0)},
+        FOLLOWUP_CONTROL: {"no_patient_study": followup.get("no_patient_study", 0),
+                           "no_other_study_same_label": followup.get("no_other_study_same_label", 0)},
+    }
+    for test in (FOLLOWUP, FOLLOWUP_CONTROL):
+        chosen = samples_table.get(f"{test}_image_id")
+        if chosen is not None:
+            lost = chosen.notna() & samples_table[CHANGES[test]].isna()
+            reasons[test]["image_unreadable"] = int(lost.sum())
+    return {test: {"n_tested": int(samples_table[CHANGES[test]].notna().sum()) if CHANGES[test] in samples_table else 0,
+                   "not_tested": {k: int(v) for k, v in reasons[test].items() if v}}
+            for test in CHANGES}
