@@ -1,0 +1,103 @@
+"""The local counterfactual tests (lib.protocol.local_tests): occlusion fills a finding's box from its
+surroundings, the control box goes where no finding is marked, the other study is the same
+patient's closest in date, and the per-sample columns say whether the answer changed."""
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lib.offline import synth
+from lib.protocol import local_tests as lt
+from lib.protocol.data import Sample
+
+
+def nodule_case(seed: int):
+    """(image with a nodule, its twin without it, the nodule's footprint, its fractional box)."""
+    rng = np.random.default_rng(seed)
+    findings = {"cardiomegaly": False, "pleural effusion": False, "pneumothorax": False, "nodule": True}
+    state = rng.bit_generator.state
+    pixels = synth.render_radiograph(rng, findings)
+    twin = synth.render_radiograph(synth._generator(state), {**findings, "nodule": False})
+    foot = synth.finding_region(synth._generator(state), findings, "nodule", margin=0)
+    ys, xs = np.nonzero(foot)
+    size = foot.shape[0]
+    box = (xs.min() / size, ys.min() / size, (xs.max() + 1) / size, (ys.max() + 1) / size)
+    as_image = Image.fromarray(np.round(pixels * 255).astype(np.uint8)).convert("RGB")
+    return as_image, np.round(twin * 255), foot, box
+
+
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_occluding_a_nodule_comes_close_to_its_twin_and_touches_nothing_else(seed):
+    image, twin, foot, box = nodule_case(seed)
+    filled = np.asarray(lt.occlude(image, [box]).convert("L"), dtype=float)
+    original = np.asarray(image.convert("L"), dtype=float)
+    left, top, right, bottom = lt.pixel_box(box, *image.size)
+    outside = np.ones_like(foot)
+    outside[top:bottom, left:right] = False
+    assert (filled[outside] == original[outside]).all()
+    # in the nodule, the fill is far closer to the image without it than the original is
+    assert np.abs(filled - twin)[foot].mean() < 0.35 * np.abs(original - twin)[foot].mean()
+    assert lt.occlude(image, [box]).mode == "RGB"
+
+
+def test_the_fill_carries_the_texture_of_its_surroundings():
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(np.clip(128 + 10 * rng.standard_normal((200, 200)), 0, 255).astype(np.uint8))
+    filled = np.asarray(lt.occlude(noisy, [(0.3, 0.3, 0.6, 0.6)]), dtype=float)[60:120, 60:120]
+    assert abs(filled.mean() - 128) < 2
+    assert 6 < filled.std() < 14          # not a flat patch: about the 10 grey levels around it
+    assert (lt.occlude(noisy, [(0.3, 0.3, 0.6, 0.6)]) == lt.occlude(noisy, [(0.3, 0.3, 0.6, 0.6)]))  # seeded
+
+
+def test_the_control_is_the_mirror_when_free_else_a_free_place_in_the_lung_field():
+    box = (0.6, 0.4, 0.75, 0.55)
+    assert lt.control_boxes([box], [box], "s", 0) == ((0.25, 0.4, 0.4, 0.55),)
+    blocked = [box, (0.2, 0.35, 0.45, 0.6)]            # something marked on the other side
+    moved = lt.control_boxes([box], blocked, "s", 0)[0]
+    assert moved[2] - moved[0] == pytest.approx(0.15) and moved[3] - moved[1] == pytest.approx(0.15)
+    assert not any(lt._overlaps(moved, m) for m in blocked) and lt._inside(moved, lt.LUNG_FIELD)
+    assert moved == lt.control_boxes([box], blocked, "s", 0)[0]             # seeded
+    assert lt.control_boxes([(0.0, 0.0, 0.95, 0.95)], [], "s", 0) is None   # larger than the field
+
+
+def sample(image_id, finding="nodule", label="yes", patient="P", study=None, date=None, boxes=None):
+    return Sample(f"{image_id}/{finding}", image_id, f"/x/{image_id}.jpg", finding, label, patient,
+                  study or f"s{image_id}", date, boxes)
+
+
+def test_the_other_study_is_the_same_patients_closest_in_date_with_the_label_asked():
+    pool = [sample("a", "nodule", "yes", date="21500101"), sample("b", "nodule", "no", date="21500301"),
+            sample("c", "nodule", "no", date="21500201"), sample("d", "nodule", "yes", date="21510101"),
+            sample("e", "nodule", "no", patient="Q"), sample("a2", "nodule", "no", study="sa", date="21500101")]
+    chosen, not_tested = lt.choose_followups([pool[0], pool[4], sample("z", patient=None)], pool)
+    got = {(r.sample_id, r.test): r.image_id for r in chosen.itertuples()}
+    # c is closer than b; a2 is the same study (another image of it), never a follow-up
+    assert got == {("a/nodule", "followup"): "c", ("a/nodule", "followup_control"): "d"}
+    assert not_tested == {"no_other_study": 1, "no_other_study_same_label": 1, "no_patient_study": 1}
+
+
+def test_occlusion_plan_counts_samples_without_a_box_and_without_room():
+    samples = [sample("a", boxes=((0.6, 0.4, 0.75, 0.55),)), sample("a", "cardiomegaly", boxes=()),
+               sample("b", boxes=((0.0, 0.0, 0.95, 0.95),)), sample("c", label="no")]
+    plan, not_tested = lt.plan_occlusion(samples, seed=0)
+    assert set(plan) == {"a/nodule", "b/nodule"} and plan["b/nodule"][1] is None
+    assert not_tested == {"no_box": 2, "no_control_room": 1}
+
+
+def test_changes_columns_compare_each_test_with_the_original_answer():
+    table = pd.DataFrame({"sample_id": ["a/n", "b/n", "c/n"], "pred": ["yes", "yes", "no"],
+                          "question": ["q", "q", "q"]})
+    predictions = pd.DataFrame({"sample_id": ["a/n", "b/n", "a/n"], "prompt_id": [0, 0, 0],
+                                "condition": ["occlude", "occlude", "occlude_control"], "pred": ["no", "yes", "yes"]})
+    per_run = pd.DataFrame({"condition": ["followup", "followup"], "followup_image_id": ["x", "y"],
+                            "prompt": ["q", "q"], "pred": ["no", "no"]})
+    followups = pd.DataFrame({"sample_id": ["a/n", "c/n", "c/n"], "test": ["followup", "followup", "followup_control"],
+                              "image_id": ["x", "y", "x"], "image_path": ["", "", ""]})
+    out = lt.local_columns(table, predictions, per_run, followups).set_index("sample_id")
+    assert out["occlusion_changes"].tolist() == [True, False, pd.NA]
+    assert out["occlusion_control_changes"].tolist() == [False, pd.NA, pd.NA]
+    assert out["followup_changes"].tolist() == [True, pd.NA, False]
+    assert out["followup_control_changes"].tolist() == [pd.NA, pd.NA, False]
+    counts = lt.summary_counts(out.reset_index(), {"occlude": {"no_box": 1}}, [])
+    assert counts["occlude"] == {"n_tested": 2, "not_tested": {"no_box": 1}}
+    assert counts["followup"]["n_tested"] == 2
