@@ -14,8 +14,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from ..protocol import stats
+from ..protocol.local_tests import CHANGES
+from ..protocol.vocabulary import FOLLOWUP, FOLLOWUP_CONTROL, LOCAL_TESTS, OCCLUDE, OCCLUDE_CONTROL
 from ..protocol.breakdown import with_interval
 from ..protocol.measures import number
 from . import report
@@ -25,6 +28,7 @@ PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc."
                 "Dangerous", "image-blind", "prior-coincident", "blank changes", "AUROC entropy",
                 "yes/no mass")
 SHORTCUT = "shortcut"   # the reliance dial's adapters, built to ignore the image (not "non-shortcut")
+CONTROLS = {OCCLUDE: OCCLUDE_CONTROL, FOLLOWUP: FOLLOWUP_CONTROL}
 
 
 def table(header, rows) -> str:
@@ -116,6 +120,96 @@ def image_blind_section(runs: dict, seeds_dir: Path) -> str:
                      f"**{int(known.image_blind_covered.sum())} of {len(known)}** pair x seed.\n\n"
                      + table(["seed", "pair", "image-blind rate [95 % CI]", "twin truth", "covered"], per_seed) + "\n")
     return text
+
+
+def shortcut_findings(config: str, lora_dir: Path = Path("params/lora")) -> list[str]:
+    """The findings a reliance-dial adapter was built to ignore (its params' shortcut_findings)."""
+    path = lora_dir / f"{config}.yaml"
+    return list((yaml.safe_load(path.read_text()) or {}).get("shortcut_findings") or []) if path.is_file() else []
+
+
+def built_to_ignore_recall(run_dir: Path, test: str, findings: list[str]) -> tuple[float | None, int]:
+    """(share flagged "unchanged" by ``test``, n) among the samples of ``findings`` that ignore the
+    image on their twin and that the test covers."""
+    path = run_dir / "samples.parquet"
+    column = CHANGES[test]
+    if not findings or not path.is_file():
+        return None, 0
+    s = pd.read_parquet(path)
+    if column not in s or "truly_image_reliant" not in s:
+        return None, 0
+    keep = s["finding"].isin(findings) & (s["truly_image_reliant"] == False) & s[column].notna()  # noqa: E712
+    n = int(keep.sum())
+    return ((~s.loc[keep, column].astype(bool)).mean() if n else None), n
+
+
+def pool(entries: list[dict]) -> dict:
+    """Precision and recall pooled over runs from their counts (n_hits, n_predicted, n_true)."""
+    hits, predicted, true = (sum(e.get(k) or 0 for e in entries) for k in ("n_hits", "n_predicted", "n_true"))
+    return {"precision": hits / predicted if predicted else None, "recall": hits / true if true else None,
+            "n_predicted": predicted, "n_true": true, "n_covered": sum(e.get("n_covered") or 0 for e in entries)}
+
+
+def pooled_change_rate(blocks: list[dict]) -> tuple[float | None, int]:
+    """(change rate over all samples tested, their number) from summary ``local_tests`` blocks."""
+    tested = sum(b.get("n_tested") or 0 for b in blocks)
+    changed = sum((b.get("change_rate") or 0) * (b.get("n_tested") or 0) for b in blocks)
+    return (changed / tested if tested else None), tested
+
+
+def local_tests_section(runs: dict, runs_dir: Path, seeds_dir: Path) -> str:
+    """Each local test against the twins: per pair, pooled over the non-shortcut pairs, the
+    controls of the base models, the shortcut adapters' built-to-ignore findings, and per seed."""
+    rows, pooled_rows = [], []
+    for pair, s in runs.items():
+        truth = ((s.get("ground_truth") or {}).get("local_tests")) or {}
+        for test in LOCAL_TESTS:
+            control = (s.get("local_tests") or {}).get(CONTROLS[test]) or {}
+            e = truth.get(test)
+            if not e:
+                continue
+            ignore = shortcut_findings(s["config"]) if SHORTCUT in pair else []
+            recall, n = built_to_ignore_recall(runs_dir / pair, test, ignore)
+            rows.append([pair, test, f"{e['n_covered']} ({number(e['coverage'], 2)})", precision_recall(e),
+                         f"{number(control.get('change_rate'))} (n {control.get('n_tested', 0)})",
+                         f"{number(recall, 2)} (n {n})" if ignore else ""])
+    if not rows:
+        return "No run has a local test and twins.\n"
+    for test in LOCAL_TESTS:
+        entries = [((s.get("ground_truth") or {}).get("local_tests") or {}).get(test) or {}
+                   for p, s in runs.items() if SHORTCUT not in p]
+        p = pool(entries)
+        rate, n = pooled_change_rate([((s.get("local_tests") or {}).get(CONTROLS[test]) or {})
+                                      for pair, s in runs.items() if "-base" in s["config"]])
+        pooled_rows.append([test, p["n_covered"], number(p["precision"], 3), number(p["recall"], 3),
+                            f"{number(rate)} (n {n})"])
+    text = ("Pooled over the non-shortcut pairs (targets: precision and recall >= 0.8; the base "
+            "models' control change rate <= 0.05):\n\n"
+            + table(["test", "samples covered", "precision", "recall", "control change rate, base models"],
+                    pooled_rows)
+            + "\n\nPer pair: samples with a twin the test covers (coverage), precision / recall of "
+              "\"unchanged\" for \"unchanged on the twin\", the control's change rate, and for the "
+              "shortcut adapters the recall on the findings they were built to ignore (target >= 0.9).\n\n"
+            + table(["pair", "test", "covered (coverage)", "precision / recall", "control change rate",
+                     "built-to-ignore recall"], rows) + "\n")
+    return text + local_seeds_text(seeds_dir)
+
+
+def local_seeds_text(seeds_dir: Path) -> str:
+    """The pooled precision / recall of each local test per seed of `make seeds`."""
+    path = seeds_dir / "seeds.csv"
+    frame = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if frame.empty or f"{LOCAL_TESTS[0]}_hits" not in frame:
+        return ""
+    rows = []
+    for seed, group in frame[~frame["pair"].str.contains(SHORTCUT)].groupby("seed"):
+        for test in LOCAL_TESTS:
+            p = pool([{"n_hits": r[f"{test}_hits"], "n_predicted": r[f"{test}_predicted"],
+                       "n_true": r[f"{test}_true"], "n_covered": r[f"{test}_covered"]}
+                      for r in group.fillna(0).to_dict("records")])
+            rows.append([int(seed), test, p["n_covered"], number(p["precision"], 3), number(p["recall"], 3)])
+    return (f"\nOver `make seeds` ({frame.seed.nunique()} seeds), pooled over the non-shortcut pairs:\n\n"
+            + table(["seed", "test", "samples covered", "precision", "recall"], rows) + "\n")
 
 
 def correlation_section(corr: dict | None) -> str:
@@ -283,6 +377,13 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results"
         "model on other images, never on the sample's own, so a sample's agreement says only what "
         "its answer and its finding say (the local-counterfactual issue addresses that).\n",
         image_blind_section(runs, outputs / "seeds"),
+        "\n## Local tests against the twins\n",
+        "Occlusion (the finding's box filled in from its surroundings) and the same patient's other "
+        "study (opposite label; the control: same label) test each sample on its OWN image "
+        "(`lib/protocol/local_tests.py`). Positive class: the answer does not change; truth: it does "
+        "not change on the twin. The twins exist only here: on real data this offline check is the "
+        "only validation the tests have.\n",
+        local_tests_section(runs, outputs / "runs", outputs / "seeds"),
         "\n## A screen's verdict\n", verdict_section(outputs / "runs"),
         "\n## Across pairs\n", correlation_section(corr),
         "## Across seeds\n", seeds_section(outputs / "seeds"),

@@ -32,6 +32,7 @@ import pandas as pd
 import yaml
 
 from ..protocol import provenance, stats
+from ..protocol.vocabulary import LOCAL_CHECKS, LOCAL_TESTS
 
 DEFAULT_ROOT = "outputs/default"
 PAPERMILL = [sys.executable, "-m", "papermill", "--log-level", "WARNING"]
@@ -51,6 +52,10 @@ HEADLINES = {
     "reference_auroc": ("ground_truth", "reference_auroc"),
     "dangerous_precision": ("ground_truth", "dangerous", "precision"),
     "dangerous_recall": ("ground_truth", "dangerous", "recall"),
+    **{f"{test}_{k}": ("ground_truth", "local_tests", test, f"n_{k}") for test in LOCAL_TESTS
+       for k in ("hits", "predicted", "true", "covered")},
+    **{f"{test}_{k}": ("local_tests", test, key) for test in LOCAL_CHECKS
+       for k, key in (("change_rate", "change_rate"), ("tested", "n_tested"))},
 }
 CORRELATIONS = {"r_dangerous": ("pearson_r",), "r_image_blind": ("image_blind", "pearson_r"),
                 "independence_r": ("independence_r",)}

@@ -25,12 +25,13 @@ from .measures import auroc, plain
 
 
 def precision_recall(predicted, truth) -> dict:
-    """{"precision", "recall", "n_predicted", "n_true"} of boolean arrays (None where undefined)."""
+    """{"precision", "recall", "n_predicted", "n_true", "n_hits"} of boolean arrays (None where
+    undefined); the counts let precision and recall be pooled over runs."""
     predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
     hits = int((predicted & truth).sum())
     return {"precision": hits / int(predicted.sum()) if predicted.any() else None,
             "recall": hits / int(truth.sum()) if truth.any() else None,
-            "n_predicted": int(predicted.sum()), "n_true": int(truth.sum())}
+            "n_predicted": int(predicted.sum()), "n_true": int(truth.sum()), "n_hits": hits}
 
 
 def ground_truth(samples_table: pd.DataFrame, image_blind: dict | None = None) -> dict | None:
