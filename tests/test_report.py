@@ -136,7 +136,8 @@ def test_report_of_a_tiny_run(tiny_run):
     page = (tiny_run / "report.html").read_text()
     text = re.sub(r"<[^>]+>", " ", re.sub(r"<img [^>]*>|<style>.*?</style>", "", page, flags=re.S))
     for words in ("Dangerous:", "Image-blind:", "Gate:", "Per finding", "Per paraphrase",
-                  "The four quadrants", "Warnings", "How to read this", "95 % CI"):
+                  "The four quadrants", "Warnings", "How to read this", "95 % CI",
+                  "Local tests: does the answer follow this image?", "not tested (why)"):
         assert words in text, words
     assert "too few to tell: the run has 16 samples (fewer than 30)" in text
     assert not re.search(r"\bnan\b", text, flags=re.I), "NaN in the report"

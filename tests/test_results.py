@@ -39,3 +39,30 @@ def test_image_blind_section_reads_summaries_and_seeds(tmp_path):
     assert "**2 of 3** pair x seed" in text
     assert "nodule 40/200" in text
     json.dumps(text)
+
+
+def test_local_tests_pool_counts_over_runs_and_controls_by_tested_samples():
+    pooled = results.pool([{"n_hits": 8, "n_predicted": 10, "n_true": 9, "n_covered": 40},
+                           {"n_hits": 1, "n_predicted": 2, "n_true": 3, "n_covered": 20}, {}])
+    assert pooled == {"precision": 0.75, "recall": 0.75, "n_predicted": 12, "n_true": 12, "n_covered": 60}
+    assert results.pool([{}])["precision"] is None
+    rate, n = results.pooled_change_rate([{"change_rate": 0.1, "n_tested": 30}, {"change_rate": 0.0, "n_tested": 10},
+                                          {"change_rate": None, "n_tested": 0}])
+    assert (rate, n) == (pytest.approx(0.075), 40)
+
+
+def test_local_tests_section_reads_summaries_samples_and_shortcut_findings(tmp_path):
+    run_dir = tmp_path / "runs" / "llava-lora-shortcut__mimic-cxr"
+    run_dir.mkdir(parents=True)
+    pd.DataFrame({"finding": ["nodule", "nodule", "nodule", "cardiomegaly"],
+                  "truly_image_reliant": pd.array([False, False, True, False], dtype="boolean"),
+                  "occlusion_changes": pd.array([False, True, False, False], dtype="boolean"),
+                  "followup_changes": pd.array([None] * 4, dtype="boolean")}).to_parquet(run_dir / "samples.parquet")
+    assert results.built_to_ignore_recall(run_dir, "occlude", ["nodule"]) == (0.5, 2)
+    truth = {"n_hits": 1, "n_predicted": 1, "n_true": 2, "n_covered": 3, "coverage": 0.75,
+             "precision": 1.0, "recall": 0.5}
+    runs = {"llava-lora-shortcut__mimic-cxr": {"config": "llava-lora-shortcut", "ground_truth": {"local_tests": {"occlude": truth}},
+                                               "local_tests": {"occlude_control": {"n_tested": 3, "change_rate": 0.0}}}}
+    text = results.local_tests_section(runs, tmp_path / "runs", tmp_path / "seeds")
+    assert "| llava-lora-shortcut__mimic-cxr | occlude | 3 (0.75) | 1.00 / 0.50 | 0.000 (n 3) |" in text
+    assert "built-to-ignore recall" in text
