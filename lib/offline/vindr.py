@@ -25,6 +25,7 @@ like PadChest's (``lib.offline.twins``). Same seed -> identical bytes.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +86,16 @@ def write_vindr(root, n_images: int, seed: int, prevalence=None, twins_dir=None)
         findings = {f: bool(rng.random() < rates[f]) for f in FINDINGS}
         image = TwinSource(image_id, rng.bit_generator.state, None, findings)
         pixels = render_radiograph(rng, findings)
+        parts = functools.cache(lambda f, image=image: finding_boxes(generator(image.state), image.findings, f))
         bits = int(rng.choice([12, 14]))
         low, high = int(rng.integers(0, 2 ** bits // 8)), int(rng.integers(2 ** bits * 3 // 4, 2 ** bits))
         _write_dicom(root / split / f"{image_id}.dicom", stored_range(pixels, low, high), image_id, bits, rng)
         if split == "train":
             for rad in rng.choice(RADIOLOGISTS, READERS_PER_TRAIN_IMAGE, replace=False):
                 called = {f: present != bool(rng.random() < RADIOLOGIST_DISAGREES) for f, present in findings.items()}
-                _read(image, called, {"rad_id": str(rad)}, labels[split], boxes[split], rng)
+                _read(image.image_id, called, parts, {"rad_id": str(rad)}, labels[split], boxes[split], rng)
         else:
-            _read(image, findings, {}, labels[split], boxes[split], None)
+            _read(image_id, findings, parts, {}, labels[split], boxes[split], None)
             twins.append(image._replace(stored=(low, high)))
     folder = root / "annotations"
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,20 +109,21 @@ def write_vindr(root, n_images: int, seed: int, prevalence=None, twins_dir=None)
     return root
 
 
-def _read(image: TwinSource, called: dict[str, bool], reader: dict, labels: list, boxes: list,
+def _read(image_id: str, called: dict[str, bool], parts, reader: dict, labels: list, boxes: list,
           rng: np.random.Generator | None) -> None:
-    """One reading of ``image`` (a radiologist's, or the test consensus with ``rng`` None: no
-    jitter): its label row and its box rows, appended to ``labels`` and ``boxes``."""
+    """One reading of an image (a radiologist's, or the test consensus with ``rng`` None: no
+    jitter) that calls the findings ``called`` present, boxing ``parts(finding)``: its label row
+    and its box rows, appended to ``labels`` and ``boxes``."""
     marked = [VINDR_FINDINGS[f] for f, present in called.items() if present]
-    labels.append({"image_id": image.image_id, **reader, **{c: int(c in marked) for c in VINDR_CLASSES},
+    labels.append({"image_id": image_id, **reader, **{c: int(c in marked) for c in VINDR_CLASSES},
                    NO_FINDING: int(not marked)})
     if not marked:
-        boxes.append({"image_id": image.image_id, **reader, "class_name": NO_FINDING})
+        boxes.append({"image_id": image_id, **reader, "class_name": NO_FINDING})
     for finding in (f for f, present in called.items() if present):
-        for box in finding_boxes(generator(image.state), image.findings, finding):
+        for box in parts(finding):
             if rng is not None:
                 box = np.clip(np.asarray(box) + rng.uniform(-BOX_JITTER, BOX_JITTER, 4), 0, IMAGE_SIZE)
-            boxes.append({"image_id": image.image_id, **reader, "class_name": VINDR_FINDINGS[finding],
+            boxes.append({"image_id": image_id, **reader, "class_name": VINDR_FINDINGS[finding],
                           **dict(zip(BOX_COLUMNS[1:], (round(float(v), 2) for v in box)))})
 
 
