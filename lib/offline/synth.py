@@ -302,10 +302,13 @@ def _bones(u, v, p):
 
 def _markings(u, v, p):
     """Fraction of lung air replaced by vessels: branching texture, dense at the hila, sparse at the
-    periphery."""
+    periphery. The texture is the patient's, read at the patient's coordinates (it moves with the
+    study's position)."""
     near_hilum = sum(np.exp(-np.hypot(u - 0.5 - s * (p["lung_offset"] - 0.6 * p["lung_halfwidth"]),
                                       (v - 0.5) / 1.6) / 0.08) for s in (-1, 1))
-    vessels = np.clip(p["vessel_noise"], 0, None) * (0.1 + 0.25 * near_hilum)
+    grid = p["vessel_noise"].shape[0]
+    texture = ndimage.map_coordinates(p["vessel_noise"], [v * grid - 0.5, u * grid - 0.5], order=1, mode="mirror")
+    vessels = np.clip(texture, 0, None) * (0.1 + 0.25 * near_hilum)
     return np.clip(vessels + p["hilum"] * near_hilum ** 3, 0, 0.8)
 
 

@@ -128,7 +128,7 @@ def mark_synthetic(out_root: Path) -> None:
     """Say beside the data roots that their images are synthetic (`show_images` may embed them);
     the marker sits in their parent folder, so each root keeps exactly the official layout."""
     (out_root / SYNTHETIC_MARKER).write_text(
-        "Synthetic radiographs written by lib.offline.synth: no patient data.\n")
+        "Synthetic radiographs written by lib.offline.world: no patient data.\n")
 
 
 def montage(data_root, dataset: str = "mimic-cxr", per_label: int = 2) -> tuple[list, list[str]]:
