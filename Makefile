@@ -37,7 +37,7 @@ DEFAULT_FAMILY := $(addprefix lib/offline/,default_models.py training.py synth.p
 # only, and the figures inside outputs/default/build_default.ipynb and outputs/runs/*/evaluate.ipynb
 # are redrawn the next time those steps run (`touch params/*.yaml && make runs` redraws the runs'
 # figures from their saved records, without scoring again).
-DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) lib/offline/build.py $(DEFAULT_FAMILY) $(PROTOCOL_SCORING)
+DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) $(addprefix lib/offline/,build.py world.py layouts.py vindr.py twins.py) $(DEFAULT_FAMILY) $(PROTOCOL_SCORING)
 ADAPTER_CODE := notebooks/finetune_lora.ipynb $(NOTEBOOK_SETUP) lib/offline/finetune.py $(DEFAULT_FAMILY) $(PROTOCOL_LOAD)
 # the evaluate notebook's session (strict params, preflight, the scorer: in-process or Ray)
 RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py lib/protocol/breakdown.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py

@@ -59,16 +59,16 @@ import json, time
 from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
-import lib.offline.default_models as dm, lib.offline.build, lib.protocol.plots, lib.protocol.provenance, lib.protocol.run, lib.offline.synth
+import lib.offline.default_models as dm, lib.offline.build, lib.protocol.plots, lib.protocol.provenance, lib.protocol.run, lib.offline.twins, lib.offline.world
 
 lib.protocol.provenance.seed_everything(seed)
 out = Path(out_root)
 started = time.perf_counter()
-data_roots = lib.offline.synth.write_default_datasets(out / "data", n_images=n_images, seed=seed, world=world,
+data_roots = lib.offline.world.write_default_datasets(out / "data", n_images=n_images, seed=seed, world=world,
                                                       floor=prevalence_floor)
-twins = {d: lib.offline.synth.twin_csv(out / "data", d) for d in data_roots}
+twins = {d: lib.offline.twins.twin_csv(out / "data", d) for d in data_roots}
 # held-out reference images (lib.protocol.references): no training stage reads these roots
-reference_roots = lib.offline.synth.write_reference_sets(out / "data", n_images=n_references, seed=seed,
+reference_roots = lib.offline.world.write_reference_sets(out / "data", n_images=n_references, seed=seed,
                                                          world=world, floor=prevalence_floor)
 {k: str(v) for k, v in {**data_roots, **{f"{d} references": r for d, r in reference_roots.items()}}.items()}
 
@@ -76,13 +76,13 @@ reference_roots = lib.offline.synth.write_reference_sets(out / "data", n_images=
 # ## The synthetic radiographs (one row per finding: without, with)
 
 # %%
-fig = lib.protocol.plots.sample_grid(*lib.offline.synth.montage(data_roots["mimic-cxr"]), columns=4)
+fig = lib.protocol.plots.sample_grid(*lib.offline.world.montage(data_roots["mimic-cxr"]), columns=4)
 
 # %% [markdown]
 # ## Label priors: the rates drawn, and what each split got
 
 # %%
-prevalence = lib.offline.synth.prevalence(world, prevalence_floor)
+prevalence = lib.offline.world.prevalence(world, prevalence_floor)
 measured = lib.offline.build.measured_prevalence(data_roots)
 lib.offline.build.prevalence_table(measured, prevalence)
 

@@ -24,11 +24,11 @@ def one_thread():
 def tiny_world(tmp_path_factory):
     """Synthetic MIMIC-CXR/PadChest trees (16 images each), their reference sets (48 images each) and
     tiny random models of both families."""
-    from lib.offline import default_models, synth
+    from lib.offline import default_models, world
 
     root = tmp_path_factory.mktemp("world")
-    data_roots = synth.write_default_datasets(root / "data", n_images=16, seed=0)
-    references = synth.write_reference_sets(root / "data", n_images=48, seed=0)
+    data_roots = world.write_default_datasets(root / "data", n_images=16, seed=0)
+    references = world.write_reference_sets(root / "data", n_images=48, seed=0)
     models = {}
     for family in default_models.FAMILIES:
         model, processor = default_models.build_untrained(family, default_models.question_corpus(), 0)

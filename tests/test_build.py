@@ -5,7 +5,8 @@ import os
 import pandas as pd
 import pytest
 
-from lib.offline import build, default_models, synth
+from lib.offline import build, default_models, twins
+from lib.offline.world import prevalence, write_default_datasets
 from lib.protocol import data, run
 
 REPORT_KEYS = ["seed", "n_images", "world", "build_seconds", "prevalence", "prevalence_floor",
@@ -20,7 +21,7 @@ def world(tiny_world, tmp_path_factory):
     """A default build's folder: 40 images a dataset (the tiny world's 16 leave no test split),
     the tiny models as its base models, the prompt split."""
     out = tmp_path_factory.mktemp("default")
-    roots = synth.write_default_datasets(out / "data", n_images=40, seed=0)
+    roots = write_default_datasets(out / "data", n_images=40, seed=0)
     (out / "models").mkdir()
     for family in default_models.FAMILIES:
         os.symlink(tiny_world["models"][family], out / "models" / f"{family}-base")
@@ -33,7 +34,7 @@ def checked(world):
     """One held-out check: the llava base model on 6 test samples of mimic-cxr."""
     out, roots = world
     params = build.check_params("llava", "mimic-cxr", roots["mimic-cxr"], out,
-                                twins=synth.twin_csv(out / "data", "mimic-cxr"), limit=6, seed=0, bootstrap=20)
+                                twins=twins.twin_csv(out / "data", "mimic-cxr"), limit=6, seed=0, bootstrap=20)
     return params, run.evaluate(params)
 
 
@@ -108,6 +109,6 @@ def test_build_report_keys_and_the_gate(tmp_path):
                                 training={"epochs": 1}, n_train_images=10, n_test_images=6)
     assert list(report) == REPORT_KEYS
     assert report["requirements_met"] is False
-    assert report["prevalence"] == synth.prevalence("real", 0.05)
+    assert report["prevalence"] == prevalence("real", 0.05)
     assert report["twins"] == {"padchest": str(tmp_path / "t.csv")}
     json.dumps(report)

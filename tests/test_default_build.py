@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lib.offline import default_models, finetune, synth
+from lib.offline import default_models, finetune, twins, world
 from lib.protocol import data, models, questions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,11 +101,11 @@ def test_build_fits_in_ten_minutes(report):
 
 def test_prevalence_is_recorded_as_drawn(report):
     assert report["world"] == "real"
-    assert report["prevalence_floor"] == synth.PREVALENCE_FLOOR
-    assert report["prevalence"] == synth.prevalence("real", report["prevalence_floor"])
+    assert report["prevalence_floor"] == world.PREVALENCE_FLOOR
+    assert report["prevalence"] == world.prevalence("real", report["prevalence_floor"])
     assert set(report["prevalence"]) == set(DATASETS)
     assert all(set(rates) == set(data.FINDINGS) for rates in report["prevalence"].values())
-    assert report["prevalence_sources"] == synth.PREVALENCE_SOURCES
+    assert report["prevalence_sources"] == world.PREVALENCE_SOURCES
 
 
 def test_the_datasets_have_the_recorded_prevalence(report):
@@ -183,7 +183,7 @@ def test_every_test_sample_has_a_twin_differing_only_in_its_region(report, split
     for row in table.iloc[::7].itertuples():  # every 7th twin: all findings, a sixth of the time
         original = np.asarray(data.read_xray(paths[row.image_id]), dtype=int)
         twin = np.asarray(data.read_xray(csv.parent / row.twin_path), dtype=int)
-        region = synth.twin_region(row, block=block)
+        region = twins.twin_region(row, block=block)
         assert not (twin != original)[~region].any(), (row.image_id, row.finding)
         assert (np.abs(twin - original)[region] >= 20).sum() >= 20, (row.image_id, row.finding)
 

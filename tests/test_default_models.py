@@ -5,14 +5,14 @@ import torch
 import yaml
 from pathlib import Path
 
-from lib.offline import default_models, finetune, synth, training
+from lib.offline import default_models, finetune, synth, training, world
 from lib.protocol import data, models, questions
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_training_and_evaluation_never_share_an_image(tmp_path):
-    roots = synth.write_default_datasets(tmp_path, n_images=60, seed=0)
+    roots = world.write_default_datasets(tmp_path, n_images=60, seed=0)
     _, train_ids = default_models.training_examples(roots, split="train")
     _, test_ids = default_models.training_examples(roots, split="test")
     assert train_ids and test_ids

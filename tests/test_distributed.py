@@ -24,7 +24,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from lib.protocol import config, data, identity, planning, records, run  # noqa: E402
-from lib.offline import default_models, synth
+from lib.offline import default_models, layouts
 from lib.scale import ray_scorer as distributed
 from lib.front import session
 
@@ -35,7 +35,7 @@ N_SAMPLES = 24
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-world")
-    data_root = synth.write_mimic(root / "mimic-cxr", n_images=20, seed=0)
+    data_root = layouts.write_mimic(root / "mimic-cxr", n_images=20, seed=0)
     model, processor = default_models.build_untrained(
         "llava", default_models.question_corpus(), seed=0)
     default_models.save(model, processor, root / "llava")

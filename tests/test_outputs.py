@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.offline import default_models, synth
+from lib.offline import default_models, layouts
 from lib.protocol import config, data, questions, records, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def world(tmp_path_factory):
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)  # spread p_yes so that edits show in the predictions
     model_dir = default_models.save(model, processor, base / "model")
-    data_root = synth.write_mimic(base / "mimic-cxr", n_images=12, seed=0)
+    data_root = layouts.write_mimic(base / "mimic-cxr", n_images=12, seed=0)
     return model_dir, data_root
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from lib.protocol import config, identity, questions, records, run
-from lib.offline import default_models, synth
+from lib.offline import default_models, layouts
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 24
@@ -57,7 +57,7 @@ def world(tmp_path_factory):
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)      # spread p_yes so predictions are not all ~0.5
     model_dir = default_models.save(model, processor, base / "model")
-    data_root = synth.write_mimic(base / "mimic-cxr", n_images=12, seed=0)
+    data_root = layouts.write_mimic(base / "mimic-cxr", n_images=12, seed=0)
     return model_dir, data_root
 
 

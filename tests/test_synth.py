@@ -1,4 +1,6 @@
-"""lib.offline.synth: reproducible synthetic trees in the real layouts, readable by lib.protocol.data, findings visible."""
+"""lib.offline (synth, layouts, twins, world): reproducible synthetic trees in the real layouts, readable by
+lib.protocol.data, findings visible, twins exact outside their region. Follow-ups, boxes and the VinDr-like
+tree: tests/test_layouts.py."""
 
 import collections
 import gzip
@@ -11,9 +13,10 @@ from PIL import Image
 
 from lib.protocol.data import (FINDINGS, iter_samples, load_image, parse_padchest_labels, read_xray,
                                split_of_patient)
-from lib.offline import synth
-from lib.offline.synth import (montage, render_radiograph, write_default_datasets, write_mimic,
-                       write_padchest)
+from lib.offline import synth, twins, world
+from lib.offline.layouts import write_mimic, write_padchest
+from lib.offline.synth import render_radiograph
+from lib.offline.world import montage, write_default_datasets
 
 N = 80  # images per dataset: enough studies for the rare label codes to occur
 
@@ -216,27 +219,28 @@ def test_nodule_is_a_round_bright_disc():
 
 
 def test_real_prevalence_is_the_real_datasets_with_a_floor():
-    real = synth.prevalence("real")
-    assert set(real) == {"mimic-cxr", "padchest"} and all(set(r) == set(FINDINGS) for r in real.values())
+    real = world.prevalence("real")
+    assert set(real) == {"mimic-cxr", "padchest", "vindr-cxr"} and all(set(r) == set(FINDINGS) for r in real.values())
+    assert world.REAL_PREVALENCE["vindr-cxr"] == world.REAL_PREVALENCE["mimic-cxr"]  # no VinDr counts offline
     # PadChest frontal images (real labels file): cardiomegaly 8.9 %, effusion 6.3 %, nodule 2.1 %,
     # pneumothorax 0.36 %; the rarest two are raised to the floor
-    assert synth.REAL_PREVALENCE["padchest"] == {"cardiomegaly": 0.089, "pleural effusion": 0.063,
+    assert world.REAL_PREVALENCE["padchest"] == {"cardiomegaly": 0.089, "pleural effusion": 0.063,
                                                  "pneumothorax": 0.0036, "nodule": 0.021}
     for dataset, rates in real.items():
         for finding, rate in rates.items():
-            assert rate == max(synth.REAL_PREVALENCE[dataset][finding], synth.PREVALENCE_FLOOR)
+            assert rate == max(world.REAL_PREVALENCE[dataset][finding], world.PREVALENCE_FLOOR)
             assert 0 < rate < 0.5
-    assert real["padchest"]["pneumothorax"] == synth.PREVALENCE_FLOOR
-    assert synth.prevalence("real", floor=0)["padchest"]["pneumothorax"] == 0.0036
-    assert all(r == 0.5 for rates in synth.prevalence("balanced").values() for r in rates.values())
-    assert set(synth.PREVALENCE_SOURCES) == set(real)
+    assert real["padchest"]["pneumothorax"] == world.PREVALENCE_FLOOR
+    assert world.prevalence("real", floor=0)["padchest"]["pneumothorax"] == 0.0036
+    assert all(r == 0.5 for rates in world.prevalence("balanced").values() for r in rates.values())
+    assert set(world.PREVALENCE_SOURCES) == set(real)
     with pytest.raises(ValueError, match="world"):
-        synth.prevalence("uniform")
+        world.prevalence("uniform")
 
 
 def test_the_real_world_draws_its_priors(tmp_path):
     roots = write_default_datasets(tmp_path, n_images=400, seed=1, world="real", twins=False)
-    rates = synth.prevalence("real")
+    rates = world.prevalence("real")
     for dataset, root in roots.items():
         samples = [s for split in ("train", "test") for s in iter_samples(dataset, root, split=split)]
         for finding, rate in rates[dataset].items():
@@ -252,22 +256,23 @@ def test_the_real_world_draws_its_priors(tmp_path):
 
 def test_twins_change_nothing_in_the_official_trees(tmp_path):
     with_twins = write_default_datasets(tmp_path / "a", n_images=12, seed=3, twins=True)
-    without = write_default_datasets(tmp_path / "b", n_images=12, seed=3, twins=False)
-    for dataset in with_twins:
-        assert tree_bytes(with_twins[dataset]) == tree_bytes(without[dataset])
+    write_default_datasets(tmp_path / "b", n_images=12, seed=3, twins=False)
+    for dataset in world.DATASETS:
+        assert tree_bytes(tmp_path / "a" / dataset) == tree_bytes(tmp_path / "b" / dataset)
+    assert set(with_twins) == set(world.TRAINED_ON)
     assert (tmp_path / "a" / "twins").is_dir() and not (tmp_path / "b" / "twins").exists()
 
 
 @pytest.mark.parametrize("dataset", ["mimic-cxr", "padchest"])
 def test_every_test_image_has_one_twin_per_finding(world_root, trees, dataset):
-    table = pd.read_csv(synth.twin_csv(world_root, dataset))
-    assert list(table.columns) == list(synth.TWIN_COLUMNS)
+    table = pd.read_csv(twins.twin_csv(world_root, dataset))
+    assert list(table.columns) == list(twins.TWIN_COLUMNS)
     test = {(s.image_id, s.finding) for s in iter_samples(dataset, trees[dataset], split="test")}
     assert test and test <= set(zip(table.image_id.astype(str), table.finding))
     assert len(table) == 4 * table.image_id.nunique() and not table.duplicated(["image_id", "finding"]).any()
     assert set(table.image_id.astype(str)) == {i for i, _ in test}  # test images only
     for row in table.itertuples():
-        path = synth.twin_csv(world_root, dataset).parent / row.twin_path
+        path = twins.twin_csv(world_root, dataset).parent / row.twin_path
         assert path.is_file() and not path.resolve().is_relative_to(trees[dataset].resolve())
 
 
@@ -275,13 +280,13 @@ def test_every_test_image_has_one_twin_per_finding(world_root, trees, dataset):
 def test_twins_differ_from_their_original_only_in_the_findings_region(world_root, trees, dataset):
     """As the readers read them: identical outside the region (8 x 8 tiles for the JPEGs), and the
     finding really toggled inside it."""
-    table = pd.read_csv(synth.twin_csv(world_root, dataset), dtype={"image_id": str})
+    table = pd.read_csv(twins.twin_csv(world_root, dataset), dtype={"image_id": str})
     paths = {s.image_id: s.image_path for s in iter_samples(dataset, trees[dataset], split="test")}
     block = 8 if dataset == "mimic-cxr" else None
     for row in table.itertuples():
         original = np.asarray(read_xray(paths[row.image_id]), dtype=int)
-        twin = np.asarray(read_xray(synth.twin_csv(world_root, dataset).parent / row.twin_path), dtype=int)
-        region = synth.twin_region(row, block=block)
+        twin = np.asarray(read_xray(twins.twin_csv(world_root, dataset).parent / row.twin_path), dtype=int)
+        region = twins.twin_region(row, block=block)
         changed = twin != original
         assert not changed[~region].any(), (row.image_id, row.finding, int(changed[~region].sum()))
         assert (np.abs(twin - original)[region] >= 20).sum() >= 20, (row.image_id, row.finding)
@@ -294,9 +299,9 @@ def test_finding_region_holds_every_changed_pixel_of_the_render():
         for finding in FINDINGS:
             for others in ({}, {f: True for f in FINDINGS}):
                 state = np.random.default_rng(seed).bit_generator.state
-                on = render_radiograph(synth._generator(state), {**others, finding: True})
-                off = render_radiograph(synth._generator(state), {**others, finding: False})
-                region = synth.finding_region(synth._generator(state), others, finding)
+                on = render_radiograph(synth.generator(state), {**others, finding: True})
+                off = render_radiograph(synth.generator(state), {**others, finding: False})
+                region = synth.finding_region(synth.generator(state), others, finding)
                 assert np.array_equal(on[~region], off[~region])
                 assert np.abs(on - off)[region].max() > 0.1
 
@@ -317,8 +322,8 @@ def test_twin_check_compares_natural_and_twin_positives(tiny_world, tmp_path):
     root = twin_check.fresh_world(tmp_path, "mimic-cxr", n_images=40, seed=3)
     lm = models.load_model(str(tiny_world["models"]["llava"]), dtype="float32", device="cpu")
     table = twin_check.compare(lm, root, "mimic-cxr")
-    twins = pd.read_csv(synth.twin_csv(root, "mimic-cxr"))
-    assert int(table["n twin"].sum()) == int((~twins.present).sum())
+    mapping = pd.read_csv(twins.twin_csv(root, "mimic-cxr"))
+    assert int(table["n twin"].sum()) == int((~mapping.present).sum())
     natural = [s for s in iter_samples("mimic-cxr", root / "mimic-cxr", split=None) if s.label == "yes"]
     assert int(table["n natural"].sum()) == len(natural)
     shares = table.filter(like="sensitivity").stack().dropna()   # NaN where a finding has no positive

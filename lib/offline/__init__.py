@@ -1,6 +1,9 @@
 """The offline world: what `make all` evaluates with no GPU, no download and no credentialed data.
 
-Owns `synth` (synthetic radiographs in the exact on-disk layouts of MIMIC-CXR-JPG and PadChest),
+Owns `synth` (the phantom: synthetic radiographs, patients and studies, each finding's region and
+boxes), `layouts` and `vindr` (the phantom's images in the exact on-disk layouts of MIMIC-CXR-JPG with
+MS-CXR's box file, PadChest and VinDr-CXR), `twins` (a counterfactual twin of every test image),
+`world` (which datasets the offline default holds, with which label priors),
 `default_models` (the default LLaVA and Gemma 3 families, built with lib.families.tiny and
 trained here on CPU), `training` (the training steps and augmentation), `finetune` (the
 paper's consistency LoRA recipe, also usable on real models), `build` (what the default build

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..protocol import config, data, provenance
-from . import default_models, synth
+from . import default_models
+from .world import PREVALENCE_SOURCES, REAL_PREVALENCE, prevalence
 
 DIAL_HOW = ("consistency LoRA trained with a random other training image "
             "for these findings (label independent of the image)")
@@ -104,8 +105,8 @@ def build_report(*, seed: int, n_images: int, world: str, prevalence_floor: floa
     """The contents of ``build_report.json``: the settings, the priors drawn and measured, the
     checks (with ``meets_requirements``) and whether all of them meet it, the dial, provenance."""
     return {"seed": seed, "n_images": n_images, "world": world, "build_seconds": build_seconds,
-            "prevalence": synth.prevalence(world, prevalence_floor), "prevalence_floor": prevalence_floor,
-            "prevalence_real": synth.REAL_PREVALENCE, "prevalence_sources": synth.PREVALENCE_SOURCES,
+            "prevalence": prevalence(world, prevalence_floor), "prevalence_floor": prevalence_floor,
+            "prevalence_real": REAL_PREVALENCE, "prevalence_sources": PREVALENCE_SOURCES,
             "prevalence_measured": measured, "train_prevalence": train_prevalence,
             "prompt_split": str(prompt_split), "twins": {d: str(p) for d, p in twins.items()},
             "references": {d: str(p) for d, p in (references or {}).items()}, "n_references": n_references,

@@ -17,14 +17,16 @@ from pathlib import Path
 import pandas as pd
 
 from ..protocol import data, engine, models, questions
-from . import synth
+from .layouts import write_mimic, write_padchest
+from .twins import TWINS_DIR, twin_csv
+from .world import prevalence
 
 
 def fresh_world(root: Path, dataset: str, n_images: int, seed: int) -> Path:
     """A world of `dataset` with twins under `root` (written once; reused when there)."""
-    if not synth.twin_csv(root, dataset).is_file():
-        write = synth.write_mimic if dataset == "mimic-cxr" else synth.write_padchest
-        write(root / dataset, n_images, seed, synth.prevalence("real")[dataset], twins_dir=root / synth.TWINS_DIR)
+    if not twin_csv(root, dataset).is_file():
+        write = write_mimic if dataset == "mimic-cxr" else write_padchest
+        write(root / dataset, n_images, seed, prevalence("real")[dataset], twins_dir=root / TWINS_DIR)
     return root
 
 
@@ -34,12 +36,12 @@ def compare(lm, root: Path, dataset: str, batch_size: int = 16) -> pd.DataFrame:
     sets = questions.load_question_sets()
     original = {f: questions.prompts_for(f, sets)[0] for f in data.DEFAULT_FINDINGS}
     natural = [s for s in data.iter_samples(dataset, root / dataset, split=None) if s.label == "yes"]
-    twins = pd.read_csv(synth.twin_csv(root, dataset))
+    twins = pd.read_csv(twin_csv(root, dataset))
     twins = twins[~twins["present"]]
     items = [engine.Item(f"natural|{s.finding}|{s.image_id}", data.read_xray(s.image_path).convert("RGB"),
                          (original[s.finding],)) for s in natural]
     items += [engine.Item(f"twin|{t.finding}|{t.image_id}",
-                          data.read_xray(synth.twin_csv(root, dataset).parent / t.twin_path).convert("RGB"),
+                          data.read_xray(twin_csv(root, dataset).parent / t.twin_path).convert("RGB"),
                           (original[t.finding],)) for t in twins.itertuples()]
     rows = pd.DataFrame(engine.Engine(lm, batch_size=batch_size).score(items))
     parts = rows["sample_id"].str.split("|", expand=True)
