@@ -17,8 +17,8 @@ def nodule_case(seed: int):
     findings = {"cardiomegaly": False, "pleural effusion": False, "pneumothorax": False, "nodule": True}
     state = rng.bit_generator.state
     pixels = synth.render_radiograph(rng, findings)
-    twin = synth.render_radiograph(synth._generator(state), {**findings, "nodule": False})
-    foot = synth.finding_region(synth._generator(state), findings, "nodule", margin=0)
+    twin = synth.render_radiograph(synth.generator(state), {**findings, "nodule": False})
+    foot = synth.finding_region(synth.generator(state), findings, "nodule", margin=0)
     ys, xs = np.nonzero(foot)
     size = foot.shape[0]
     box = (xs.min() / size, ys.min() / size, (xs.max() + 1) / size, (ys.max() + 1) / size)
