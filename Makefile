@@ -50,7 +50,7 @@ PAIRS := $(patsubst params/%.yaml,%,$(wildcard params/*.yaml))
 SUMMARIES := $(PAIRS:%=outputs/runs/%/summary.json)
 ANALYSIS := outputs/analysis/correlation.json
 
-.PHONY: help all env default adapters runs analysis test notebooks paper paper-check bench clean sweep seeds lab test-browser results
+.PHONY: help all env default adapters runs analysis test notebooks paper paper-check bench clean sweep seeds lab test-browser results compare-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -216,6 +216,11 @@ test-browser: $(STAMP) $(BROWSER_STAMP) ## JupyterLab in a real headless Chromiu
 
 clean: ## remove all outputs (keeps .venv)
 	rm -rf outputs
+
+TOL ?= 0
+compare-outputs: | $(STAMP) ## A=DIR B=DIR [TOL=x]: every run's predictions, samples and summary numbers the same? (exit 1 naming what differs)
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare-outputs A=DIR B=DIR [TOL=0]" >&2; exit 2; }
+	$(PY) -m lib.front.compare_trees "$(A)" "$(B)" --tol $(TOL)
 
 results: $(ANALYSIS) | $(STAMP) ## docs/results.md from what make all (and make bench, make seeds) left in outputs/
 	$(PY) -m lib.front.results --outputs outputs --out docs/results.md
