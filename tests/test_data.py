@@ -14,6 +14,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from lib.offline import synth
 from lib.protocol.data import (FINDINGS, MIN_IMAGE_SIDE, LabelPolicy, Sample, iter_samples,
                                load_image, parse_padchest_labels, read_xray, split_of_patient)
 
@@ -182,16 +183,8 @@ def test_label_policy_rejects_unknown_choice():
 # --------------------------------------------------------------------------------------------
 # PadChest fixture
 
-PADCHEST_COLUMNS = ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth",
-                    "PatientSex_DICOM", "ViewPosition_DICOM", "Projection", "MethodProjection",
-                    "Pediatric", "Modality_DICOM", "Manufacturer_DICOM",
-                    "PhotometricInterpretation_DICOM", "PixelRepresentation_DICOM",
-                    "PixelAspectRatio_DICOM", "SpatialResolution_DICOM", "BitsStored_DICOM",
-                    "WindowCenter_DICOM", "WindowWidth_DICOM", "Rows_DICOM", "Columns_DICOM",
-                    "XRayTubeCurrent_DICOM", "Exposure_DICOM", "ExposureTime",
-                    "RelativeXRayExposure_DICOM", "ReportID", "Report", "MethodLabel", "Labels",
-                    "Localizations", "LabelsLocalizationsBySentence", "labelCUIS",
-                    "LocalizationsCUIS"]
+# the official columns (tests/test_synth.py holds them against the PadChest release's list)
+PADCHEST_COLUMNS = list(synth.PADCHEST_COLUMNS)
 
 
 def patients(split, n):
