@@ -58,8 +58,8 @@ def percentiles(dist: np.ndarray, ci_level: float, axis: int):
 def rate_intervals(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resamples: int = 1000,
                    ci_level: float = 0.95, seed: int = 0) -> tuple[dict, dict]:
     """(point, interval) of every rate of ``CLUSTER_RATES``, by name: the point value of the run
-    and its ``[low, high]`` (None where the rate is undefined on the run); module docstring."""
-    validate_bootstrap(resamples, ci_level)
+    and its ``[low, high]`` (None where the rate is undefined on the run); module docstring.
+    ``resamples`` and ``ci_level`` as checked by ``validate_bootstrap`` (its callers' job: once)."""
     rates = ByImage(samples_table, predictions)
     n = rates.n_images
     point = rates.values(np.ones((1, n)))[0]
@@ -92,6 +92,7 @@ def bootstrap_ci(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resa
                  ci_level: float = 0.95, seed: int = 0) -> dict:
     """The intervals of ``rate_intervals`` nested as under ``summary["ci95"]`` (e.g.
     ``["quadrant_fractions"]["Dangerous"]``); the image-blind rate has its own (``Crossed``)."""
+    validate_bootstrap(resamples, ci_level)
     _, intervals = rate_intervals(samples_table, predictions, resamples=resamples, ci_level=ci_level, seed=seed)
     out = {}
     for rate in CLUSTER_RATES:
