@@ -65,3 +65,16 @@ def test_summary_numbers_missing_runs_and_rows_are_named(tmp_path):
 ])
 def test_same(a, b, tol, expected):
     assert compare_trees.same(a, b, tol) is expected
+
+
+def test_rows_sharing_a_key_are_matched_in_order(tmp_path):
+    write_run(tmp_path / "a" / "x")
+    write_run(tmp_path / "b" / "x")
+    for tree, second in (("a", 0.3), ("b", 0.35)):
+        path = tmp_path / tree / "x" / "predictions.parquet"
+        table = pd.read_parquet(path)
+        table.loc[2] = ["s1", 1, "image", second, "no"]   # a second row of key (s1, 1, image)
+        table.to_parquet(path)
+    assert compare_trees.compare_trees(tmp_path / "a", tmp_path / "b")["x"] == [
+        "predictions.parquet: p_yes differs in 1 of 3 rows, first sample_id=s1, prompt_id=1, "
+        "condition=image: 0.3 != 0.35"]

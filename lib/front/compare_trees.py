@@ -4,7 +4,8 @@ A run is a folder holding summary.json, named by its path relative to the tree (
 `runs/llava-base__padchest`). Two runs of one name are compared file by file:
 
 - predictions.parquet and samples.parquet: rows matched by their key (`records.KEY` plus the
-  image ids a row was scored with, for predictions; sample_id for samples); every column
+  image ids a row was scored with, for predictions; sample_id for samples; rows sharing a key
+  are matched in file order); every column
   compared, numbers as equal when ``|a - b| <= tol`` (NaN equals NaN), the rest exactly;
 - summary.json: every leaf (a number, string, boolean or null, by its dotted path such as
   `ci95.flip_rate[0]`), numbers within ``tol``; the provenance keys (`PROVENANCE`: the params
@@ -78,13 +79,15 @@ def compare_tables(a: Path, b: Path, key_columns, tol: float) -> list[str]:
     if set(left.columns) != set(right.columns):
         lines.append(f"{name}: columns differ: only in A {sorted(set(left.columns) - set(right.columns))}, "
                      f"only in B {sorted(set(right.columns) - set(left.columns))}")
-    merged = left.merge(right, on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
+    # rows sharing a key (if any) are matched in file order: the n-th with the n-th
+    left, right = (t.assign(_nth=t.groupby(key, dropna=False, sort=False).cumcount()) for t in (left, right))
+    merged = left.merge(right, on=[*key, "_nth"], how="outer", suffixes=("_a", "_b"), indicator=True)
     for side, label in (("left_only", "A"), ("right_only", "B")):
         only = merged[merged["_merge"] == side]
         if len(only):
             lines.append(f"{name}: {len(only)} row(s) only in {label}, first {row_key(only.iloc[0], key)}")
     both = merged[merged["_merge"] == "both"]
-    for column in sorted((set(left.columns) & set(right.columns)) - set(key)):
+    for column in sorted((set(left.columns) & set(right.columns)) - {*key, "_nth"}):
         differ = [i for i, (x, y) in enumerate(zip(both[f"{column}_a"], both[f"{column}_b"]))
                   if not same(plain(x), plain(y), tol)]
         if differ:
