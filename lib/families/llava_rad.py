@@ -52,10 +52,9 @@ without it peft would create the LoRA modules but load none of their weights (a 
 Verified by tests/test_llava_rad.py: logits of a converted small checkpoint equal a plain-torch
 reference forward of the original architecture (see docs/real_models.md).
 
-Of the package it imports only `lib.families.templates` (the llava-hf chat template) and
-`lib.families.vit_dinov2` (the vision trunk's mapping). One concept, converting the checkpoint
-(and an adapter trained on its layout); it is long because each part of the network (language
-model, projector, tower, tokenizer, processor, config) has its own exact mapping and check.
+Imports only `lib.families.templates` (the llava-hf chat template) and `vit_dinov2` (the tower's
+mapping). One concept, converting the checkpoint (and an adapter on its layout); long because each
+part (language model, projector, tower, tokenizer, processor, config) has its own exact mapping.
 """
 from __future__ import annotations
 
