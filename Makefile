@@ -28,7 +28,7 @@ NOTEBOOK_SETUP := lib/front/notebook.py
 # params -> samples, labels, questions, prompts; loading a model (what fine-tuning uses)
 PROTOCOL_LOAD := $(addprefix lib/protocol/,config.py data.py labels.py questions.py prompts.py models.py provenance.py vocabulary.py)
 # ... -> the Engine -> records -> quadrants: one run
-PROTOCOL_SCORING := $(PROTOCOL_LOAD) $(addprefix lib/protocol/,engine.py identity.py records.py samples.py references.py local_tests.py planning.py taxonomy.py measures.py screening.py ground_truth.py intervals.py summary.py run.py)
+PROTOCOL_SCORING := $(PROTOCOL_LOAD) $(addprefix lib/protocol/,engine.py identity.py records.py samples.py image_questions.py references.py local_tests.py planning.py taxonomy.py measures.py screening.py ground_truth.py intervals.py summary.py run.py)
 # the default family: tiny checkpoints of the real classes and their chat templates, trained here
 # (stage 1 also sees synth.py's balanced pretraining images)
 DEFAULT_FAMILY := $(addprefix lib/offline/,default_models.py training.py synth.py) $(addprefix lib/families/,tiny.py templates.py)
@@ -50,7 +50,7 @@ PAIRS := $(patsubst params/%.yaml,%,$(wildcard params/*.yaml))
 SUMMARIES := $(PAIRS:%=outputs/runs/%/summary.json)
 ANALYSIS := outputs/analysis/correlation.json
 
-.PHONY: help all env default adapters runs analysis test notebooks paper paper-check bench clean sweep seeds lab test-browser results
+.PHONY: help all env default adapters runs analysis test notebooks paper paper-check bench clean sweep seeds lab test-browser results compare-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -142,7 +142,7 @@ sweep: $(DEFAULT) $(ADAPTERS) | $(RAY_STAMP) ## every pair as a Ray task, then t
 # -- the study's ten pairs on real data and models (issue 3; docs/real_models.md) -------------
 # Needs MIMIC_CXR_JPG, PADCHEST, LLAVA_RAD_HF and the hub models cached; the check below names
 # whatever is missing before anything runs. PSF-Med questions: PSF_MED_MIMIC / PSF_MED_PADCHEST
-# = per-image JSONL files written by lib.protocol.questions.import_psf_med. PAPER_OUT: where runs go.
+# = per-image JSONL files written by lib.protocol.psf_med.import_psf_med. PAPER_OUT: where runs go.
 PAPER_OUT ?= outputs/paper
 PAPER_PAIRS := $(patsubst params/paper/%.yaml,%,$(wildcard params/paper/*.yaml))
 PAPER_SUMMARIES := $(PAPER_PAIRS:%=$(PAPER_OUT)/runs/%/summary.json)
@@ -216,6 +216,11 @@ test-browser: $(STAMP) $(BROWSER_STAMP) ## JupyterLab in a real headless Chromiu
 
 clean: ## remove all outputs (keeps .venv)
 	rm -rf outputs
+
+TOL ?= 0
+compare-outputs: | $(STAMP) ## A=DIR B=DIR [TOL=x]: every run's predictions, samples and summary numbers the same? (exit 1 naming what differs)
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare-outputs A=DIR B=DIR [TOL=0]" >&2; exit 2; }
+	$(PY) -m lib.front.compare_trees "$(A)" "$(B)" --tol $(TOL)
 
 results: $(ANALYSIS) | $(STAMP) ## docs/results.md from what make all (and make bench, make seeds) left in outputs/
 	$(PY) -m lib.front.results --outputs outputs --out docs/results.md

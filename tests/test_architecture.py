@@ -125,8 +125,8 @@ def test_all_code_is_inside_the_architecture():
     assert outside == []
 
 
-def test_no_sys_path_manipulation():
-    # `lib` is imported as the installed package (or from PYTHONPATH), never by editing sys.path
+def test_no_import_path_manipulation():
+    # `lib` is imported as the installed package (or from PYTHONPATH); no file edits the search path
     offenders = [str(p.relative_to(ROOT)) for p in repo_sources()
                  for node in ast.walk(ast.parse(p.read_text()))
                  if isinstance(node, ast.Attribute) and node.attr == "path"

@@ -182,6 +182,21 @@ def test_show_images_false_by_default_and_in_the_default_params():
         assert not yaml.safe_load(path.read_text()).get("show_images"), path
 
 
+@pytest.mark.parametrize("key, value, allowed", [
+    ("max_paraphrases", -1, "an integer >= 0 or null"),
+    ("reference_pool", 0, "an integer >= 1"),
+    ("quantization", "8bit", "one of none, 4bit"),
+    ("reliance_checks", ["reference", "flip"], "a list of one of reference, blank, noise"),
+])
+def test_the_schema_is_the_one_check_of_these_params(key, value, allowed):
+    """questions.prompt_specs_for, references.choose_references, models.quantization_config and
+    the run take these values as validated: config's one-line ParamsError is their only check."""
+    with pytest.raises(config.ParamsError) as err:
+        config.check_value(key, value, config.SCHEMA[key], "pair.yaml")
+    assert str(err.value).startswith(f"pair.yaml: key {key!r}: got ") and str(err.value).endswith(
+        f"; allowed: {allowed}"), str(err.value)
+
+
 @pytest.mark.parametrize("file_values, injected, words", [
     ({"epochz": 3}, None, ["lora.yaml", "unknown key", "epochz"]),
     ({}, {"rank": "8"}, ["-p", "unknown key", "rank"]),

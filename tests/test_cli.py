@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.front import cli
+from lib.front import cli, notebook_run
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("pandas", "torch", "papermill", "nbformat", "nbconvert", "transformers", "lib.protocol.config")
@@ -116,7 +116,7 @@ def test_p_beside_flags_is_checked_and_named(flags, capsys, extra, named):
 
 
 def test_the_samples_bar_reaches_the_terminal_through_a_file(tmp_path):
-    """session.ProgressScorer draws into the file cli.ProgressTail copies to the terminal."""
+    """session.ProgressScorer draws into the file notebook_run.ProgressTail copies to the terminal."""
     import io
 
     from lib.front import session
@@ -131,7 +131,7 @@ def test_the_samples_bar_reaches_the_terminal_through_a_file(tmp_path):
         return {"mode": "fake"}
 
     terminal = io.StringIO()
-    tail = cli.ProgressTail(terminal)
+    tail = notebook_run.ProgressTail(terminal)
     scorer = session.ProgressScorer(inner, tail.path)
     assert scorer({"config": "c", "dataset": "d"}, Store(), [["a", "b"], ["c"]]) == {"mode": "fake"}
     tail.close()

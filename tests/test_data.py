@@ -182,16 +182,8 @@ def test_label_policy_rejects_unknown_choice():
 # --------------------------------------------------------------------------------------------
 # PadChest fixture
 
-PADCHEST_COLUMNS = ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth",
-                    "PatientSex_DICOM", "ViewPosition_DICOM", "Projection", "MethodProjection",
-                    "Pediatric", "Modality_DICOM", "Manufacturer_DICOM",
-                    "PhotometricInterpretation_DICOM", "PixelRepresentation_DICOM",
-                    "PixelAspectRatio_DICOM", "SpatialResolution_DICOM", "BitsStored_DICOM",
-                    "WindowCenter_DICOM", "WindowWidth_DICOM", "Rows_DICOM", "Columns_DICOM",
-                    "XRayTubeCurrent_DICOM", "Exposure_DICOM", "ExposureTime",
-                    "RelativeXRayExposure_DICOM", "ReportID", "Report", "MethodLabel", "Labels",
-                    "Localizations", "LabelsLocalizationsBySentence", "labelCUIS",
-                    "LocalizationsCUIS"]
+# the PadChest release's columns, written once on the tests' side (the synthetic writer is held to them there)
+from tests.test_synth import PADCHEST_COLUMNS  # noqa: E402
 
 
 def patients(split, n):

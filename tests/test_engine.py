@@ -157,18 +157,24 @@ def image_token_ids(processor) -> set[int]:
     return {tokenizer.convert_tokens_to_ids(t) for t in names if t}
 
 
+def text_only_forwards(lm, items, image_removal):
+    """(the engine, the model's forward calls, the rows) of scoring ``items`` text-only with ``image_removal``."""
+    engine = Engine(lm, image_removal=image_removal)
+    calls, handle = capture_forwards(lm.model)
+    try:
+        rows = engine.score_text_only(paper_items(items)[len(items):])
+    finally:
+        handle.remove()
+    return engine, calls, rows
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_text_only_rows_have_no_image_tokens(loaded, family):
     lm = loaded[family]
     ids = image_token_ids(lm.processor)
     assert ids and lm.tokenizer.unk_token_id not in ids
     items = make_items(4)
-    engine = Engine(lm, image_removal="none")
-    calls, handle = capture_forwards(lm.model)
-    try:
-        rows = engine.score_text_only(paper_items(items)[len(items):])
-    finally:
-        handle.remove()
+    _, calls, rows = text_only_forwards(lm, items, "none")
     assert calls and all("pixel_values" not in c for c in calls)
     for c in calls:
         assert not set(c["input_ids"].flatten().tolist()) & ids
@@ -185,12 +191,7 @@ def test_text_only_rows_have_no_image_tokens(loaded, family):
 def test_blank_mode_uses_a_grey_image(loaded, family):
     lm = loaded[family]
     items = make_items(6)
-    engine = Engine(lm, image_removal="blank")
-    calls, handle = capture_forwards(lm.model)
-    try:
-        text_rows = engine.score_text_only(paper_items(items)[len(items):])
-    finally:
-        handle.remove()
+    engine, calls, text_rows = text_only_forwards(lm, items, "blank")
     grey = lm.processor.image_processor(images=[Image.new("RGB", (64, 64), BLANK_GREY)],
                                         return_tensors="pt")["pixel_values"]
     for c in calls:

@@ -31,7 +31,7 @@ import yaml
 from PIL import Image
 
 from lib.families import registry
-from lib.protocol import config, data, models, prompts, questions, run
+from lib.protocol import config, data, models, prompts, psf_med, run
 from lib.protocol.engine import Engine, Item, blank_image, paper_items, yes_probability
 from tests import tiny_families
 
@@ -308,7 +308,7 @@ def test_evaluate_notebook_runs_qwen2_5_vl(checkpoints, mimic_root, tmp_path, re
     assert summary["engine"]["mode"] == "batched"
 
 
-# -- per-image question files (PSF-Med, lib.protocol.questions.import_psf_med) -------------------------
+# -- per-image question files (PSF-Med, lib.protocol.psf_med.import_psf_med) -------------------------
 
 def psf_med_file(tmp_path, mimic_root) -> tuple[Path, list[str]]:
     """A PSF-Med style CSV converted by import_psf_med; returns (JSONL path, image ids)."""
@@ -323,7 +323,7 @@ def psf_med_file(tmp_path, mimic_root) -> tuple[Path, list[str]]:
     csv = tmp_path / "psf_med.csv"
     pd.DataFrame(rows, columns=["dicom_id", "finding", "question", "paraphrases", "answer"]).to_csv(csv, index=False)
     out = tmp_path / "psf_med_mimic.jsonl"
-    counts = questions.import_psf_med(csv, out)
+    counts = psf_med.import_psf_med(csv, out)
     assert counts["kept"] == 4 and counts["dropped_not_yes_no"] == 1
     return out, ids
 

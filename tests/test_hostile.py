@@ -28,7 +28,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from lib.front import cli, report
+from lib.front import cli, notebook_run, report
 from lib.protocol import config, data, identity, records, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,7 +275,7 @@ def test_a_full_disk_at_the_final_write_leaves_the_previous_result_whole(giant_r
     after = checksums(out)
     assert {k: after.get(k) for k in before} == before
     assert json.loads((out / "evaluate.ipynb").read_text())["cells"]
-    assert (out / cli.FAILED_NOTEBOOK).is_file()
+    assert (out / notebook_run.FAILED_NOTEBOOK).is_file()
     assert not list(out.glob(".*tmp-*")) and not list(out.glob(".evaluate.partial-*"))
 
 

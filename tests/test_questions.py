@@ -1,9 +1,11 @@
-"""Tests for lib.protocol.questions: built-in sets, user files, validation and the PSF-Med importer."""
+"""Tests for lib.protocol.questions (built-in sets, user files, validation), lib.protocol.image_questions
+(per-image files, check_file) and lib.protocol.psf_med (the PSF-Med importer)."""
 
 import json
 
 import pytest
 
+from lib.protocol import image_questions, psf_med
 from lib.protocol import questions as qs
 
 
@@ -30,8 +32,6 @@ def test_prompts_for():
     assert len(qs.prompts_for("nodule", sets, max_paraphrases=10)) == 5
     with pytest.raises(KeyError, match="edema"):
         qs.prompts_for("edema", sets)
-    with pytest.raises(ValueError):
-        qs.prompts_for("nodule", sets, max_paraphrases=-1)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -115,7 +115,7 @@ def test_import_psf_med_jsonl(tmp_path):
     src = tmp_path / "psf.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out" / "questions.jsonl"
-    counts = qs.import_psf_med(src, out)
+    counts = psf_med.import_psf_med(src, out)
     assert counts == {"rows_in": 5, "kept": 2, "dropped_not_yes_no": 1, "dropped_label": 2, "paraphrases_dropped": 1}
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written == [
@@ -135,7 +135,7 @@ def test_import_psf_med_csv(tmp_path):
         "img3.png,Is there fluid?,\"[\"\"Is fluid present?\"\"]\",maybe,pleural effusion\n"
     )
     out = tmp_path / "q.jsonl"
-    counts = qs.import_psf_med(src, out)
+    counts = psf_med.import_psf_med(src, out)
     assert counts == {"rows_in": 3, "kept": 2, "dropped_not_yes_no": 0, "dropped_label": 1, "paraphrases_dropped": 1}
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [w["image_id"] for w in written] == ["img1.png", "img2.png"]
@@ -147,11 +147,11 @@ def test_import_psf_med_errors(tmp_path):
     src = tmp_path / "psf.jsonl"
     src.write_text(json.dumps({"image_id": "x", "question": "Is there edema?", "paraphrases": []}) + "\n")
     with pytest.raises(ValueError, match=r"psf\.jsonl.*'label'.*answer"):
-        qs.import_psf_med(src, tmp_path / "out.jsonl")
+        psf_med.import_psf_med(src, tmp_path / "out.jsonl")
     bad = tmp_path / "psf.parquet"
     bad.write_text("")
     with pytest.raises(ValueError, match="extension"):
-        qs.import_psf_med(bad, tmp_path / "out.jsonl")
+        psf_med.import_psf_med(bad, tmp_path / "out.jsonl")
 
 
 # --- built-in collections, kinds, negated paraphrases, file checks (issues 15 and 10) ---------
@@ -194,7 +194,7 @@ def test_csv_kind_and_negated_columns(tmp_path):
     assert qs.prompt_specs_for("edema", {"edema": qset})[1] == \
         qs.Prompt("Are the lungs clear of fluid?", "negation", True)
     assert qs.prompts_for("edema", {"edema": qset}, 1) == ("Is there edema?", "Are the lungs clear of fluid?")
-    assert qs.check_file(path)["negated"] == 1
+    assert image_questions.check_file(path)["negated"] == 1
 
 
 def test_jsonl_paraphrase_objects_and_per_image_negated(tmp_path):
@@ -205,11 +205,11 @@ def test_jsonl_paraphrase_objects_and_per_image_negated(tmp_path):
     per_image = tmp_path / "per_image.jsonl"
     per_image.write_text(json.dumps({"image_id": "d1", "label": "yes", "question": "Is there edema?",
                                      "paraphrases": [{"text": "Are the lungs clear?", "negated": True}]}) + "\n")
-    rows = qs.load_per_image_questions(per_image)["d1"]
+    rows = image_questions.load_per_image_questions(per_image)["d1"]
     assert rows[0]["prompts"] == ("Is there edema?", "Are the lungs clear?")
     assert rows[0]["negated"] == (False, True) and rows[0]["kinds"] == ("original", None)
-    assert qs.is_per_image_file(per_image) and not qs.is_per_image_file(path)
-    info = qs.check_file(per_image)
+    assert image_questions.is_per_image_file(per_image) and not image_questions.is_per_image_file(path)
+    info = image_questions.check_file(per_image)
     assert info["per_image"] and info["negated"] == 1 and info["prompts"] == 2
 
 
@@ -225,8 +225,8 @@ def test_import_psf_med_keeps_negated_paraphrases(tmp_path):
     src.write_text(json.dumps({"image_id": "d1", "question": "Is there edema?", "answer": "no",
                                "paraphrases": ["Can edema be seen?",
                                                {"text": "Are the lungs clear?", "negated": True}]}) + "\n")
-    qs.import_psf_med(src, tmp_path / "out.jsonl")
-    rows = qs.load_per_image_questions(tmp_path / "out.jsonl")["d1"]
+    psf_med.import_psf_med(src, tmp_path / "out.jsonl")
+    rows = image_questions.load_per_image_questions(tmp_path / "out.jsonl")["d1"]
     assert rows[0]["negated"] == (False, False, True)
 
 
@@ -253,14 +253,14 @@ def test_import_psf_med_keeps_negated_paraphrases(tmp_path):
 def test_bad_question_files_give_one_line_errors(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_bytes(content)
-    for check in (qs.check_file, qs.load_question_sets):
+    for check in (image_questions.check_file, qs.load_question_sets):
         with pytest.raises(qs.QuestionFileError, match=match) as err:
             check(path)
         assert "\n" not in str(err.value)
 
 
 def test_check_file_sources(tmp_path):
-    assert qs.check_file(None)["findings"] == sorted(qs.BUILTIN_QUESTIONS)
-    assert len(qs.check_file("builtin:chexpert")["findings"]) == 13
+    assert image_questions.check_file(None)["findings"] == sorted(qs.BUILTIN_QUESTIONS)
+    assert len(image_questions.check_file("builtin:chexpert")["findings"]) == 13
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):
-        qs.check_file(tmp_path / "nowhere.csv")
+        image_questions.check_file(tmp_path / "nowhere.csv")

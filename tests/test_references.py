@@ -135,11 +135,6 @@ def test_choose_references_shares_images_across_findings():
     assert chosen["a"] == chosen["b"]           # one seeded order: the same images serve both
 
 
-def test_bad_pool():
-    with pytest.raises(ValueError, match="pool"):
-        rf.choose_references(pd.DataFrame(columns=["image_id", "finding", "label"]), SAMPLES, pool=0)
-
-
 def test_each_samples_counterfactual_answer_is_drawn():
     # 400 Dangerous samples alike, 1,000 references half of which answer like them: resampling the
     # samples alone moves nothing; the per-sample draw gives the binomial half-width

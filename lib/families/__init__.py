@@ -9,9 +9,9 @@ Owns:
 * `registry` - the supported families (hub checkpoints, chat template, vocabulary), their tiny
   checkpoints, and the params check run before `make paper`;
 * `llava_rad` - the LLaVA-Rad converter (original checkpoint -> transformers LLaVA) and its
-  LoRA adapter remapping.
+  LoRA adapter remapping; `vit_dinov2` - its vision trunk (timm ViT -> transformers Dinov2Model).
 
 May import `lib.protocol`. Must NOT import `lib.offline` (the offline world builds on this
 subpackage, not the other way round), `lib.scale` or `lib.bench`. Inside the subpackage the
-imports go one way: templates <- tiny <- registry, templates <- llava_rad <- registry.
+imports go one way: templates <- tiny <- registry, templates and vit_dinov2 <- llava_rad <- registry.
 """

@@ -5,7 +5,7 @@ validate it strictly with every check that needs no model, and choose the scorer
 parameters papermill injected (`notebook.injected_parameters`) are checked too, so a misspelt
 `-p` key is an error here, not only a warning on papermill's stderr.
 
-Under the command line (`PROGRESS_ENV` names a file, `lib.front.cli.execute`), the local scorer
+Under the command line (`PROGRESS_ENV` names a file, `lib.front.notebook_run.execute`), the local scorer
 also draws a plain-text bar over the samples into that file, which the command copies to the
 terminal (the kernel's own streams reach it only through papermill, and not from a terminal).
 """

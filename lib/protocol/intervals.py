@@ -60,8 +60,8 @@ def rate_intervals(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, re
                    ci_level: float = 0.95, seed: int = 0, rates=CLUSTER_RATES, unit: str = "image") -> tuple[dict, dict]:
     """(point, interval) of every rate of ``rates`` (default ``CLUSTER_RATES``), by name: the point
     value of the run and its ``[low, high]`` (None where the rate is undefined on the run), from
-    the cluster bootstrap over ``unit`` (lib.protocol.measures.ByCluster); module docstring."""
-    validate_bootstrap(resamples, ci_level)
+    the cluster bootstrap over ``unit`` (lib.protocol.measures.ByCluster); module docstring.
+    ``resamples`` and ``ci_level`` as checked by ``validate_bootstrap`` (its callers' job: once)."""
     declared = tuple(rates)
     rates = ByCluster(samples_table, predictions, declared, unit)
     n = rates.n_images
@@ -95,6 +95,7 @@ def bootstrap_ci(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resa
                  ci_level: float = 0.95, seed: int = 0) -> dict:
     """The intervals of ``rate_intervals`` nested as under ``summary["ci95"]`` (e.g.
     ``["quadrant_fractions"]["Dangerous"]``); the image-blind rate has its own (``Crossed``)."""
+    validate_bootstrap(resamples, ci_level)
     _, intervals = rate_intervals(samples_table, predictions, resamples=resamples, ci_level=ci_level, seed=seed)
     out = {}
     for rate in CLUSTER_RATES:

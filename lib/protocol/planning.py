@@ -11,7 +11,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from . import data, engine, identity, labels, local_tests, questions, records, references
+from . import data, engine, identity, image_questions, labels, local_tests, questions, records, references
 from .engine import Item
 from .samples import prompt_specs, question_sets_for, stream_samples
 from .vocabulary import FOLLOWUP, OCCLUDE, OCCLUDE_CONTROL, TWIN
@@ -241,7 +241,7 @@ def plan_followups(params: dict, samples: list) -> tuple[pd.DataFrame, collectio
     """The other studies of ``local_tests.choose_followups`` among the reader's samples of the
     run's split (all of them, not only the evaluated ``limit``); none without the test."""
     empty = pd.DataFrame(columns=list(local_tests.FOLLOWUP_COLUMNS))
-    if FOLLOWUP not in params["local_tests"] or questions.is_per_image_file(params["questions"]):
+    if FOLLOWUP not in params["local_tests"] or image_questions.is_per_image_file(params["questions"]):
         return empty, collections.Counter()
     candidates = data.iter_samples(
         params["dataset"], params["data_root"], findings=tuple(sorted({s.finding for s in samples})),

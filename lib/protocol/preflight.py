@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import config, data, models, prompts, questions, records
+from . import config, data, image_questions, models, prompts, questions, records
 
 # Size of the probe image used to count a processor's image tokens (they do not depend on the
 # input size for the fixed-resolution families; tiling families get a typical radiograph tile).
@@ -42,7 +42,7 @@ def check(params: dict, source: str = "<params>") -> None:
         fail("findings", err)
     if params["questions"] is not None:
         try:
-            problem = coverage_problem(questions.check_file(params["questions"]), params["findings"])
+            problem = coverage_problem(image_questions.check_file(params["questions"]), params["findings"])
         except (ValueError, FileNotFoundError) as err:
             fail("questions", err)
         if problem:
@@ -83,7 +83,7 @@ def check(params: dict, source: str = "<params>") -> None:
 
 
 def coverage_problem(info: dict, findings) -> str | None:
-    """The findings a question file (``questions.check_file``'s ``info``) has no question set
+    """The findings a question file (``image_questions.check_file``'s ``info``) has no question set
     for, in words; None when it covers them all (a per-image file is checked per image)."""
     missing = [f for f in findings if not info["per_image"] and f.strip().lower() not in info["findings"]]
     if not missing:
@@ -113,8 +113,8 @@ def output_dir_problem(params: dict) -> str | None:
 def all_prompts(params: dict) -> list[str]:
     """Every distinct prompt text the run will score (original questions and paraphrases, with
     the params' answer_instruction)."""
-    if questions.is_per_image_file(params["questions"]):
-        rows = questions.load_per_image_questions(params["questions"]).values()
+    if image_questions.is_per_image_file(params["questions"]):
+        rows = image_questions.load_per_image_questions(params["questions"]).values()
         texts = [p for image_rows in rows for row in image_rows for p in row["prompts"]]
     else:
         sets = questions.load_question_sets(params["questions"])

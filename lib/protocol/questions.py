@@ -1,7 +1,10 @@
 """Question sets: the original yes/no question about a finding and its paraphrases.
 
-Owns the built-in question sets, reading and checking question files (``check_file``, before any
-model loads) and the PSF-Med importer. A question set's ``prompts[0]`` is the original question
+Owns the built-in question sets and reading finding-set files (CSV, JSONL); per-image question
+files and the check of any ``questions`` value are `lib.protocol.image_questions`, the PSF-Med
+importer `lib.protocol.psf_med`. One concept, the question set; the module is long because the
+built-in texts (``BUILTIN_QUESTIONS``, ``CHEXPERT_QUESTIONS``) are data kept beside their kinds.
+A question set's ``prompts[0]`` is the original question
 (prompt_id 0); ``prompts[j]`` is paraphrase j (prompt_id j). Each prompt also has a ``kind``
 (``"original"`` for prompt 0; for paraphrases one of ``PARAPHRASE_KINDS`` or None when a file
 gives none) and a ``negated`` flag: a negated paraphrase's correct answer is the OPPOSITE of the
@@ -13,14 +16,11 @@ Finding names are matched case-insensitively (stored lower-case, stripped), so "
 Sources: the built-in sets (``BUILTIN_SETS``: ``"default"``, used when no file is given, and
 ``"chexpert"``, named as ``"builtin:chexpert"``), a user CSV (columns finding, prompt_id, prompt;
 optional kind, negated) or JSONL file (one {"finding", "question", "paraphrases"} object per line;
-a paraphrase is a string or {"text", "kind", "negated"}), or a PSF-Med style benchmark file
-converted per image by ``import_psf_med``. Files must be UTF-8; every error is one line naming
-the file (and line).
+a paraphrase is a string or {"text", "kind", "negated"}: ``paraphrase_prompt``, shared with
+per-image files). Files must be UTF-8; every error is one line naming the file (and line).
 """
-
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import json
@@ -174,14 +174,6 @@ AUXILIARY_VERBS = frozenset(
     "is are does do can could was were has have should will would did".split()
 )
 
-# PSF-Med column names are not published by us; these aliases cover the plausible spellings.
-PSF_ALIASES = {
-    "image_id": ("image_id", "dicom_id", "ImageID"),
-    "question": ("question", "original_question"),
-    "paraphrases": ("paraphrases", "paraphrase_list"),
-    "label": ("answer", "label"),
-    "finding": ("finding",),
-}
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no", "")
 
 
@@ -285,47 +277,6 @@ def load_question_sets(path=None) -> dict[str, QuestionSet]:
     raise QuestionFileError(f"{path}: unknown question file extension {suffix!r} (expected .csv or .jsonl)")
 
 
-def is_per_image_file(path) -> bool:
-    """True for a .jsonl question file whose first record has an "image_id" key (a per-image
-    file, as written by ``import_psf_med``); False for anything else, never raises."""
-    if not path or (isinstance(path, str) and path.startswith(BUILTIN_PREFIX)):
-        return False
-    path = Path(path)
-    if path.suffix.lower() != ".jsonl" or not path.is_file():
-        return False
-    try:
-        for line in path.read_bytes().decode("utf-8-sig").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                return isinstance(record, dict) and "image_id" in record
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
-        return False
-    return False
-
-
-def check_file(path) -> dict:
-    """Check a ``questions`` value fully, before any model loads: None / "builtin:<name>" / a
-    finding-set file / a per-image file. Returns {"source", "per_image", "findings", "prompts",
-    "negated", "longest_prompt"} (counts of prompts and negated prompts; the longest prompt text);
-    raises QuestionFileError (one line naming file, line and problem) or FileNotFoundError."""
-    if path is not None and not (isinstance(path, str) and path.startswith(BUILTIN_PREFIX)):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"question file not found: {path}")
-    if is_per_image_file(path):
-        rows = [row for rows in load_per_image_questions(path).values() for row in rows]
-        prompts = [(p, n) for row in rows for p, n in zip(row["prompts"], row["negated"])]
-        findings = sorted({row["finding"] for row in rows if row["finding"]})
-        per_image = True
-    else:
-        sets = load_question_sets(path)
-        prompts = [(p, n) for qset in sets.values() for p, n in zip(qset.prompts, qset.negated)]
-        findings, per_image = sorted(sets), False
-    return {"source": str(path) if path is not None else BUILTIN_PREFIX + "default",
-            "per_image": per_image, "findings": findings, "prompts": len(prompts),
-            "negated": sum(n for _, n in prompts),
-            "longest_prompt": max((p for p, _ in prompts), key=len, default="")}
-
-
 def prompts_for(finding: str, question_sets: dict[str, QuestionSet],
                 max_paraphrases: int | None = None) -> tuple[str, ...]:
     """The original question then at most ``max_paraphrases`` paraphrases (all for None) of ``finding``."""
@@ -335,80 +286,19 @@ def prompts_for(finding: str, question_sets: dict[str, QuestionSet],
 def prompt_specs_for(finding: str, question_sets: dict[str, QuestionSet],
                      max_paraphrases: int | None = None) -> tuple[Prompt, ...]:
     """As ``prompts_for`` but each prompt as a ``Prompt(text, kind, negated)``."""
-    key = _finding_key(finding)
+    key = finding_key(finding)
     if key not in question_sets:
         raise KeyError(f"no question set for finding {finding!r}; known: {sorted(question_sets)}")
-    if max_paraphrases is not None and max_paraphrases < 0:
-        raise ValueError(f"max_paraphrases must be >= 0, got {max_paraphrases}")
     specs = question_sets[key].specs
     return specs if max_paraphrases is None else specs[: 1 + max_paraphrases]
 
 
-def import_psf_med(path, out_path) -> dict:
-    """Convert a PSF-Med style file (JSONL or CSV) into a per-image question file (JSONL).
-
-    Input rows carry an image id, a question, its paraphrases (a list, or a JSON / Python-list
-    string in CSV; an entry may be a string or {"text", "kind", "negated"}), a yes/no answer and
-    optionally a finding; column names are matched through ``PSF_ALIASES`` because the real
-    PSF-Med schema is not published by us. Each output line is {"image_id", "finding" (None when
-    absent), "label", "question", "paraphrases"}; a paraphrase with a kind or negated flag stays
-    an object {"text", "kind", "negated"}, others are strings.
-
-    Filtering, in this order: a row whose answer is not yes/no (case-insensitive, a trailing
-    "." ignored) is dropped (``dropped_label``); a row whose question fails
-    ``is_yes_no_question`` is dropped (``dropped_not_yes_no``); in kept rows, paraphrases that
-    fail it are removed (``paraphrases_dropped``). Returns those counts with ``rows_in`` and
-    ``kept``.
-    """
-    path, out_path = Path(path), Path(out_path)
-    records = _read_records(path)
-    columns = set().union(*(r.keys() for r in records)) if records else set()
-    names = {}
-    for field, aliases in PSF_ALIASES.items():
-        found = next((a for a in aliases if a in columns), None)
-        if found is None and field != "finding":
-            raise QuestionFileError(f"{path}: missing {field!r} column (accepted names: {', '.join(aliases)})")
-        names[field] = found
-
-    counts = dict(rows_in=len(records), kept=0, dropped_not_yes_no=0, dropped_label=0, paraphrases_dropped=0)
-    out_rows = []
-    for line_no, record in enumerate(records, start=1):
-        label = str(record.get(names["label"], "")).strip().lower().rstrip(".")
-        if label not in ("yes", "no"):
-            counts["dropped_label"] += 1
-            continue
-        question = str(record.get(names["question"], "")).strip()
-        if not is_yes_no_question(question):
-            counts["dropped_not_yes_no"] += 1
-            continue
-        entries = [_paraphrase(p, path, f"record {line_no}")
-                   for p in _as_list(record.get(names["paraphrases"]), path)]
-        kept = [e for e in entries if is_yes_no_question(e.text)]
-        counts["paraphrases_dropped"] += len(entries) - len(kept)
-        image_id = record.get(names["image_id"])
-        image_id = "" if image_id is None else str(image_id).strip()
-        if not image_id:
-            raise QuestionFileError(f"{path}: a row with question {question!r} has no image id")
-        finding = record.get(names["finding"]) if names["finding"] else None
-        out_rows.append({
-            "image_id": image_id,
-            "finding": _finding_key(finding) if finding else None,
-            "label": label,
-            "question": question,
-            "paraphrases": [e.text if e.kind is None and not e.negated else e._asdict()
-                            for e in kept],
-        })
-        counts["kept"] += 1
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("".join(json.dumps(r) + "\n" for r in out_rows), encoding="utf-8")
-    return counts
-
-
-def _finding_key(finding: str) -> str:
+def finding_key(finding: str) -> str:
+    """How a finding names its question set: stripped, lower-case."""
     return str(finding).strip().lower()
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The file as text; non-UTF-8 bytes are a one-line error naming the file, line and byte."""
     try:
         data = path.read_bytes()
@@ -442,7 +332,7 @@ def _kind(value, where: str) -> str | None:
     return kind
 
 
-def _paraphrase(entry, path: Path, where: str) -> Prompt:
+def paraphrase_prompt(entry, path: Path, where: str) -> Prompt:
     """A paraphrase entry (a string or {"text", "kind", "negated"}) as a Prompt."""
     at = f"{path}: {where}"
     if isinstance(entry, str):
@@ -469,7 +359,7 @@ def _question_set(where: str, finding: str, specs) -> QuestionSet:
 
 def _load_csv(path: Path) -> dict[str, QuestionSet]:
     """Finding sets from a CSV: finding, prompt_id, prompt (+ optional kind, negated)."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -497,7 +387,7 @@ def _load_csv(path: Path) -> dict[str, QuestionSet]:
                                     f"{len(header)} ({', '.join(header)}); quote fields with commas")
         row = dict(zip(header, cells))
         where = f"{path}: line {line}"
-        finding = _finding_key(row["finding"])
+        finding = finding_key(row["finding"])
         if not finding:
             raise QuestionFileError(f"{where}: empty finding")
         try:
@@ -521,25 +411,25 @@ def _load_csv(path: Path) -> dict[str, QuestionSet]:
 
 def _load_jsonl(path: Path) -> dict[str, QuestionSet]:
     sets = {}
-    for line_no, record in _read_jsonl(path):
+    for line_no, record in read_jsonl(path):
         where = f"{path}: line {line_no}"
         missing = [k for k in ("finding", "question", "paraphrases") if k not in record]
         if missing:
             raise QuestionFileError(f"{where} is missing key(s) {missing}")
-        finding = _finding_key(record["finding"])
+        finding = finding_key(record["finding"])
         if finding in sets:
             raise QuestionFileError(f"{where}: finding {finding!r} appears twice (duplicate prompt ids)")
         if not isinstance(record["paraphrases"], list):
             raise QuestionFileError(f"{where}: 'paraphrases' must be a list")
-        paraphrases = [_paraphrase(p, path, f"line {line_no}") for p in record["paraphrases"]]
+        paraphrases = [paraphrase_prompt(p, path, f"line {line_no}") for p in record["paraphrases"]]
         sets[finding] = _question_set(where, finding, [(record["question"], ORIGINAL, False), *paraphrases])
     return sets
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line; bad JSON or bytes fail naming file and line."""
     records = []
-    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -550,69 +440,6 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             raise QuestionFileError(f"{path}: line {line_no} is not a JSON object")
         records.append((line_no, record))
     return records
-
-
-def load_per_image_questions(path) -> dict[str, list[dict]]:
-    """Rows of a per-image question file (as written by `import_psf_med`) grouped by image_id,
-    in file order: {"finding", "label", "prompts", "kinds", "negated"} each (the last three
-    parallel tuples; ``label`` answers the original question); bad rows fail, naming file and line."""
-    path = Path(path)
-    by_image: dict[str, list[dict]] = {}
-    for line_no, row in _read_jsonl(path):
-        where = f"{path}: line {line_no}"
-        missing = [k for k in ("image_id", "label", "question", "paraphrases") if k not in row]
-        if missing:
-            raise QuestionFileError(f"{where} is missing key(s) {missing}")
-        label = str(row["label"]).strip().lower()
-        if label not in ("yes", "no"):
-            raise QuestionFileError(f"{where}: label must be yes or no, got {row['label']!r}")
-        if not isinstance(row["paraphrases"], list):
-            raise QuestionFileError(f"{where}: 'paraphrases' must be a list")
-        specs = [Prompt(str(row["question"]).strip(), ORIGINAL, False),
-                 *(_paraphrase(p, path, f"line {line_no}") for p in row["paraphrases"])]
-        if not all(s.text for s in specs):
-            raise QuestionFileError(f"{where}: empty question or paraphrase")
-        image_id = str(row["image_id"]).strip()
-        if not image_id:
-            raise QuestionFileError(f"{where}: empty image_id")
-        finding = row.get("finding")
-        by_image.setdefault(image_id, []).append({
-            "finding": str(finding).strip().lower() if finding else None,
-            "label": label, "prompts": tuple(s.text for s in specs),
-            "kinds": tuple(s.kind for s in specs), "negated": tuple(s.negated for s in specs),
-        })
-    return by_image
-
-
-def _read_records(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return [record for _, record in _read_jsonl(path)]
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
-        try:
-            return [{k: (v if v is not None else "") for k, v in row.items() if k is not None}
-                    for row in reader]
-        except csv.Error as err:
-            raise QuestionFileError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
-    raise QuestionFileError(f"{path}: unknown PSF-Med file extension {suffix!r} (expected .csv or .jsonl)")
-
-
-def _as_list(value, path: Path) -> list:
-    """Paraphrases as a list: a list as is; a JSON or Python-list string parsed; empty -> []."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return []
-    if isinstance(value, list):
-        return [v if isinstance(v, dict) else str(v) for v in value]
-    if isinstance(value, str):
-        for parse in (json.loads, ast.literal_eval):
-            try:
-                parsed = parse(value)
-            except (ValueError, SyntaxError):
-                continue
-            if isinstance(parsed, list):
-                return [v if isinstance(v, dict) else str(v) for v in parsed]
-    raise QuestionFileError(f"{path}: paraphrases value {value!r} is not a list")
 
 
 def with_instruction(text: str, instruction: str | None) -> str:
@@ -633,5 +460,5 @@ def read_prompt_split(path) -> dict[str, dict[str, list[str]]]:
             isinstance(v, dict) and isinstance(v.get("train"), list) and isinstance(v.get("held_out"), list)
             for v in split.values()):
         raise QuestionFileError(f"{path}: expected {{finding: {{\"train\": [...], \"held_out\": [...]}}}}")
-    return {_finding_key(f): {part: [str(p) for p in v[part]] for part in ("train", "held_out")}
+    return {finding_key(f): {part: [str(p) for p in v[part]] for part in ("train", "held_out")}
             for f, v in split.items()}

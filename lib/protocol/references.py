@@ -54,8 +54,6 @@ def choose_references(candidates: pd.DataFrame, samples: pd.DataFrame, pool: int
     image_id, finding, label, image_path, patient_id) that share no image and no patient with
     ``samples`` (columns image_id, patient_id), chosen by ``seeded_order``. Rows sorted by
     finding, label, image_id; columns ``REFERENCE_COLUMNS``."""
-    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
-        raise ValueError(f"reference pool must be an integer >= 1, got {pool!r}")
     taken_images = set(samples["image_id"])
     taken_patients = set(samples["patient_id"].dropna()) if "patient_id" in samples else set()
     free = candidates[~candidates["image_id"].isin(taken_images)]

@@ -7,17 +7,17 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from . import data, questions
+from . import data, image_questions, questions
 
 
 def stream_samples(params: dict, skipped: data.Skips):
     """The pair's samples, streamed from the reader, at most `limit` of them.
 
     With a per-image question file (`questions` = JSONL rows with an image_id, as written by
-    `lib.protocol.questions.import_psf_med`) the samples are the file's rows joined with the reader's
+    `lib.protocol.psf_med.import_psf_med`) the samples are the file's rows joined with the reader's
     images instead (see `per_image_samples`).
     """
-    if questions.is_per_image_file(params["questions"]):
+    if image_questions.is_per_image_file(params["questions"]):
         samples = per_image_samples(params, skipped)
     else:
         samples = data.iter_samples(
@@ -38,7 +38,7 @@ class QuestionSample(data.Sample):
 
 def question_sets_for(params: dict) -> dict:
     """Question sets by finding; none for a per-image file (its prompts are in its samples)."""
-    if questions.is_per_image_file(params["questions"]):
+    if image_questions.is_per_image_file(params["questions"]):
         return {}
     return questions.load_question_sets(params["questions"])
 
@@ -52,7 +52,7 @@ def per_image_samples(params: dict, skipped: data.Skips):
     apply. Rows whose image is not a readable frontal image of the split are counted as
     `question_image_not_found`.
     """
-    by_image = questions.load_per_image_questions(params["questions"])
+    by_image = image_questions.load_per_image_questions(params["questions"])
     images = data.iter_samples(
         params["dataset"], params["data_root"], findings=tuple(params["findings"])[:1],
         split=params["split"], label_policy=data.LabelPolicy(uncertain="yes", blank="yes"),
