@@ -41,7 +41,6 @@ from PIL import Image
 from . import prompts as prompting
 from .vocabulary import BLANK as CONDITION_BLANK
 from .vocabulary import IMAGE as CONDITION_IMAGE
-from .vocabulary import IMAGE_REMOVAL_MODES
 from .vocabulary import NOISE as CONDITION_NOISE
 from .vocabulary import REFERENCE as CONDITION_REFERENCE
 from .vocabulary import TEXT_ONLY as CONDITION_TEXT_ONLY
@@ -116,8 +115,6 @@ class Engine:
 
     def __init__(self, lm, image_removal: str = "none", prefix_sharing: bool = True,
                  batch_size: int = 16, max_rows: int = 64):
-        if image_removal not in IMAGE_REMOVAL_MODES:
-            raise ValueError(f"image_removal must be one of {IMAGE_REMOVAL_MODES}, got {image_removal!r}")
         self.lm = lm
         self.image_removal = image_removal
         self.batch_size = batch_size
