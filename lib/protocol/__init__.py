@@ -2,8 +2,8 @@
 
 Data flows one way: `config` (the params schema, strict validation) -> `preflight`
 (every check that needs no model weights) -> `data` (the datasets, dispatching to one reader per
-layout: `mimic`, `padchest`; what they share: `reading`; `policy` the label policy, `labels` the
-label hierarchy, `images` decoding; samples) -> `questions` (question sets and
+layout: `mimic`, `padchest`, `vindr`; box files: `boxes`; what they share: `reading`; `policy`
+the label policy, `labels` the label hierarchy, `images` decoding; samples) -> `questions` (question sets and
 paraphrases) -> `samples` (the run's samples and their prompts, decided once) -> `prompts` (chat-template rendering) -> `models` (loading) -> `engine` (batched
 forward passes, conditions image / text_only / swap / blank / noise / twin) -> `identity` (record
 keys, fingerprints, run hash) and `records` (the content-keyed resumable store, the output lock,

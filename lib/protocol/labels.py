@@ -39,7 +39,7 @@ Counts of frontal images (PA, AP, AP_horizontal) in the real
 from __future__ import annotations
 
 # canonical finding -> {"mimic-cxr": CheXpert column or None, "padchest": PadChest labels or None}
-DATASETS = ("mimic-cxr", "padchest")
+DATASETS = ("mimic-cxr", "padchest", "vindr-cxr")
 
 # canonical finding -> {"mimic-cxr": CheXpert column or None, "padchest": PadChest labels or None,
 # "vindr-cxr": VinDr-CXR class names (columns of image_labels_*.csv, class_name of the boxes) or None}
