@@ -99,6 +99,10 @@ def test_fraction_box(corners, problem):
 def test_mimic_samples_carry_their_study(mimic):
     s = next(iter_samples("mimic-cxr", mimic))
     assert (s.image_id, s.patient_id, s.study_id, s.study_date) == ("d3", "10000033", "50000001", "21800506")
+    metadata = mimic / f"{data.MIMIC_METADATA}.gz"
+    pd.read_csv(metadata).drop(columns="StudyDate").to_csv(metadata, index=False)
+    s = next(iter_samples("mimic-cxr", mimic))
+    assert (s.study_id, s.study_date) == ("50000001", None)        # StudyDate is optional
 
 
 def test_padchest_samples_carry_their_study(tmp_path):
