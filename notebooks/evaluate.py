@@ -47,6 +47,7 @@ device = "auto"
 dataset = "mimic-cxr"
 data_root = "outputs/default/data/mimic-cxr"
 split = "test"
+box_file = None
 findings = ["cardiomegaly", "pleural effusion", "pneumothorax", "nodule"]
 questions = None
 max_paraphrases = None

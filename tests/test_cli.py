@@ -45,7 +45,7 @@ def test_a_bad_value_is_refused_before_torch_or_papermill_load(tmp_path):
                              "--data-root", str(tmp_path), "--out", str(tmp_path / "o")],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     lines = result.stderr.strip().splitlines()
-    assert lines == ["cxr-screen: --dataset: got 'chexpert'; allowed: one of mimic-cxr, padchest", "2 []"]
+    assert lines == ["cxr-screen: --dataset: got 'chexpert'; allowed: one of mimic-cxr, padchest, vindr-cxr", "2 []"]
 
 
 def test_screen_help_lists_the_researcher_flags(capsys):

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from lib.protocol import data, labels
+from lib.protocol import data, labels, padchest
 from tests.real_padchest import build_padchest_tree, read_real, require_real_padchest
 
 # Positive frontal images per finding under the hierarchy (lib.protocol.labels.FINDING_LABELS).
@@ -139,7 +139,7 @@ def test_tree_of_real_rows_reads_end_to_end(real_tree):
     expected = {}
     for image_id, cell in zip(frontal["ImageID"], frontal["Labels"]):
         present = data.parse_padchest_labels(cell)
-        if present is None or data._no_info_reason(present, data.LabelPolicy()):
+        if present is None or padchest.no_info_reason(present, data.LabelPolicy()):
             continue
         for f in data.DEFAULT_FINDINGS:
             hit = present & set(labels.FINDING_LABELS[f]["padchest"])

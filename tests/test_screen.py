@@ -118,7 +118,7 @@ def test_unknown_dataset_exits_2_naming_it(flags, tmp_path):
     result = run(screen_command() + args + ["--out", str(tmp_path / "out")], cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr.strip() == ("cxr-screen: --dataset: got 'chexpert-x'; allowed: one of "
-                                     "mimic-cxr, padchest")
+                                     "mimic-cxr, padchest, vindr-cxr")
     assert not (tmp_path / "out").exists()
 
 

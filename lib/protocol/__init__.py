@@ -1,8 +1,9 @@
 """The protocol core: everything one model-dataset pair's evaluation needs, and nothing else.
 
 Data flows one way: `config` (the params schema, strict validation) -> `preflight`
-(every check that needs no model weights) -> `data` + `labels` (readers of the official dataset
-layouts, label policies and the label hierarchy; samples) -> `questions` (question sets and
+(every check that needs no model weights) -> `data` (the datasets, dispatching to one reader per
+layout: `mimic`, `padchest`, `vindr`; box files: `boxes`; what they share: `reading`; `policy`
+the label policy, `labels` the label hierarchy, `images` decoding; samples) -> `questions` (question sets and
 paraphrases) -> `samples` (the run's samples and their prompts, decided once) -> `prompts` (chat-template rendering) -> `models` (loading) -> `engine` (batched
 forward passes, conditions image / text_only / swap / blank / noise / twin) -> `identity` (record
 keys, fingerprints, run hash) and `records` (the content-keyed resumable store, the output lock,

@@ -38,9 +38,10 @@ DEFAULTS = {
     "quantization": "none",     # none | 4bit (bitsandbytes nf4)
     "dtype": "auto",            # auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     "device": "auto",           # auto | cpu | cuda | cuda:N
-    "dataset": None,            # mimic-cxr | padchest
+    "dataset": None,            # mimic-cxr | padchest | vindr-cxr
     "data_root": None,          # the dataset in its official on-disk layout
-    "split": "test",            # official split (MIMIC) or hash split (PadChest)
+    "split": "test",            # official split (MIMIC, VinDr-CXR) or hash split (PadChest)
+    "box_file": None,           # mimic-cxr only: an MS-CXR box file (MS_CXR_Local_Alignment_v1.0.0.csv)
     "findings": ["cardiomegaly", "pleural effusion", "pneumothorax", "nodule"],
     "questions": None,          # None = built-in question sets, else a CSV/JSONL file
     "max_paraphrases": None,    # cap on paraphrases per sample (None = all)
@@ -144,6 +145,7 @@ SCHEMA = {
     "device": Check("str", pattern=DEVICE),
     "dataset": Check("str", choices=data.DATASETS), "data_root": Check("str"),
     "split": Check("str", choices=tuple(sorted({s for v in data.SPLITS.values() for s in v}))),
+    "box_file": Check("str", nullable=True),
     "findings": Check("list", choices=tuple(labels.FINDING_LABELS)),
     "questions": Check("str", nullable=True),
     "max_paraphrases": Check("int", nullable=True, minimum=0),
@@ -369,13 +371,18 @@ def load(path) -> dict:
 
 def validate(raw: dict, source: str = "<params>", sources: dict | None = None) -> dict:
     """The evaluate params: `RUN.check`, then the checks across keys (label_policy's keys,
-    the split of the dataset, data_root exists, show_images on synthetic data only)."""
+    the split of the dataset, box_file for MIMIC only, data_root exists, show_images on
+    synthetic data only)."""
     sources = sources or {}
     params = RUN.check(raw, source, sources)
     params["label_policy"] = check_label_policy(params["label_policy"], sources.get("label_policy", source))
     if params["split"] not in data.SPLITS[params["dataset"]]:
         raise ParamsError(f"{sources.get('split', source)}: key 'split': got {params['split']!r}; "
                           f"allowed for {params['dataset']}: {', '.join(data.SPLITS[params['dataset']])}")
+    if params["box_file"] is not None and params["dataset"] != "mimic-cxr":
+        raise ParamsError(f"{sources.get('box_file', source)}: key 'box_file': an MS-CXR box file is "
+                          f"read for mimic-cxr only, not {params['dataset']} (VinDr-CXR reads its "
+                          f"own annotations)")
     if not Path(params["data_root"]).is_dir():
         raise ParamsError(f"{sources.get('data_root', source)}: key 'data_root': directory not found: "
                           f"{params['data_root']}")
@@ -388,8 +395,8 @@ def validate(raw: dict, source: str = "<params>", sources: dict | None = None) -
 
 # The split a model was not trained on, where the data's use is known: LLaVA-Rad trained on
 # MIMIC-CXR's train split; PadChest has no official split (lib.protocol.data.split_of_patient), and
-# the study's models never trained on PadChest, so its other split serves.
-REFERENCE_SPLIT = {"mimic-cxr": "validate", "padchest": "train"}
+# the study's models never trained on PadChest or VinDr-CXR, so their other split serves.
+REFERENCE_SPLIT = {"mimic-cxr": "validate", "padchest": "train", "vindr-cxr": "train"}
 
 
 def check_references(params: dict, sources: dict, source: str) -> None:

@@ -70,7 +70,7 @@ def records_key(params: dict) -> str:
 
 def input_fingerprints(params: dict) -> dict:
     """sha256 of every file the params name besides the model: the question file, the
-    dataset's official label files (those the reader reads), the twins and prompt split files."""
+    dataset's official label files (those the reader reads), the twins, prompt split and box files."""
     def named(value):
         return sha256_file(value) if value and Path(value).is_file() else None
 
@@ -91,7 +91,8 @@ def input_fingerprints(params: dict) -> dict:
     return {"questions": named(params["questions"]),
             "label_files": {Path(p).name: sha256_file(p) for p in files.values()},
             "reference_label_files": {Path(p).name: sha256_file(p) for p in reference_files.values()},
-            "twins": named(params["twins"]), "prompt_split": named(params["prompt_split"])}
+            "twins": named(params["twins"]), "prompt_split": named(params["prompt_split"]),
+            "box_file": named(params.get("box_file"))}
 
 
 def run_hash(params: dict, inputs: dict | None = None) -> str:

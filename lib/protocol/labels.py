@@ -20,6 +20,17 @@ Sources:
   ``hydropneumothorax`` sits under both pleural effusion and pneumothorax.
   ``lung opacity`` and ``support devices`` have no single PadChest tree node, so they are
   MIMIC-only (``None``); a params ``label_policy.label_map`` may add them.
+* VinDr-CXR 1.0.0: the class names of ``image_labels_{train,test}.csv`` (22 local labels, with
+  boxes, and 6 global ones; Nguyen et al., Scientific Data 9, 429 (2022), Table 1), names as
+  published (case kept). A finding maps to the classes that name it: ``nodule`` <- ``Nodule/Mass``,
+  ``fracture`` <- ``Clavicle fracture``, ``Rib fracture``; ``pleural other`` <- ``Pleural
+  thickening``; ``enlarged cardiomediastinum`` <- ``Aortic enlargement`` (as PadChest's aortic
+  elongation); ``lung opacity`` <- VinDr's own ``Lung Opacity`` class only (CheXpert's Lung Opacity
+  also covers edema, consolidation and atelectasis; VinDr marks those as separate classes);
+  ``pneumonia`` is a global label (no boxes). VinDr has no support-device label (``None``).
+  ``ILD``, ``Infiltration``, ``Calcification``, ``Emphysema``, ``Enlarged PA``, ``Lung cavity``,
+  ``Lung cyst``, ``Mediastinal shift``, ``Pulmonary fibrosis``, ``Other lesion`` and the other
+  global labels have no CheXpert counterpart and are not read.
 
 Counts of frontal images (PA, AP, AP_horizontal) in the real
 ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` are in ``tests/test_real_padchest.py``.
@@ -28,31 +39,42 @@ Counts of frontal images (PA, AP, AP_horizontal) in the real
 from __future__ import annotations
 
 # canonical finding -> {"mimic-cxr": CheXpert column or None, "padchest": PadChest labels or None}
+DATASETS = ("mimic-cxr", "padchest", "vindr-cxr")
+
+# canonical finding -> {"mimic-cxr": CheXpert column or None, "padchest": PadChest labels or None,
+# "vindr-cxr": VinDr-CXR class names (columns of image_labels_*.csv, class_name of the boxes) or None}
 FINDING_LABELS: dict[str, dict] = {
-    "cardiomegaly": {"mimic-cxr": "Cardiomegaly", "padchest": ("cardiomegaly",)},
+    "cardiomegaly": {"mimic-cxr": "Cardiomegaly", "padchest": ("cardiomegaly",),
+                     "vindr-cxr": ("Cardiomegaly",)},
     "pleural effusion": {"mimic-cxr": "Pleural Effusion", "padchest": (
         "pleural effusion", "loculated pleural effusion", "loculated fissural effusion",
-        "hydropneumothorax", "empyema", "hemothorax")},
-    "pneumothorax": {"mimic-cxr": "Pneumothorax", "padchest": ("pneumothorax", "hydropneumothorax")},
-    "nodule": {"mimic-cxr": "Lung Lesion", "padchest": ("nodule", "multiple nodules")},
+        "hydropneumothorax", "empyema", "hemothorax"), "vindr-cxr": ("Pleural effusion",)},
+    "pneumothorax": {"mimic-cxr": "Pneumothorax", "padchest": ("pneumothorax", "hydropneumothorax"),
+                     "vindr-cxr": ("Pneumothorax",)},
+    "nodule": {"mimic-cxr": "Lung Lesion", "padchest": ("nodule", "multiple nodules"),
+               "vindr-cxr": ("Nodule/Mass",)},
     "atelectasis": {"mimic-cxr": "Atelectasis", "padchest": (
         "atelectasis", "total atelectasis", "lobar atelectasis", "segmental atelectasis",
-        "laminar atelectasis", "round atelectasis", "atelectasis basal")},
-    "consolidation": {"mimic-cxr": "Consolidation", "padchest": ("consolidation", "air bronchogram")},
-    "edema": {"mimic-cxr": "Edema", "padchest": ("pulmonary edema",)},
+        "laminar atelectasis", "round atelectasis", "atelectasis basal"),
+        "vindr-cxr": ("Atelectasis",)},
+    "consolidation": {"mimic-cxr": "Consolidation", "padchest": ("consolidation", "air bronchogram"),
+                      "vindr-cxr": ("Consolidation",)},
+    "edema": {"mimic-cxr": "Edema", "padchest": ("pulmonary edema",), "vindr-cxr": ("Edema",)},
     "enlarged cardiomediastinum": {"mimic-cxr": "Enlarged Cardiomediastinum", "padchest": (
         "mediastinal enlargement", "superior mediastinal enlargement", "goiter", "aortic aneurysm",
         "mediastinal mass", "hiatal hernia", "descendent aortic elongation",
-        "ascendent aortic elongation", "supra aortic elongation")},
+        "ascendent aortic elongation", "supra aortic elongation"),
+        "vindr-cxr": ("Aortic enlargement",)},
     "fracture": {"mimic-cxr": "Fracture", "padchest": (
         "fracture", "clavicle fracture", "humeral fracture", "vertebral fracture", "rib fracture",
-        "callus rib fracture")},
+        "callus rib fracture"), "vindr-cxr": ("Clavicle fracture", "Rib fracture")},
     "pleural other": {"mimic-cxr": "Pleural Other", "padchest": (
         "pleural thickening", "apical pleural thickening", "calcified pleural thickening",
-        "pleural plaques", "calcified pleural plaques")},
-    "pneumonia": {"mimic-cxr": "Pneumonia", "padchest": ("pneumonia", "atypical pneumonia")},
-    "lung opacity": {"mimic-cxr": "Lung Opacity", "padchest": None},
-    "support devices": {"mimic-cxr": "Support Devices", "padchest": None},
+        "pleural plaques", "calcified pleural plaques"), "vindr-cxr": ("Pleural thickening",)},
+    "pneumonia": {"mimic-cxr": "Pneumonia", "padchest": ("pneumonia", "atypical pneumonia"),
+                  "vindr-cxr": ("Pneumonia",)},
+    "lung opacity": {"mimic-cxr": "Lung Opacity", "padchest": None, "vindr-cxr": ("Lung Opacity",)},
+    "support devices": {"mimic-cxr": "Support Devices", "padchest": None, "vindr-cxr": None},
 }
 
 # PadChest labels that say nothing about any finding (see LabelPolicy.padchest_unchanged etc.).
@@ -70,10 +92,13 @@ def merged_map(override: dict | None) -> dict[str, dict]:
     laid over it per dataset key; new findings are added (a missing dataset key is None)."""
     merged = {f: dict(v) for f, v in FINDING_LABELS.items()}
     for finding, entry in (override or {}).items():
-        row = merged.setdefault(finding, {"mimic-cxr": None, "padchest": None})
+        row = merged.setdefault(finding, dict.fromkeys(DATASETS))
         for dataset, value in entry.items():
-            row[dataset] = (tuple(str(x).strip().lower() for x in value)
-                            if dataset == "padchest" and value is not None else value)
+            if dataset == "padchest" and value is not None:
+                value = tuple(str(x).strip().lower() for x in value)
+            elif dataset == "vindr-cxr" and value is not None:
+                value = tuple(str(x).strip() for x in value)  # VinDr class names keep their case
+            row[dataset] = value
     return merged
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import config, data, image_questions, models, prompts, questions, records
+from . import boxes, config, data, image_questions, models, prompts, questions, records
 
 # Size of the probe image used to count a processor's image tokens (they do not depend on the
 # input size for the fixed-resolution families; tiling families get a typical radiograph tile).
@@ -69,6 +69,11 @@ def check(params: dict, source: str = "<params>") -> None:
             data.read_twins(params["twins"])
         except (data.DataLayoutError, OSError) as err:
             fail("twins", err)
+    if params["box_file"]:
+        try:
+            boxes.check_ms_cxr(params["box_file"])
+        except data.DataLayoutError as err:
+            fail("box_file", err)
     if params["prompt_split"]:
         try:
             questions.read_prompt_split(params["prompt_split"])

@@ -23,7 +23,7 @@ def stream_samples(params: dict, skipped: data.Skips):
         samples = data.iter_samples(
             params["dataset"], params["data_root"], findings=tuple(params["findings"]),
             split=params["split"], label_policy=data.LabelPolicy.from_dict(params["label_policy"]),
-            skipped=skipped,
+            skipped=skipped, box_file=params.get("box_file"),
         )
     return itertools.islice(samples, params["limit"])
 
