@@ -26,7 +26,7 @@ export PYTHONHASHSEED := 0
 # no longer imported): after changing a notebook's imports, update the list it names.
 NOTEBOOK_SETUP := lib/front/notebook.py
 # params -> samples, labels, questions, prompts; loading a model (what fine-tuning uses)
-PROTOCOL_LOAD := $(addprefix lib/protocol/,config.py data.py reading.py policy.py images.py mimic.py padchest.py vindr.py boxes.py labels.py questions.py prompts.py models.py provenance.py vocabulary.py)
+PROTOCOL_LOAD := $(addprefix lib/protocol/,config.py params_yaml.py data.py reading.py policy.py images.py mimic.py padchest.py vindr.py boxes.py labels.py questions.py prompts.py models.py provenance.py vocabulary.py)
 # ... -> the Engine -> records -> quadrants: one run
 PROTOCOL_SCORING := $(PROTOCOL_LOAD) $(addprefix lib/protocol/,engine.py identity.py records.py samples.py image_questions.py references.py local_tests.py planning.py taxonomy.py measures.py screening.py ground_truth.py intervals.py summary.py run.py)
 # the default family: tiny checkpoints of the real classes and their chat templates, trained here
@@ -41,7 +41,7 @@ DEFAULT_CODE := notebooks/build_default.ipynb $(NOTEBOOK_SETUP) $(addprefix lib/
 ADAPTER_CODE := notebooks/finetune_lora.ipynb $(NOTEBOOK_SETUP) lib/offline/finetune.py $(DEFAULT_FAMILY) $(PROTOCOL_LOAD)
 # the evaluate notebook's session (strict params, preflight, the scorer: in-process or Ray)
 RUN_CODE := notebooks/evaluate.ipynb $(NOTEBOOK_SETUP) lib/front/session.py lib/protocol/preflight.py lib/protocol/breakdown.py $(PROTOCOL_SCORING) lib/scale/ray_scorer.py
-ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) lib/front/explorer.py $(addprefix lib/protocol/,stats.py plots.py taxonomy.py breakdown.py config.py data.py reading.py policy.py images.py mimic.py padchest.py vindr.py boxes.py labels.py vocabulary.py measures.py intervals.py local_tests.py)
+ANALYSIS_CODE := notebooks/analysis.ipynb $(NOTEBOOK_SETUP) lib/front/explorer.py $(addprefix lib/protocol/,stats.py plots.py taxonomy.py breakdown.py config.py params_yaml.py data.py reading.py policy.py images.py mimic.py padchest.py vindr.py boxes.py labels.py vocabulary.py measures.py intervals.py local_tests.py)
 
 DEFAULT := outputs/default/build_report.json
 LORA_PARAMS := $(wildcard params/lora/*.yaml)

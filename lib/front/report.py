@@ -248,7 +248,8 @@ def local_tests_section(summary: dict) -> list[str]:
         rows.append((test, LOCAL_WORDS.get(test, ""), block["n_tested"], reasons,
                      with_interval(block.get("change_rate"), lookup(summary, "ci95", "local_tests", test, "change_rate")),
                      "–" if "image_blind_share" not in block else
-                     with_interval(share, lookup(summary, "ci95", "local_tests", test, "image_blind_share"))))
+                     f"{with_interval(share, lookup(summary, 'ci95', 'local_tests', test, 'image_blind_share'))} "
+                     f"(of {block.get('n_dangerous_tested', 0)})"))
     truth = (summary.get("ground_truth") or {}).get("local_tests") or {}
     checked = [(test, t["n_covered"], cell(t["precision"]), cell(t["recall"])) for test, t in truth.items()]
     parts = ["<h2>Local tests: does the answer follow this image?</h2>",

@@ -3,8 +3,8 @@ run's identity hashes: lib.protocol.identity).
 
 A params file is YAML with the keys of DEFAULTS. Values may name environment variables as
 `${NAME}`; a missing variable stops the run with a message naming it and the file. A params file
-(and a `-p` value read as YAML) is parsed with limits (`parse_yaml`): at most MAX_PARAMS_BYTES,
-nesting at most MAX_YAML_DEPTH deep, no aliases (`*name`: a few hundred bytes of nested aliases
+(and a `-p` value read as YAML) is parsed with limits (lib.protocol.params_yaml): at most
+MAX_PARAMS_BYTES, nesting at most params_yaml.MAX_YAML_DEPTH deep, no aliases (`*name`: a few hundred bytes of nested aliases
 expand into gigabytes).
 
 Validation is strict and happens once, before any model loads (`resolve`, then
@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from . import data, labels, vocabulary
+from .params_yaml import parse_yaml, shorten
 
 REQUIRED = ("config", "model", "dataset", "data_root")
 DEFAULTS = {
@@ -79,7 +80,6 @@ DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 # `config` names the run's folder (outputs/runs/<config>__<dataset>): a plain name, no path.
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 MAX_PARAMS_BYTES = 64 * 1024
-MAX_YAML_DEPTH = 16
 MAX_MESSAGE = 600
 BOOL_STRINGS = {"true": True, "false": False}
 # The folder holding data roots written by lib.offline.synth carries this file: their images are
@@ -256,32 +256,6 @@ def check_label_policy(policy: dict, where: str) -> dict:
 
 
 # -- reading params --------------------------------------------------------------------------
-
-def shorten(text: str, width: int = 80) -> str:
-    """``text`` cut to ``width`` characters ("..." marks the cut)."""
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-class LimitedYAML(yaml.YAMLError):
-    """YAML beyond the limits of params (an alias, too deep a nesting)."""
-
-
-def parse_yaml(text: str):
-    """``yaml.safe_load`` of params text, after checking its events: no alias, nesting at most
-    MAX_YAML_DEPTH (LimitedYAML otherwise). Linear in the text's length."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            raise LimitedYAML(f"an alias (*{shorten(str(event.anchor), 20)}): aliases are not "
-                              f"allowed in params, write the value out")
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
-                raise LimitedYAML(f"nested more than {MAX_YAML_DEPTH} deep")
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-    return yaml.safe_load(text)
-
 
 def read_file(path) -> dict:
     """The raw mapping of a params file (at most MAX_PARAMS_BYTES, `parse_yaml`); errors name

@@ -11,7 +11,7 @@ truly_image_reliant are lib.protocol.taxonomy's columns).
   so this is no per-sample verdict; ``image_blind``: the twin truth of the
   image-blind rate, mean of [Dangerous and pred_twin == pred] over the samples with a twin and
   references, beside the estimate on the same samples, its interval and whether it covers;
-  ``local_tests`` [local_test_truth]: per local test (lib.protocol.local_tests), precision and
+  ``local_tests`` [local_test_truth]: per local test (occlude, followup), precision and
   recall of "the answer did not change" for "the twin's answer did not change" over the samples
   with a twin that the test covers, with ``coverage`` = those samples / the samples with a twin.
 """
@@ -22,6 +22,7 @@ import pandas as pd
 
 from .local_tests import CHANGES
 from .measures import auroc, plain
+from .vocabulary import LOCAL_TESTS
 
 
 def precision_recall(predicted, truth) -> dict:
@@ -59,7 +60,8 @@ def ground_truth(samples_table: pd.DataFrame, image_blind: dict | None = None) -
 def local_test_truth(table: pd.DataFrame, ignored: np.ndarray) -> dict | None:
     """Each local test's "unchanged" scored against the twins' ``ignored`` (module docstring)."""
     out = {}
-    for test, column in CHANGES.items():
+    for test in LOCAL_TESTS:             # a control tests nothing against the twins
+        column = CHANGES[test]
         if column not in table:
             continue
         covered = table[column].notna().to_numpy()

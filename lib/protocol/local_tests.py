@@ -260,9 +260,10 @@ def local_columns(samples_table: pd.DataFrame, predictions: pd.DataFrame, per_ru
 
 def summary_counts(samples_table: pd.DataFrame, not_tested: dict, unreadable_units: list) -> dict:
     """summary.json's ``local_tests`` counts: per test, the samples it was scored on
-    (``n_tested``) and those it was not, by reason (``NOT_TESTED``; from the plan, and
-    ``image_unreadable`` for another study whose image could not be read). The rates are added
-    by lib.protocol.summary from their declarations."""
+    (``n_tested``; for occlude and followup also the Dangerous ones, ``n_dangerous_tested``) and
+    those it was not, by reason (``NOT_TESTED``; from the plan, and ``image_unreadable`` for
+    another study whose image could not be read). The rates are added by lib.protocol.summary
+    from their declarations."""
     occlusion = not_tested.get(OCCLUDE, {})
     followup = not_tested.get(FOLLOWUP, {})
     reasons = {
@@ -278,6 +279,11 @@ def summary_counts(samples_table: pd.DataFrame, not_tested: dict, unreadable_uni
         if chosen is not None:
             lost = chosen.notna() & samples_table[CHANGES[test]].isna()
             reasons[test]["image_unreadable"] = int(lost.sum())
-    return {test: {"n_tested": int(samples_table[CHANGES[test]].notna().sum()) if CHANGES[test] in samples_table else 0,
-                   "not_tested": {k: int(v) for k, v in reasons[test].items() if v}}
-            for test in CHANGES}
+    dangerous = samples_table["quadrant"] == "Dangerous" if "quadrant" in samples_table else False
+    out = {}
+    for test, column in CHANGES.items():
+        tested = samples_table[column].notna() if column in samples_table else pd.Series(False, index=samples_table.index)
+        out[test] = {"n_tested": int(tested.sum()), "not_tested": {k: int(v) for k, v in reasons[test].items() if v}}
+        if test in (OCCLUDE, FOLLOWUP):
+            out[test]["n_dangerous_tested"] = int((tested & dangerous).sum())
+    return out
