@@ -204,6 +204,17 @@ with_ci({
 fig = lib.protocol.plots.reliance_by_quadrant(result.samples, title=f"{pair}: reliance per quadrant")
 
 # %% [markdown]
+# **Local tests: does THIS answer follow THIS image?** Each test changes the sample's own image and
+# asks its original question again (`lib/protocol/local_tests.py`): `occlude` fills the finding's
+# marked box from its surroundings (where the data has boxes), `followup` shows the same patient's
+# other study with the opposite label (where the data has patients and studies); each control
+# should change nothing. Occlusion is not absence and a follow-up differs in more than the finding:
+# read a change against its control. Intervals resample patients.
+
+# %%
+lib.protocol.breakdown.local_tests_table(summary)
+
+# %% [markdown]
 # **Confidence screening.** The paper says Dangerous samples are invisible to confidence-based
 # screening. AUROC = P(a Dangerous sample has higher answer entropy than another sample), ties one
 # half: 0.5 means an entropy screen is blind to them, below 0.5 they are the more confident ones.

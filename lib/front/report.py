@@ -226,30 +226,13 @@ def ground_truth_section(truth: dict | None) -> list[str]:
     return parts
 
 
-LOCAL_WORDS = {
-    "occlude": "the finding's marked box filled in from its surroundings",
-    "occlude_control": "a box of the same size filled in elsewhere in the lungs (should change nothing)",
-    "followup": "the same patient's other study with the opposite label",
-    "followup_control": "the same patient's other study with the same label (should change nothing)",
-}
-
-
 def local_tests_section(summary: dict) -> list[str]:
     """The local counterfactual tests (lib.protocol.local_tests): per test, the samples it could
     test and why the others were not, the change rate and, for the tests, the image-blind share of
     the Dangerous samples tested (nothing when the run has none)."""
-    local = summary.get("local_tests")
-    if not local:
+    table = breakdown.local_tests_table(summary)
+    if table.empty:
         return []
-    rows = []
-    for test, block in local.items():
-        reasons = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (block.get("not_tested") or {}).items()) or "–"
-        share = block.get("image_blind_share")
-        rows.append((test, LOCAL_WORDS.get(test, ""), block["n_tested"], reasons,
-                     with_interval(block.get("change_rate"), lookup(summary, "ci95", "local_tests", test, "change_rate")),
-                     "–" if "image_blind_share" not in block else
-                     f"{with_interval(share, lookup(summary, 'ci95', 'local_tests', test, 'image_blind_share'))} "
-                     f"(of {block.get('n_dangerous_tested', 0)})"))
     truth = (summary.get("ground_truth") or {}).get("local_tests") or {}
     checked = [(test, t["n_covered"], cell(t["precision"]), cell(t["recall"])) for test, t in truth.items()]
     parts = ["<h2>Local tests: does the answer follow this image?</h2>",
@@ -258,8 +241,7 @@ def local_tests_section(summary: dict) -> list[str]:
              "smoother than tissue, a large box removes anatomy), and another study differs in more than "
              "the finding: the controls say how often the answer changes for no reason. Intervals: "
              "cluster bootstrap over patients.</p>",
-             table_html(("test", "what changes", "samples tested", "not tested (why)", "answer changed",
-                         "unchanged among Dangerous tested"), rows)]
+             frame_html(table.reset_index())]
     if checked:
         parts += ["<p class='note'>Against the twins (offline world): precision and recall of "
                   "\"unchanged\" for \"unchanged on the twin\", over the samples with a twin the test "

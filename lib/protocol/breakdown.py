@@ -219,3 +219,31 @@ def cell(value) -> str:
 def interval_table(rows: dict) -> pd.DataFrame:
     """{measure: (value, [low, high] or None)} as a one-column table, "value (95 % CI)"."""
     return pd.DataFrame({"value (95 % CI)": {label: with_interval(value, ci) for label, (value, ci) in rows.items()}})
+
+
+LOCAL_WORDS = {
+    "occlude": "the finding's marked box filled in from its surroundings",
+    "occlude_control": "a box of the same size filled in elsewhere in the lungs (should change nothing)",
+    "followup": "the same patient's other study with the opposite label",
+    "followup_control": "the same patient's other study with the same label (should change nothing)",
+}
+
+
+def local_tests_table(summary: dict) -> pd.DataFrame:
+    """The run's local tests (summary ``local_tests``, lib.protocol.local_tests), one row each:
+    what changes, the samples tested, those not tested and why, the share whose answer changed and,
+    for the two tests, the share unchanged among the Dangerous samples tested (of how many);
+    empty when the run has none."""
+    rows = {}
+    ci = (summary.get("ci95") or {}).get("local_tests") or {}
+    for test, block in (summary.get("local_tests") or {}).items():
+        share = "–"
+        if "image_blind_share" in block:
+            share = (f"{with_interval(block['image_blind_share'], (ci.get(test) or {}).get('image_blind_share'))} "
+                     f"(of {block.get('n_dangerous_tested', 0)})")
+        rows[test] = {
+            "what changes": LOCAL_WORDS.get(test, ""), "samples tested": block["n_tested"],
+            "not tested (why)": ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in block["not_tested"].items()) or "–",
+            "answer changed": with_interval(block.get("change_rate"), (ci.get(test) or {}).get("change_rate")),
+            "unchanged among Dangerous tested": share}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("test")
