@@ -26,9 +26,13 @@ def test_every_distinct_image_and_question_runs_once(evaluated):
     # text-only: once per distinct question, not once per sample (12)
     assert passes["text_only"] == questions
     # prefixes: the samples' images (12 samples on 3 images, one batch), the blank image, the null
-    # images and every reference image, each once
+    # images, every reference image and other study, each once, and each image derived from a
+    # sample's own (twin, occlusion and its control)
     n_images = samples["image_id"].nunique()
-    assert passes["image_prefixes"] == n_images + 1 + engine.NULL_IMAGES + references
+    followups = result.predictions.followup_image_id.dropna().nunique()
+    derived = int(result.predictions.condition.isin(["twin", "occlude", "occlude_control"]).sum())
+    assert followups >= 1
+    assert passes["image_prefixes"] == n_images + 1 + engine.NULL_IMAGES + references + followups + derived
     per_run = result.predictions[result.predictions.sample_id.isna()]
     assert passes["suffixes"] == int((result.predictions.condition == "image").sum()) + len(per_run)
     assert per_run.groupby(["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"], dropna=False).size().max() == 1

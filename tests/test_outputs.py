@@ -134,8 +134,9 @@ def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(wor
 
     second = run.evaluate(make_params(model_dir, root, out, questions=str(qfile)))
     touched = {s.sample_id for s in samples if s.finding == edited_finding or s.image_id == repaired.image_id}
-    # the per-run units (text-only, blank, null images, references) ask prompt 0 only: untouched
-    assert second.summary["records"]["run_units_scored"] == 0
+    # the per-run units ask prompt 0 only: untouched, except another study showing the repaired image
+    shown_again = int((first.predictions["followup_image_id"] == repaired.image_id).any())
+    assert second.summary["records"]["run_units_scored"] == shown_again
     assert second.summary["records"]["samples_scored"] == len(touched)
     assert second.summary["records"]["samples_reused"] == 12 - len(touched)
     assert second.summary["run_hash"] != first.summary["run_hash"]
@@ -156,7 +157,8 @@ def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(wor
         fresh.predictions.dropna(subset=["sample_id"]), on=KEY, suffixes=("", "_fresh"))
     assert (merged.prompt == merged.prompt_fresh).all()
     assert (merged.p_yes - merged.p_yes_fresh).abs().max() < 1e-6
-    pd.testing.assert_frame_equal(second.samples, fresh.samples)
+    # the same samples and answers; p_yes of a batch scored in another mix differs in float32 below 1e-6
+    pd.testing.assert_frame_equal(second.samples, fresh.samples, check_exact=False, atol=1e-6, rtol=0)
 
 
 def check_one_run(out: Path, n_old: int, n_new: int) -> str:

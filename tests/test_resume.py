@@ -68,7 +68,7 @@ def make_params(world, output_dir, **overrides) -> dict:
         "data_root": str(data_root), "split": "train", "limit": LIMIT, "batch_size": BATCH,
         "dtype": "float32", "device": "cpu", "output_dir": str(output_dir),
         "label_policy": {"uncertain": "yes", "blank": "no"},
-        "reliance_checks": [],  # the paper's two conditions only: rows counted below
+        "reliance_checks": [], "local_tests": [],  # the paper's two conditions only: rows counted below
     }
     return config.validate({**raw, **overrides})
 
