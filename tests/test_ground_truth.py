@@ -17,7 +17,7 @@ def table(rows):
 
 def test_precision_recall_known_values():
     assert ground_truth.precision_recall([1, 1, 0, 0], [1, 0, 1, 0]) == {
-        "precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2}
+        "precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2, "n_hits": 1}
     assert ground_truth.precision_recall([0, 0], [1, 0])["precision"] is None
     assert ground_truth.precision_recall([1, 0], [0, 0])["recall"] is None
 
@@ -38,7 +38,7 @@ def test_ground_truth_by_hand():
     block = {"rate": 0.3, "ci95": [0.2, 0.4]}
     gt = ground_truth.ground_truth(t, block)
     assert gt["n_samples"] == 4 and gt["ignored_rate"] == 0.5
-    assert gt["paper_measure"] == {"precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2}
+    assert gt["paper_measure"] == {"precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2, "n_hits": 1}
     # reference agreement for "Dangerous and ignored" (s1: 0.9) against the rest (0.4, 0.5, 0.1): 3/3
     assert gt["reference_auroc"] == 1.0
     # twin truth: Dangerous and ignored = s1 of the 4 -> 0.25, inside [0.2, 0.4]
@@ -47,7 +47,7 @@ def test_ground_truth_by_hand():
     assert ground_truth.ground_truth(t, {"rate": 0.5, "ci95": [0.45, 0.6]})["image_blind"]["covered"] is False
     assert ground_truth.ground_truth(t)["image_blind"] is None
     # truth for Dangerous: consistent and ignored = s1 only; predicted Dangerous = s1, s3
-    assert gt["dangerous"] == {"precision": 0.5, "recall": 1.0, "n_predicted": 2, "n_true": 1}
+    assert gt["dangerous"] == {"precision": 0.5, "recall": 1.0, "n_predicted": 2, "n_true": 1, "n_hits": 1}
     assert ground_truth.ground_truth(t[t.sample_id == "s5"]) is None
 
 

@@ -220,8 +220,6 @@ def test_bad_input():
         bootstrap_ci(table, preds, resamples=2.5)
     with pytest.raises(ValueError, match="ci_level"):
         summarize(table, preds, ci_level=1.0)
-    with pytest.raises(ValueError, match="flip"):
-        summarize(table, preds, reliance_checks=["reference", "flip"])
     bad = preds.copy()
     bad.loc[0, "condition"] = "mirror"
     with pytest.raises(ValueError, match="mirror"):
