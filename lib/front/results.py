@@ -181,12 +181,12 @@ def local_tests_section(runs: dict, runs_dir: Path, seeds_dir: Path) -> str:
         p = pool(entries)
         rate, n = pooled_change_rate([((s.get("local_tests") or {}).get(CONTROLS[test]) or {})
                                       for pair, s in runs.items() if "-base" in s["config"]])
-        pooled_rows.append([test, p["n_covered"], number(p["precision"], 3), number(p["recall"], 3),
-                            f"{number(rate)} (n {n})"])
+        pooled_rows.append([test, p["n_covered"], p["n_true"], p["n_predicted"], number(p["precision"], 3),
+                            number(p["recall"], 3), f"{number(rate)} (n {n})"])
     text = ("Pooled over the non-shortcut pairs (targets: precision and recall >= 0.8; the base "
             "models' control change rate <= 0.05):\n\n"
-            + table(["test", "samples covered", "precision", "recall", "control change rate, base models"],
-                    pooled_rows)
+            + table(["test", "samples covered", "unchanged on the twin", "flagged unchanged", "precision",
+                     "recall", "control change rate, base models"], pooled_rows)
             + "\n\nPer pair: samples with a twin the test covers (coverage), precision / recall of "
               "\"unchanged\" for \"unchanged on the twin\", the control's change rate, and for the "
               "shortcut adapters the recall on the findings they were built to ignore (target >= 0.9).\n\n"
