@@ -196,20 +196,33 @@ def local_tests_section(runs: dict, runs_dir: Path, seeds_dir: Path) -> str:
 
 
 def local_seeds_text(seeds_dir: Path) -> str:
-    """The pooled precision / recall of each local test per seed of `make seeds`."""
+    """Per seed of `make seeds`: each local test pooled over the non-shortcut pairs, the base
+    models' control change rate, and the shortcut adapters' recall on their built-to-ignore findings."""
     path = seeds_dir / "seeds.csv"
     frame = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     if frame.empty or f"{LOCAL_TESTS[0]}_hits" not in frame:
         return ""
     rows = []
-    for seed, group in frame[~frame["pair"].str.contains(SHORTCUT)].groupby("seed"):
+    for seed, group in frame.fillna(0).groupby("seed"):
+        plain = group[~group["pair"].str.contains(SHORTCUT)].to_dict("records")
         for test in LOCAL_TESTS:
-            p = pool([{"n_hits": r[f"{test}_hits"], "n_predicted": r[f"{test}_predicted"],
-                       "n_true": r[f"{test}_true"], "n_covered": r[f"{test}_covered"]}
-                      for r in group.fillna(0).to_dict("records")])
-            rows.append([int(seed), test, p["n_covered"], number(p["precision"], 3), number(p["recall"], 3)])
-    return (f"\nOver `make seeds` ({frame.seed.nunique()} seeds), pooled over the non-shortcut pairs:\n\n"
-            + table(["seed", "test", "samples covered", "precision", "recall"], rows) + "\n")
+            p = pool([{k: r[f"{test}_{k[2:]}"] for k in ("n_hits", "n_predicted", "n_true", "n_covered")}
+                      for r in plain])
+            rate, n = pooled_change_rate([{"change_rate": r[f"{CONTROLS[test]}_change_rate"],
+                                           "n_tested": r[f"{CONTROLS[test]}_tested"]}
+                                          for r in plain if "-base" in r["pair"].split("__")[0]])
+            shortcut = [built_to_ignore_recall(seeds_dir / str(seed) / "runs" / r["pair"], test,
+                                               shortcut_findings(r["pair"].split("__")[0]))
+                        for r in group.to_dict("records") if SHORTCUT in r["pair"]]
+            flagged = sum(v * k for v, k in shortcut if v is not None)
+            total = sum(k for _, k in shortcut)
+            rows.append([int(seed), test, int(p["n_covered"]), int(p["n_true"]), number(p["precision"], 3),
+                         number(p["recall"], 3), f"{number(rate)} (n {int(n)})",
+                         f"{number(flagged / total if total else None, 2)} (n {total})"])
+    return (f"\nOver `make seeds` ({frame.seed.nunique()} seeds): pooled over the non-shortcut pairs, the "
+            "base models' control, and the shortcut adapters' recall on the findings they were built to ignore:\n\n"
+            + table(["seed", "test", "samples covered", "unchanged on the twin", "precision", "recall",
+                     "control change rate, base models", "built-to-ignore recall"], rows) + "\n")
 
 
 def correlation_section(corr: dict | None) -> str:
