@@ -221,11 +221,12 @@ def interval_table(rows: dict) -> pd.DataFrame:
     return pd.DataFrame({"value (95 % CI)": {label: with_interval(value, ci) for label, (value, ci) in rows.items()}})
 
 
+# what each test changes, short enough for a notebook's table cell (pandas cuts at 50 characters)
 LOCAL_WORDS = {
-    "occlude": "the finding's marked box filled in from its surroundings",
-    "occlude_control": "a box of the same size filled in elsewhere in the lungs (should change nothing)",
-    "followup": "the same patient's other study with the opposite label",
-    "followup_control": "the same patient's other study with the same label (should change nothing)",
+    "occlude": "its marked box filled from around it",
+    "occlude_control": "a same-size box filled elsewhere (control)",
+    "followup": "the patient's other study, opposite label",
+    "followup_control": "the patient's other study, same label (control)",
 }
 
 
