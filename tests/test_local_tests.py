@@ -98,6 +98,6 @@ def test_changes_columns_compare_each_test_with_the_original_answer():
     assert out["occlusion_control_changes"].tolist() == [False, pd.NA, pd.NA]
     assert out["followup_changes"].tolist() == [True, pd.NA, False]
     assert out["followup_control_changes"].tolist() == [pd.NA, pd.NA, False]
-    counts = lt.summary_counts(out.reset_index(), {"occlude": {"no_box": 1}}, [])
+    counts = lt.summary_counts(out.reset_index(), {"occlude": {"no_box": 1}})
     assert counts["occlude"] == {"n_tested": 2, "not_tested": {"no_box": 1}, "n_dangerous_tested": 0}
     assert counts["followup"]["n_tested"] == 2

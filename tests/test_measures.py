@@ -44,7 +44,7 @@ def summary():
     table = table.assign(patient_id=["P1", "P1", "P2", None],
                          **{k: pd.array(v, dtype="boolean") for k, v in flags.items()})
     return summarize(table, preds, image_blind=BLOCK, bootstrap_resamples=50,
-                     local=local_tests.summary_counts(table, {}, []))
+                     local=local_tests.summary_counts(table, {}))
 
 
 def test_every_interval_of_the_summary_is_a_declared_rate(summary):

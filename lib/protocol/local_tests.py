@@ -157,11 +157,10 @@ def control_boxes(boxes, marked, key: str, seed: int) -> tuple | None:
     rng = np.random.default_rng([seed, int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)])
     hull = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
     candidates = [mirrored]
-    for _ in range(CONTROL_TRIES):
-        dx = rng.uniform(LUNG_FIELD[0] - hull[0], LUNG_FIELD[2] - hull[2]) if hull[2] - hull[0] <= LUNG_FIELD[2] - LUNG_FIELD[0] else None
-        dy = rng.uniform(LUNG_FIELD[1] - hull[1], LUNG_FIELD[3] - hull[3]) if hull[3] - hull[1] <= LUNG_FIELD[3] - LUNG_FIELD[1] else None
-        if dx is None or dy is None:
-            break
+    fits = hull[2] - hull[0] <= LUNG_FIELD[2] - LUNG_FIELD[0] and hull[3] - hull[1] <= LUNG_FIELD[3] - LUNG_FIELD[1]
+    for _ in range(CONTROL_TRIES if fits else 0):
+        dx = rng.uniform(LUNG_FIELD[0] - hull[0], LUNG_FIELD[2] - hull[2])
+        dy = rng.uniform(LUNG_FIELD[1] - hull[1], LUNG_FIELD[3] - hull[3])
         candidates.append([(b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy) for b in boxes])
     for moved in candidates:
         if all(_inside(b, LUNG_FIELD) for b in moved) and \
@@ -258,7 +257,7 @@ def local_columns(samples_table: pd.DataFrame, predictions: pd.DataFrame, per_ru
     return out
 
 
-def summary_counts(samples_table: pd.DataFrame, not_tested: dict, unreadable_units: list) -> dict:
+def summary_counts(samples_table: pd.DataFrame, not_tested: dict) -> dict:
     """summary.json's ``local_tests`` counts: per test, the samples it was scored on
     (``n_tested``; for occlude and followup also the Dangerous ones, ``n_dangerous_tested``) and
     those it was not, by reason (``NOT_TESTED``; from the plan, and ``image_unreadable`` for

@@ -114,7 +114,7 @@ def columns(samples_table: pd.DataFrame, predictions: pd.DataFrame) -> dict[str,
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
-def local_columns(samples_table: pd.DataFrame) -> dict[str, np.ndarray]:
+def local_rate_columns(samples_table: pd.DataFrame) -> dict[str, np.ndarray]:
     """The per-sample columns of ``LOCAL_RATES``: for each local test, whether it applies
     (``tested``), whether the answer changed, and both among the Dangerous samples."""
     dangerous = (samples_table["quadrant"] == "Dangerous").to_numpy()
@@ -169,7 +169,7 @@ class ByCluster:
             cluster = t["patient_id"].where(t["patient_id"].notna(), "image:" + t["image_id"].astype(str))
         self.image_index, _ = pd.factorize(cluster, use_na_sentinel=False)
         self.n_images = int(self.image_index.max()) + 1 if len(t) else 0
-        per_sample = columns(t, predictions) if unit == "image" else local_columns(t)
+        per_sample = columns(t, predictions) if unit == "image" else local_rate_columns(t)
         self.keys = list(per_sample)
         stacked = np.column_stack([per_sample[k] for k in self.keys]) if len(t) else np.zeros((0, len(self.keys)))
         self.per_image = np.zeros((self.n_images, len(self.keys)))

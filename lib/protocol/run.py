@@ -212,10 +212,10 @@ def finalize(params, store, work: Plan, skipped, engine_info, reuse) -> RunResul
     summary.json."""
     jobs = work.jobs
     raw, image_skips = store.tables({w.sample_id: w.fingerprint for w in jobs + work.units})
-    unit_ids = {u.unit_id for u in work.units}
-    unreadable_units = [e for e in image_skips if e["sample_id"] in unit_ids]
+    unit_of = {u.unit_id: u for u in work.units}
+    unreadable_units = [unit_of[e["sample_id"]] for e in image_skips if e["sample_id"] in unit_of]
     for entry in image_skips:
-        if entry["sample_id"] not in unit_ids:
+        if entry["sample_id"] not in unit_of:
             skipped.add(entry["reason"], entry["sample_id"], entry.get("detail", ""))
     sample_rows, per_run = split_rows(raw, jobs, work.units) if not raw.empty else (raw, raw)
     if sample_rows.empty:
@@ -241,7 +241,7 @@ def finalize(params, store, work: Plan, skipped, engine_info, reuse) -> RunResul
             seed=params["seed"])
         samples_table = samples_table.merge(per_sample, on="sample_id", how="left")
         block.update(reference_source=reference_source(params), reference_split=params["reference_split"],
-                     references_unreadable=sum(e["sample_id"].startswith("reference:") for e in unreadable_units))
+                     references_unreadable=sum(u.condition == engine.CONDITION_REFERENCE for u in unreadable_units))
     if params["local_tests"]:
         samples_table = samples_table.merge(
             local_tests.local_columns(samples_table, predictions, per_run, work.followups), on="sample_id")
@@ -249,7 +249,7 @@ def finalize(params, store, work: Plan, skipped, engine_info, reuse) -> RunResul
         samples_table, predictions, image_blind=block, reliance_checks=params["reliance_checks"],
         bootstrap_resamples=params["bootstrap_resamples"], ci_level=params["ci_level"], seed=params["seed"],
         held_out_prompts=held_out_prompts(params),
-        local=local_tests.summary_counts(samples_table, work.not_tested, unreadable_units) if params["local_tests"] else None)
+        local=local_tests.summary_counts(samples_table, work.not_tested) if params["local_tests"] else None)
     engine_info = {**engine_info, "dedup": dedup_counts(jobs, work.units, params)}
     summary = {
         "config": params["config"], "dataset": params["dataset"], **summary_measures,
