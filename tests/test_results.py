@@ -44,8 +44,13 @@ def test_image_blind_section_reads_summaries_and_seeds(tmp_path):
 def test_local_tests_pool_counts_over_runs_and_controls_by_tested_samples():
     pooled = results.pool([{"n_hits": 8, "n_predicted": 10, "n_true": 9, "n_covered": 40},
                            {"n_hits": 1, "n_predicted": 2, "n_true": 3, "n_covered": 20}, {}])
+    intervals = {k.removesuffix("_ci"): pooled.pop(k) for k in ("precision_ci", "recall_ci")}
     assert pooled == {"precision": 0.75, "recall": 0.75, "n_predicted": 12, "n_true": 12, "n_covered": 60}
-    assert results.pool([{}])["precision"] is None
+    # Wilson 95 % for 9 of 12: 0.468 to 0.911 (statsmodels proportion_confint)
+    assert intervals["precision"] == intervals["recall"] == pytest.approx([0.468, 0.911], abs=1e-3)
+    assert results.pooled_cells(results.pool([{"n_hits": 9, "n_predicted": 12, "n_true": 12}]))[0] \
+        == "0.75 (95 % CI 0.47 to 0.91)"
+    assert results.pool([{}])["precision"] is None and results.pool([{}])["precision_ci"] is None
     rate, n = results.pooled_change_rate([{"change_rate": 0.1, "n_tested": 30}, {"change_rate": 0.0, "n_tested": 10},
                                           {"change_rate": None, "n_tested": 0}])
     assert (rate, n) == (pytest.approx(0.075), 40)
@@ -66,3 +71,18 @@ def test_local_tests_section_reads_summaries_samples_and_shortcut_findings(tmp_p
     text = results.local_tests_section(runs, tmp_path / "runs", tmp_path / "seeds")
     assert "| llava-lora-shortcut__mimic-cxr | occlude | 3 (0.75) | 1.00 / 0.50 | 0.000 (n 3) |" in text
     assert "built-to-ignore recall" in text
+
+
+def test_local_seeds_pool_each_seed_and_all_seeds_together(tmp_path):
+    def row(seed, pair, hits, predicted, true):
+        counts = {f"{t}_{k}": v for t in ("occlude", "followup")
+                  for k, v in (("hits", hits), ("predicted", predicted), ("true", true), ("covered", 50))}
+        controls = {f"{c}_{k}": v for c in ("occlude_control", "followup_control")
+                    for k, v in (("change_rate", 0.1), ("tested", 10))}
+        return {"seed": seed, "pair": pair, **counts, **controls}
+    pd.DataFrame([row(0, "llava-base__mimic-cxr", 3, 4, 4), row(1, "llava-base__mimic-cxr", 5, 6, 8),
+                  row(1, "llava-lora-shortcut__mimic-cxr", 9, 9, 9)]).to_csv(tmp_path / "seeds.csv", index=False)
+    text = results.local_seeds_text(tmp_path)
+    assert "| 0 | occlude | 50 | 4 | 0.75 (95 % CI 0.30 to 0.95) | 0.75 (95 % CI 0.30 to 0.95) |" in text
+    # all seeds: 8 of 10 flagged, 8 of 12 truly unchanged; the shortcut pair is left out
+    assert "| all | followup | 100 | 12 | 0.80 (95 % CI 0.49 to 0.94) | 0.67 (95 % CI 0.39 to 0.86) |" in text

@@ -8,23 +8,36 @@ and the run counts why (``not_tested``), it never guesses.
 
 - occlude [occlude]: the finding's marked region removed. Every box of the sample's finding
   (``Sample.boxes``: VinDr-CXR's radiologists, an MS-CXR box file, the offline world's boxes) is
-  filled by harmonic inpainting from the pixels around it (the Laplace equation solved on the box
-  at <= ``SOLVE_SIDE`` px with the box's border as boundary, upsampled) plus Gaussian texture
-  with the standard deviation of the fine detail (image minus its blur) in a ring around the box,
-  seeded by the box. Applies to samples with a box (positives, in practice). An image-reading
-  "yes" should turn into "no". Occlusion is not absence: the fill is smoother than tissue, and a
-  large box (the heart of cardiomegaly, a whole pneumothorax side) removes anatomy too.
+  filled from the other side of the chest where that side is free: the box's mirror image across
+  the image's axis of left-right symmetry (``midline``), when it lies inside the image and
+  overlaps no marked box of the image, is copied in and blended into the box's border by Poisson
+  editing (Perez et al. 2003: the copy plus the harmonic interpolation of the border's mismatch).
+  Otherwise (a central box such as the heart's, a finding on both sides) the box is filled by
+  harmonic inpainting from the pixels around it (Laplace's equation solved on the box at <=
+  ``SOLVE_SIDE`` px with the box's border as boundary, upsampled) plus Gaussian texture with the
+  standard deviation of the fine detail (image minus its blur) in a ring around the box, seeded by
+  the box. Why the other side first: a box reaching the diaphragm or the chest wall (an effusion,
+  a pneumothorax side) has dense tissue on its border, and inpainting from it fills the box with a
+  basal or lateral opacity, the finding's look; the other side shows that region of lung without
+  the finding. Applies to samples with a box (positives, in practice). An image-reading "yes"
+  should turn into "no". Occlusion is not absence: the other side is another lung (on real films
+  the heart sits left of the midline, and a patient's tilt is not corrected), a harmonic fill is
+  smoother than tissue, and a large central box (the heart of cardiomegaly) removes anatomy too.
 - occlude_control [control_boxes]: the same boxes moved together, by one offset, to where they
   stay inside ``LUNG_FIELD`` and overlap no marked box of the image (the mirror image across the
   midline first, then ``CONTROL_TRIES`` seeded offsets); filled the same way. Null when no place
-  fits (counted ``no_control_room``). ``LUNG_FIELD`` is a fixed band of the image, not a
+  fits (counted ``no_control_room``). Its fill follows the same rule; its mirror is the
+  finding's box, so it is harmonic in practice. ``LUNG_FIELD`` is a fixed band of the image, not a
   segmentation: on real data the control can land on the mediastinum or outside the lungs.
 - followup / followup_control [choose_followups]: the same patient's other study with the
-  opposite (resp. the same) label for the finding, the one closest in study date (ties: the
-  smaller image_id); scored as a per-run unit (condition ``followup``) with the sample's original
-  question. Needs a patient id and a study id (MIMIC-CXR, PadChest; not VinDr-CXR). A follow-up
-  differs in more than the finding (position, exposure, other findings, time), so a change is not
-  proof that the finding was read, and no change on the control is what licenses the test.
+  opposite (resp. the same) label for the finding, the closest to a natural twin: the fewest of
+  the run's OTHER findings labelled differently in the two studies (``*_differing_labels``; a
+  finding labelled in one study only counts as differing), then the closest in study date, then
+  the smaller image_id; scored as a per-run unit (condition ``followup``) with the sample's
+  original question. Needs a patient id and a study id (MIMIC-CXR, PadChest; not VinDr-CXR). A
+  follow-up differs in more than the finding (position, exposure, time, findings the run does not
+  ask about), so a change is not proof that the finding was read, and no change on the control is
+  what licenses the test.
 - image_blind_share (per test): among the Dangerous samples the test applies to, the share whose
   answer did not change: a locally tested counterpart of the image-blind rate of
   lib.protocol.references. The rates and their patient-clustered intervals are declared in
@@ -46,9 +59,11 @@ from scipy.sparse.linalg import spsolve
 
 from .vocabulary import FOLLOWUP, FOLLOWUP_CONTROL, OCCLUDE, OCCLUDE_CONTROL
 
+AXIS_WIDTH = 64                       # px: where the symmetry axis is searched (to 1/128 of the width)
 SOLVE_SIDE = 48                       # px: the inpainting is smooth, solving it larger adds nothing
 LUNG_FIELD = (0.12, 0.10, 0.88, 0.85)  # x0, y0, x1, y1 fractions: where a control box may go
 CONTROL_TRIES = 200
+FILL = "contralateral-poisson/harmonic"   # the fill rule (module docstring), in each record's fingerprint
 CHANGES = {OCCLUDE: "occlusion_changes", OCCLUDE_CONTROL: "occlusion_control_changes",
            FOLLOWUP: "followup_changes", FOLLOWUP_CONTROL: "followup_control_changes"}
 NOT_TESTED = ("no_box", "no_control_room", "no_patient_study", "no_other_study",
@@ -66,17 +81,57 @@ def pixel_box(box, width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, max(min(right, width), left + 1), max(min(bottom, height), top + 1)
 
 
-def occlude(image: Image.Image, boxes) -> Image.Image:
-    """``image`` with every fractional box filled by textured harmonic inpainting (module
+def occlude(image: Image.Image, boxes, marked=()) -> Image.Image:
+    """``image`` with every fractional box filled from the other side where ``marked`` (every
+    marked box of the image) leaves it free, else by textured harmonic inpainting (module
     docstring); grey images stay grey (the fill is computed once and written to every channel)."""
     grey = np.asarray(image.convert("L"), dtype=np.float64)
     height, width = grey.shape
     out = grey.copy()
+    axis = midline(grey) if boxes else None
     for box in boxes:
         left, top, right, bottom = pixel_box(box, width, height)
-        out[top:bottom, left:right] = _fill(grey, left, top, right, bottom, _box_seed(box))
+        source = mirror_box(box, axis)
+        free = 0 <= source[0] and source[2] <= 1 and not any(_overlaps(source, m) for m in (*marked, box))
+        out[top:bottom, left:right] = (_contralateral(grey, left, top, right, bottom, axis) if free
+                                       else _fill(grey, left, top, right, bottom, _box_seed(box)))
     filled = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8), "L")
     return filled.convert(image.mode) if image.mode != "L" else filled
+
+
+def midline(grey: np.ndarray) -> float:
+    """The image's axis of left-right symmetry as a fraction of its width: among vertical axes in
+    the middle third, the one across which the image (at ``AXIS_WIDTH`` px wide) best correlates
+    with its mirror image, over every column pair the axis has inside the image."""
+    rows = max(8, round(AXIS_WIDTH * grey.shape[0] / grey.shape[1]))
+    small = np.asarray(Image.fromarray(grey.astype(np.float32)).resize((AXIS_WIDTH, rows), Image.BOX),
+                       dtype=np.float64)
+    scores = {}
+    for pair_sum in range(AXIS_WIDTH * 2 // 3, AXIS_WIDTH * 4 // 3 + 1):   # column i pairs with pair_sum - i
+        first, last = max(0, pair_sum - AXIS_WIDTH + 1), (pair_sum - 1) // 2
+        left = small[:, first:last + 1]
+        right = small[:, [pair_sum - i for i in range(first, last + 1)]]
+        scores[pair_sum] = np.corrcoef(left.ravel(), right.ravel())[0, 1]
+    best = max(scores, key=scores.get)
+    return (best + 1) / 2 / AXIS_WIDTH
+
+
+def mirror_box(box, axis: float) -> tuple:
+    """A fractional box mirrored across the vertical line at ``axis`` (a fraction of the width)."""
+    return (2 * axis - box[2], box[1], 2 * axis - box[0], box[3])
+
+
+def _contralateral(grey: np.ndarray, left: int, top: int, right: int, bottom: int, axis: float) -> np.ndarray:
+    """The box's mirror across ``axis`` blended into the box's border: the copy plus the harmonic
+    interpolation of (border - the copy's border)."""
+    height, width = grey.shape
+    y0, x0 = max(top - 1, 0), max(left - 1, 0)
+    y1, x1 = min(bottom + 1, height), min(right + 1, width)
+    columns = np.clip(np.round(2 * axis * width - 1 - np.arange(x0, x1)).astype(int), 0, width - 1)
+    copy = grey[y0:y1][:, columns]
+    mismatch = grey[y0:y1, x0:x1] - copy
+    correction = _resized_harmonic(mismatch)
+    return (copy + correction)[top - y0:bottom - y0, left - x0:right - x0]
 
 
 def _box_seed(box) -> int:
@@ -90,15 +145,17 @@ def _fill(grey: np.ndarray, left: int, top: int, right: int, bottom: int, seed: 
     # the boundary: the box grown by one pixel, clipped to the image
     y0, x0 = max(top - 1, 0), max(left - 1, 0)
     y1, x1 = min(bottom + 1, height), min(right + 1, width)
-    frame = grey[y0:y1, x0:x1]
+    fill = _resized_harmonic(grey[y0:y1, x0:x1])[top - y0:top - y0 + h, left - x0:left - x0 + w]
+    return fill + _texture_std(grey, left, top, right, bottom) * np.random.default_rng(seed).standard_normal((h, w))
+
+
+def _resized_harmonic(frame: np.ndarray) -> np.ndarray:
+    """``_harmonic`` of ``frame`` solved at <= ``SOLVE_SIDE`` px and upsampled to its size."""
     scale = min(1.0, SOLVE_SIDE / max(frame.shape))
     size = (max(3, round(frame.shape[1] * scale)), max(3, round(frame.shape[0] * scale)))
     small = np.asarray(Image.fromarray(frame.astype(np.float32)).resize(size, Image.BOX), dtype=np.float64)
-    smooth = _harmonic(small)
-    full = np.asarray(Image.fromarray(smooth.astype(np.float32)).resize(frame.shape[::-1], Image.BILINEAR),
+    return np.asarray(Image.fromarray(_harmonic(small).astype(np.float32)).resize(frame.shape[::-1], Image.BILINEAR),
                       dtype=np.float64)
-    fill = full[top - y0:top - y0 + h, left - x0:left - x0 + w]
-    return fill + _texture_std(grey, left, top, right, bottom) * np.random.default_rng(seed).standard_normal((h, w))
 
 
 def _harmonic(frame: np.ndarray) -> np.ndarray:
@@ -170,8 +227,9 @@ def control_boxes(boxes, marked, key: str, seed: int) -> tuple | None:
 
 
 def plan_occlusion(samples: list, seed: int) -> tuple[dict, collections.Counter]:
-    """({sample_id: (its boxes, its control boxes or None)} for the samples with a box, the count
-    of samples not tested by reason); an image's marked boxes are those of all its samples."""
+    """({sample_id: (its boxes, its control boxes or None, its image's marked boxes)} for the
+    samples with a box, the count of samples not tested by reason); an image's marked boxes are
+    those of all its samples."""
     marked: dict = collections.defaultdict(list)
     for s in samples:
         marked[s.image_id] += list(s.boxes or ())
@@ -182,13 +240,13 @@ def plan_occlusion(samples: list, seed: int) -> tuple[dict, collections.Counter]
             continue
         control = control_boxes(s.boxes, marked[s.image_id], s.sample_id, seed)
         not_tested["no_control_room"] += control is None
-        plan[s.sample_id] = (tuple(tuple(b) for b in s.boxes), control)
+        plan[s.sample_id] = (tuple(tuple(b) for b in s.boxes), control, tuple(tuple(b) for b in marked[s.image_id]))
     return plan, not_tested
 
 
 # -- the same patient's other study --------------------------------------------------------------
 
-FOLLOWUP_COLUMNS = ("sample_id", "test", "image_id", "image_path")
+FOLLOWUP_COLUMNS = ("sample_id", "test", "image_id", "image_path", "differing_labels")
 
 
 def _days(date) -> float:
@@ -198,16 +256,28 @@ def _days(date) -> float:
         return float("nan")
 
 
+def _differing_labels(labels: pd.DataFrame, image_id: str, others: pd.Series, finding: str) -> np.ndarray:
+    """Per image of ``others``: how many findings besides ``finding`` ``labels`` (image x finding,
+    null where unlabelled) gives a different label than on ``image_id``."""
+    rest = labels.drop(columns=[finding])
+    mine, theirs = rest.reindex([image_id]).iloc[0], rest.reindex(others.to_numpy())
+    same = (theirs == mine) | (theirs.isna() & mine.isna())
+    return (~same).sum(axis=1).to_numpy()
+
+
 def choose_followups(samples: list, candidates: list) -> tuple[pd.DataFrame, collections.Counter]:
-    """(one row per (sample, test) with the other study's image chosen, the count of samples
-    without one by reason): among ``candidates`` (the split's samples, the evaluated ones
-    included) of the sample's patient and finding from ANOTHER study, the closest in study date
-    with the opposite label (``followup``) and with the same label (``followup_control``)."""
+    """(one row per (sample, test) with the other study's image chosen and its ``differing_labels``,
+    the count of samples without one by reason): among ``candidates`` (the split's samples, the
+    evaluated ones included) of the sample's patient and finding from ANOTHER study, with the
+    opposite label (``followup``) and with the same label (``followup_control``), the one with the
+    fewest other findings labelled differently, then the closest in study date."""
     pool = pd.DataFrame([{"patient_id": c.patient_id, "study_id": c.study_id, "finding": c.finding,
                           "label": c.label, "image_id": c.image_id, "image_path": c.image_path,
                           "days": _days(c.study_date)}
                          for c in candidates if c.patient_id is not None and c.study_id is not None])
     by_key = dict(tuple(pool.groupby(["patient_id", "finding"]))) if len(pool) else {}
+    labels = pool.pivot_table(index="image_id", columns="finding", values="label", aggfunc="first") \
+        if len(pool) else None
     rows, not_tested = [], collections.Counter()
     for s in samples:
         if s.patient_id is None or s.study_id is None:
@@ -221,9 +291,10 @@ def choose_followups(samples: list, candidates: list) -> tuple[pd.DataFrame, col
                 not_tested["no_other_study" if not same else "no_other_study_same_label"] += 1
                 continue
             gap = (match["days"] - _days(s.study_date)).abs().fillna(np.inf)
-            best = match.assign(gap=gap).sort_values(["gap", "image_id"]).iloc[0]
+            differing = _differing_labels(labels, s.image_id, match["image_id"], s.finding)
+            best = match.assign(gap=gap, differing=differing).sort_values(["differing", "gap", "image_id"]).iloc[0]
             rows.append({"sample_id": s.sample_id, "test": test, "image_id": best["image_id"],
-                         "image_path": best["image_path"]})
+                         "image_path": best["image_path"], "differing_labels": int(best["differing"])})
     return pd.DataFrame(rows, columns=list(FOLLOWUP_COLUMNS)), not_tested
 
 
@@ -238,8 +309,9 @@ def _changes(pred: pd.Series, other: pd.Series) -> pd.array:
 
 def local_columns(samples_table: pd.DataFrame, predictions: pd.DataFrame, per_run: pd.DataFrame,
                   followups: pd.DataFrame) -> pd.DataFrame:
-    """sample_id with ``CHANGES``' columns (nullable booleans, module docstring) and the follow-up
-    images used (``followup_image_id``, ``followup_control_image_id``)."""
+    """sample_id with ``CHANGES``' columns (nullable booleans, module docstring), the follow-up
+    images used (``followup_image_id``, ``followup_control_image_id``) and how many other findings
+    they are labelled differently for (``followup_differing_labels``, ...)."""
     t = samples_table.set_index("sample_id")
     out = pd.DataFrame({"sample_id": t.index})
     for condition in (OCCLUDE, OCCLUDE_CONTROL):
@@ -254,6 +326,8 @@ def local_columns(samples_table: pd.DataFrame, predictions: pd.DataFrame, per_ru
         other = pd.Series([answers.get(k) if isinstance(k[0], str) else None for k in keys], index=t.index)
         out[CHANGES[test]] = _changes(t["pred"], other).to_numpy()
         out[f"{test}_image_id"] = chosen.to_numpy()
+        out[f"{test}_differing_labels"] = pd.array(
+            followups[followups["test"] == test].set_index("sample_id")["differing_labels"].reindex(t.index), dtype="Int64")
     return out
 
 

@@ -37,6 +37,7 @@ class Job:
     twin_image_path: str | None = None
     occlude_boxes: tuple | None = None
     control_boxes: tuple | None = None
+    marked_boxes: tuple = ()          # every marked box of the image: where no fill is taken from
 
     @property
     def sample_id(self) -> str:
@@ -55,7 +56,7 @@ class Job:
         parts = [self.sample.sample_id, identity.file_stat(self.sample.image_path), list(self.prompts),
                  list(self.negated), identity.file_stat(self.twin_image_path)]
         if self.occlude_boxes is not None:   # appended only when set: earlier records stay valid
-            parts.append([self.occlude_boxes, self.control_boxes])
+            parts.append([self.occlude_boxes, self.control_boxes, self.marked_boxes, local_tests.FILL])
         return identity.digest(parts)
 
     def item(self, image_of):
@@ -68,9 +69,9 @@ class Job:
         if twin is not None:
             derived.append((TWIN, twin))
         if self.occlude_boxes:
-            derived.append((OCCLUDE, local_tests.occlude(image, self.occlude_boxes)))
+            derived.append((OCCLUDE, local_tests.occlude(image, self.occlude_boxes, self.marked_boxes)))
         if self.control_boxes:
-            derived.append((OCCLUDE_CONTROL, local_tests.occlude(image, self.control_boxes)))
+            derived.append((OCCLUDE_CONTROL, local_tests.occlude(image, self.control_boxes, self.marked_boxes)))
         return Item(self.sample_id, image, self.prompts, counterfactuals=tuple(derived)), None
 
 
@@ -120,17 +121,17 @@ def unreadable(work, path: str, reasons: data.Skips) -> dict:
 
 
 def jobs_for(params: dict, samples: list, question_sets: dict, occlusion: dict | None = None) -> list[Job]:
-    """Every sample's Job; ``occlusion``: {sample_id: (boxes, control boxes)} of
-    ``local_tests.plan_occlusion``."""
+    """Every sample's Job; ``occlusion``: {sample_id: (boxes, control boxes, the image's marked
+    boxes)} of ``local_tests.plan_occlusion``."""
     twins = data.read_twins(params["twins"]) if params["twins"] else {}
     occlusion = occlusion or {}
     jobs = []
     for sample in samples:
         specs = prompt_specs(sample, question_sets, params["max_paraphrases"])
         texts = tuple(questions.with_instruction(s.text, params["answer_instruction"]) for s in specs)
-        boxes, control = occlusion.get(sample.sample_id, (None, None))
+        boxes, control, marked = occlusion.get(sample.sample_id, (None, None, ()))
         jobs.append(Job(sample, texts, tuple(s.negated for s in specs),
-                        twins.get((sample.image_id, sample.finding)), boxes, control))
+                        twins.get((sample.image_id, sample.finding)), boxes, control, marked))
     return jobs
 
 
