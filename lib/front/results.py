@@ -403,8 +403,10 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results"
         "its answer and its finding say (the local-counterfactual issue addresses that).\n",
         image_blind_section(runs, outputs / "seeds"),
         "\n## Local tests against the twins\n",
-        "Occlusion (the finding's box filled in from its surroundings) and the same patient's other "
-        "study (opposite label; the control: same label) test each sample on its OWN image "
+        "Occlusion (the finding's box filled from the other side of the chest where that side is "
+        "unmarked, else inpainted from its surroundings) and the same patient's other study (opposite "
+        "label, the fewest other findings labelled differently; the control: same label) test each "
+        "sample on its OWN image "
         "(`lib/protocol/local_tests.py`). Positive class: the answer does not change; truth: it does "
         "not change on the twin. The twins exist only here: on real data this offline check is the "
         "only validation the tests have.\n",
