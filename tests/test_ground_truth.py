@@ -51,6 +51,23 @@ def test_ground_truth_by_hand():
     assert ground_truth.ground_truth(t[t.sample_id == "s5"]) is None
 
 
+def test_local_test_truth_by_hand_and_by_label():
+    # "unchanged" (changes False) against "ignored" (the twin's answer unchanged), per label
+    t = pd.DataFrame({"label": ["yes", "yes", "no", "no", "no", "no"],
+                      "followup_changes": pd.array([False, True, False, False, True, None], dtype="boolean")})
+    ignored = pd.Series([True, False, True, False, True, True]).to_numpy()
+    out = ground_truth.local_test_truth(t, ignored)["followup"]
+    # flagged unchanged: rows 0, 2, 3 (hits 0, 2); truly unchanged among the covered: rows 0, 2, 4
+    assert {k: out[k] for k in ("n_hits", "n_predicted", "n_true", "n_covered")} == \
+        {"n_hits": 2, "n_predicted": 3, "n_true": 3, "n_covered": 5}
+    assert out["coverage"] == pytest.approx(5 / 6)
+    assert out["by_label"]["yes"] == {"precision": 1.0, "recall": 1.0, "n_predicted": 1, "n_true": 1,
+                                      "n_hits": 1, "n_covered": 2}
+    assert out["by_label"]["no"] == {"precision": 0.5, "recall": 0.5, "n_predicted": 2, "n_true": 2,
+                                     "n_hits": 1, "n_covered": 3}
+    assert ground_truth.local_test_truth(t.drop(columns="followup_changes"), ignored) is None
+
+
 def test_held_out_pairwise_flip_rate_by_hand():
     preds = pd.DataFrame({
         "sample_id": ["a", "a", "a", "b", "b", "b"],

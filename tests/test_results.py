@@ -70,6 +70,7 @@ def test_local_tests_section_reads_summaries_samples_and_shortcut_findings(tmp_p
                                                "local_tests": {"occlude_control": {"n_tested": 3, "change_rate": 0.0}}}}
     text = results.local_tests_section(runs, tmp_path / "runs", tmp_path / "seeds")
     assert "| llava-lora-shortcut__mimic-cxr | occlude | 3 (0.75) | 1.00 / 0.50 | 0.000 (n 3) |" in text
+    assert "| occlude | yes | 0 | 0 | 0 | n/a | n/a |  |" in text        # no by_label block: nothing pooled
     assert "built-to-ignore recall" in text
 
 
@@ -79,10 +80,16 @@ def test_local_seeds_pool_each_seed_and_all_seeds_together(tmp_path):
                   for k, v in (("hits", hits), ("predicted", predicted), ("true", true), ("covered", 50))}
         controls = {f"{c}_{k}": v for c in ("occlude_control", "followup_control")
                     for k, v in (("change_rate", 0.1), ("tested", 10))}
-        return {"seed": seed, "pair": pair, **counts, **controls}
+        by_label = {f"{t}_{label}_{k}": v for t in ("occlude", "followup") for label, share in (("yes", 1), ("no", 0))
+                    for k, v in (("hits", hits * share), ("predicted", predicted * share), ("true", true * share),
+                                 ("covered", 25))}
+        return {"seed": seed, "pair": pair, **counts, **controls, **by_label}
     pd.DataFrame([row(0, "llava-base__mimic-cxr", 3, 4, 4), row(1, "llava-base__mimic-cxr", 5, 6, 8),
                   row(1, "llava-lora-shortcut__mimic-cxr", 9, 9, 9)]).to_csv(tmp_path / "seeds.csv", index=False)
     text = results.local_seeds_text(tmp_path)
-    assert "| 0 | occlude | 50 | 4 | 0.75 (95 % CI 0.30 to 0.95) | 0.75 (95 % CI 0.30 to 0.95) |" in text
+    assert "| 0 | occlude | all | 50 | 4 | 0.75 (95 % CI 0.30 to 0.95) | 0.75 (95 % CI 0.30 to 0.95) |" in text
     # all seeds: 8 of 10 flagged, 8 of 12 truly unchanged; the shortcut pair is left out
-    assert "| all | followup | 100 | 12 | 0.80 (95 % CI 0.49 to 0.94) | 0.67 (95 % CI 0.39 to 0.86) |" in text
+    assert "| all | followup | all | 100 | 12 | 0.80 (95 % CI 0.49 to 0.94) | 0.67 (95 % CI 0.39 to 0.86) |" in text
+    # by label: every count here is the positives'; the negatives have none
+    assert "| all | followup | yes | 50 | 12 | 0.80 (95 % CI 0.49 to 0.94) | 0.67 (95 % CI 0.39 to 0.86) |  |  |" in text
+    assert "| all | followup | no | 50 | 0 | n/a | n/a |  |  |" in text

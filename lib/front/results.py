@@ -29,6 +29,7 @@ PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc."
                 "yes/no mass")
 SHORTCUT = "shortcut"   # the reliance dial's adapters, built to ignore the image (not "non-shortcut")
 CONTROLS = {OCCLUDE: OCCLUDE_CONTROL, FOLLOWUP: FOLLOWUP_CONTROL}
+LABELS = ("all", "yes", "no")    # the local tests pooled over all samples, then by the sample's label
 
 
 def table(header, rows) -> str:
@@ -187,16 +188,17 @@ def local_tests_section(runs: dict, runs_dir: Path, seeds_dir: Path) -> str:
     for test in LOCAL_TESTS:
         entries = [((s.get("ground_truth") or {}).get("local_tests") or {}).get(test) or {}
                    for p, s in runs.items() if SHORTCUT not in p]
-        p = pool(entries)
         rate, n = pooled_change_rate([((s.get("local_tests") or {}).get(CONTROLS[test]) or {})
                                       for pair, s in runs.items() if "-base" in s["config"]])
-        pooled_rows.append([test, p["n_covered"], p["n_true"], p["n_predicted"], *pooled_cells(p),
-                            f"{number(rate)} (n {n})"])
+        for label in LABELS:
+            p = pool([e if label == "all" else (e.get("by_label") or {}).get(label) or {} for e in entries])
+            pooled_rows.append([test, label, p["n_covered"], p["n_true"], p["n_predicted"], *pooled_cells(p),
+                                f"{number(rate)} (n {n})" if label == "all" else ""])
     text = ("Pooled over the non-shortcut pairs (targets: precision and recall >= 0.8; the base "
             "models' control change rate <= 0.05). Intervals: Wilson, the pooled samples taken as "
             "independent (pairs of one dataset share images: too narrow, not too wide):\n\n"
-            + table(["test", "samples covered", "unchanged on the twin", "flagged unchanged", "precision",
-                     "recall", "control change rate, base models"], pooled_rows)
+            + table(["test", "samples' label", "samples covered", "unchanged on the twin", "flagged unchanged",
+                     "precision", "recall", "control change rate, base models"], pooled_rows)
             + "\n\nPer pair: samples with a twin the test covers (coverage), precision / recall of "
               "\"unchanged\" for \"unchanged on the twin\", the control's change rate, and for the "
               "shortcut adapters the recall on the findings they were built to ignore (target >= 0.9).\n\n"
@@ -216,8 +218,10 @@ def local_seeds_text(seeds_dir: Path) -> str:
     frame = frame.fillna(0)
     for seed, group in [*frame.groupby("seed"), ("all", frame)]:
         plain = group[~group["pair"].str.contains(SHORTCUT)].to_dict("records")
-        for test in LOCAL_TESTS:
-            p = pool([{k: r[f"{test}_{k[2:]}"] for k in ("n_hits", "n_predicted", "n_true", "n_covered")}
+        for test, label in [(t, label) for t in LOCAL_TESTS for label in LABELS
+                            if label == "all" or f"{t}_{label}_hits" in frame]:
+            prefix = test if label == "all" else f"{test}_{label}"
+            p = pool([{k: r[f"{prefix}_{k[2:]}"] for k in ("n_hits", "n_predicted", "n_true", "n_covered")}
                       for r in plain])
             rate, n = pooled_change_rate([{"change_rate": r[f"{CONTROLS[test]}_change_rate"],
                                            "n_tested": r[f"{CONTROLS[test]}_tested"]}
@@ -227,14 +231,15 @@ def local_seeds_text(seeds_dir: Path) -> str:
                         for r in group.to_dict("records") if SHORTCUT in r["pair"]]
             flagged = sum(v * k for v, k in shortcut if v is not None)
             total = sum(k for _, k in shortcut)
-            rows.append([seed if seed == "all" else int(seed), test, int(p["n_covered"]), int(p["n_true"]),
-                         *pooled_cells(p), f"{number(rate)} (n {int(n)})",
-                         f"{number(flagged / total if total else None, 2)} (n {total})"])
+            rows.append([seed if seed == "all" else int(seed), test, label, int(p["n_covered"]), int(p["n_true"]),
+                         *pooled_cells(p), *([f"{number(rate)} (n {int(n)})",
+                                              f"{number(flagged / total if total else None, 2)} (n {total})"]
+                                             if label == "all" else ["", ""])])
     return (f"\nOver `make seeds` ({frame.seed.nunique()} seeds; \"all\": the seeds pooled): pooled over the "
             "non-shortcut pairs, the base models' control, and the shortcut adapters' recall on the findings "
             "they were built to ignore:\n\n"
-            + table(["seed", "test", "samples covered", "unchanged on the twin", "precision", "recall",
-                     "control change rate, base models", "built-to-ignore recall"], rows) + "\n")
+            + table(["seed", "test", "samples' label", "samples covered", "unchanged on the twin", "precision",
+                     "recall", "control change rate, base models", "built-to-ignore recall"], rows) + "\n")
 
 
 def correlation_section(corr: dict | None) -> str:

@@ -54,6 +54,8 @@ HEADLINES = {
     "dangerous_recall": ("ground_truth", "dangerous", "recall"),
     **{f"{test}_{k}": ("ground_truth", "local_tests", test, f"n_{k}") for test in LOCAL_TESTS
        for k in ("hits", "predicted", "true", "covered")},
+    **{f"{test}_{label}_{k}": ("ground_truth", "local_tests", test, "by_label", label, f"n_{k}")
+       for test in LOCAL_TESTS for label in ("yes", "no") for k in ("hits", "predicted", "true", "covered")},
     **{f"{test}_{k}": ("local_tests", test, key) for test in LOCAL_CHECKS
        for k, key in (("change_rate", "change_rate"), ("tested", "n_tested"))},
 }

@@ -13,7 +13,10 @@ truly_image_reliant are lib.protocol.taxonomy's columns).
   references, beside the estimate on the same samples, its interval and whether it covers;
   ``local_tests`` [local_test_truth]: per local test (occlude, followup), precision and
   recall of "the answer did not change" for "the twin's answer did not change" over the samples
-  with a twin that the test covers, with ``coverage`` = those samples / the samples with a twin.
+  with a twin that the test covers, with ``coverage`` = those samples / the samples with a twin,
+  and ``by_label``: the same per sample label ("yes", "no"), because the two directions test
+  different things: a positive's other study lacks the finding, a negative's shows it, and the
+  model must then detect it on another image than the one the twin changes.
 """
 from __future__ import annotations
 
@@ -66,8 +69,11 @@ def local_test_truth(table: pd.DataFrame, ignored: np.ndarray) -> dict | None:
             continue
         covered = table[column].notna().to_numpy()
         unchanged = ~table[column].fillna(True).to_numpy(dtype=bool)
+        label = table["label"].to_numpy()
+        by_label = {value: {**precision_recall(unchanged[covered & (label == value)], ignored[covered & (label == value)]),
+                            "n_covered": int((covered & (label == value)).sum())} for value in ("yes", "no")}
         out[test] = {**precision_recall(unchanged[covered], ignored[covered]),
-                     "n_covered": int(covered.sum()), "coverage": float(covered.mean())}
+                     "n_covered": int(covered.sum()), "coverage": float(covered.mean()), "by_label": by_label}
     return out or None
 
 
