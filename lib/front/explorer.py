@@ -6,10 +6,12 @@ with the pair's numbers, then the samples behind them, one by one.
 - three dropdowns: the pair, the finding (or all), the quadrant (or all four);
 - the entropy and reliance distributions per quadrant of the samples chosen
   (`plots.pair_distributions`, drawn into an `ipywidgets.Image` as PNG) and, beside them, the
-  pair's numbers with their 95 % intervals (its `summary.json`) and, for one finding, that
-  finding's numbers (`breakdown.per_finding`);
+  pair's numbers with their 95 % intervals (its `summary.json`, the local tests' rates
+  included: `local_test_numbers`) and, for one finding, that finding's numbers
+  (`breakdown.per_finding`); the numbers go below the figure when the window is narrow;
 - the samples behind the figure (a list: sample id, label, answer); choosing one shows its p_yes
-  for every prompt and condition (`sample_detail`, from the pair's predictions.parquet) and, for a
+  for every prompt and condition (`sample_detail`, from the pair's predictions.parquet), whether
+  each local test changed its answer (`local_verdicts`) and, for a
   synthetic dataset only (`config.is_synthetic`), its image. A real dataset's image is never
   shown here, whatever the flags.
 
@@ -29,7 +31,8 @@ import pandas as pd
 from ..protocol import breakdown, config, data, plots
 from ..protocol.breakdown import with_interval
 from ..protocol.stats import lookup
-from ..protocol.vocabulary import QUADRANTS
+from ..protocol.local_tests import CHANGES
+from ..protocol.vocabulary import FOLLOWUP, LOCAL_CHECKS, OCCLUDE, QUADRANTS
 
 ALL = "all quadrants"
 ALL_FINDINGS = "all findings"
@@ -50,7 +53,7 @@ def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: s
         rows += [row("screening AUROC (Dangerous)", "screening", "auroc_entropy_dangerous",
                      ci=lookup(summary, "screening", "ci95")),
                  row("yes/no mass, median", "yes_no_mass", "median", ci=())]
-        return rows
+        return rows + local_test_numbers(summary, LOCAL_CHECKS)
     rows = [("samples", str(lookup(summary, "quadrant_counts", quadrant))),
             row("fraction", "quadrant_fractions", quadrant),
             row("accuracy", "accuracy_by_quadrant", quadrant, ci=()),
@@ -61,7 +64,33 @@ def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: s
         rows.append(("median reliance", with_interval(reliance.median() if len(reliance) else None)))
     if quadrant == "Dangerous":
         rows += [row(k, "dangerous_breakdown", k) for k in (summary.get("dangerous_breakdown") or {})]
+        rows += [r for r in local_test_numbers(summary, (OCCLUDE, FOLLOWUP)) if "Dangerous" in r[0]]
     return rows
+
+
+def local_test_numbers(summary: dict, tests) -> list[tuple]:
+    """(measure, value with its interval and n) rows of the local tests a run has (summary
+    ``local_tests``, lib.protocol.local_tests): each test's change rate and, for occlude and
+    followup, the share of the Dangerous samples tested whose answer did not change."""
+    rows = []
+    for test in tests:
+        block = lookup(summary, "local_tests", test)
+        if not block:
+            continue
+        ci = lookup(summary, "ci95", "local_tests", test) or {}
+        rows.append((f"{test}: answer changed", f"{with_interval(block.get('change_rate'), ci.get('change_rate'))}"
+                                                f" (n {block.get('n_tested', 0)})"))
+        if "n_dangerous_tested" in block:
+            rows.append((f"{test}: Dangerous, unchanged",
+                         f"{with_interval(block.get('image_blind_share'), ci.get('image_blind_share'))}"
+                         f" (n {block['n_dangerous_tested']})"))
+    return rows
+
+
+def local_verdicts(row: pd.Series) -> str:
+    """One sample's local tests as a line: for each its run has, whether the answer changed."""
+    verdicts = [(test, row[column]) for test, column in CHANGES.items() if column in row]
+    return "; ".join(f"{test}: {'not tested' if pd.isna(v) else 'changed' if v else 'unchanged'}" for test, v in verdicts)
 
 
 def finding_numbers(samples: pd.DataFrame, finding: str) -> list[tuple]:
@@ -147,7 +176,8 @@ class Explorer(widgets.VBox):
         self.quadrant.observe(self.draw, names="value")
         self.samples.observe(self.show_sample, names="value")
         super().__init__([widgets.HBox([self.pair, self.finding, self.quadrant]),
-                          widgets.HBox([self.figure, self.numbers], layout=widgets.Layout(align_items="flex-start")),
+                          widgets.HBox([self.figure, self.numbers],
+                                       layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap")),
                           widgets.HBox([self.samples, self.detail, self.image],
                                        layout=widgets.Layout(align_items="flex-start"))])
         self.add_class("cxr-explorer")
@@ -198,13 +228,15 @@ class Explorer(widgets.VBox):
             return
         pair = self.pair.value
         predictions = self.predictions_by_pair.get(pair)
+        row = self.samples_by_pair[pair].set_index("sample_id").loc[sample_id]
         if predictions is None:
             self.detail.value = f"<i>no predictions.parquet for {html.escape(pair)}</i>"
         else:
             table = breakdown.shown(sample_detail(predictions, sample_id).reset_index())
+            verdicts = local_verdicts(row)
             self.detail.value = (f"<div style='font-size:12px; white-space:nowrap'><b>{html.escape(sample_id)}"
-                                 f"</b>: p_yes per prompt and condition{table.to_html(index=False, border=0)}</div>")
-        row = self.samples_by_pair[pair].set_index("sample_id").loc[sample_id]
+                                 f"</b>: p_yes per prompt and condition{table.to_html(index=False, border=0)}"
+                                 + (f"local tests: {html.escape(verdicts)}" if verdicts else "") + "</div>")
         image = synthetic_image(self.summaries.get(pair), row["image_id"])
         if image is not None:
             self.image.value = image
