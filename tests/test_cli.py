@@ -136,5 +136,5 @@ def test_the_samples_bar_reaches_the_terminal_through_a_file(tmp_path):
     assert scorer({"config": "c", "dataset": "d"}, Store(), [["a", "b"], ["c"]]) == {"mode": "fake"}
     tail.close()
     frames = terminal.getvalue()
-    assert "c__d: 100%" in frames and "3/3" in frames and "sample/s" in frames and frames.endswith("\n")
+    assert "c__d: 100%" in frames and "3/3" in frames and "item/s" in frames and frames.endswith("\n")
     assert not tail.path.exists()

@@ -40,8 +40,9 @@ def scorer_for(params: dict) -> run.Scorer | None:
 
 
 class ProgressScorer:
-    """A scorer whose store counts the samples each written batch holds on a text bar drawn
-    into the file ``path``."""
+    """A scorer whose store counts the items each written batch holds on a text bar drawn into
+    the file ``path``: the samples and the per-run units (text-only questions, null images,
+    references, other studies), each scored once."""
 
     def __init__(self, inner: run.Scorer, path):
         self.inner, self.path = inner, path
@@ -49,13 +50,13 @@ class ProgressScorer:
     def __call__(self, params, store, batches) -> dict:
         total = sum(len(batch) for batch in batches)
         with open(self.path, "a", encoding="utf-8") as sink, \
-                tqdm(total=total, desc=f"{params['config']}__{params['dataset']}", unit="sample",
+                tqdm(total=total, desc=f"{params['config']}__{params['dataset']}", unit="item",
                      file=sink, disable=False, mininterval=1.0, ncols=100) as bar:
             return self.inner(params, CountingStore(store, bar), batches)
 
 
 class CountingStore:
-    """A record store that advances ``bar`` by the samples (scored or skipped) of each chunk."""
+    """A record store that advances ``bar`` by the items (scored or skipped) of each chunk."""
 
     def __init__(self, store, bar):
         self.store, self.bar = store, bar

@@ -115,7 +115,7 @@ def distributions_by_pair(samples_by_pair: dict, column: str, label: str):
                    patch_artist=True, boxprops={"facecolor": QUADRANT_COLORS[quadrant], "alpha": 0.6})
         for y, v in enumerate(values):
             ax.text(1.02, y, f"n={len(v)}", va="center", fontsize=7, transform=ax.get_yaxis_transform())
-        ax.set_xlim(0, 1)
+        ax.set_xlim(-0.02, 1.02)       # a point at 0 or 1 drawn whole, not cut by the frame
         ax.set_title(quadrant)
         ax.set_xlabel(label, fontsize=8)
     axes[0].set_yticks(np.arange(len(pairs)), pairs, fontsize=8)
@@ -166,7 +166,7 @@ def dangerous_forest(pairs: pd.DataFrame):
         ax.errorbar(values, y + offset, xerr=errors, fmt="o", ms=4, capsize=2, color=colour, label=label)
     ax.set_yticks(y, pairs["pair"])
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
+    ax.set_xlim(-0.02, 1.02)       # a point at 0 or 1 drawn whole, not cut by the frame
     ax.set_xlabel("fraction of all samples (bars: 95 % intervals; image-blind: samples x references)")
     ax.set_title("Dangerous fraction, split by the reference images")
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
@@ -183,7 +183,7 @@ def screening_auroc(pairs: pd.DataFrame):
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_yticks(y, pairs["pair"])
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
+    ax.set_xlim(-0.02, 1.02)       # a point at 0 or 1 drawn whole, not cut by the frame
     ax.set_xlabel("AUROC of entropy, Dangerous vs the rest (0.5: blind)")
     ax.set_title("Confidence screening")
     fig.tight_layout()
