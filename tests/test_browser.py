@@ -208,6 +208,7 @@ def test_analysis_notebook_and_explorer_in_jupyterlab(lab):
             pairs = pair_select.locator("option").all_text_contents()
             assert len(pairs) == len(PAIRS), pairs
             assert pairs[0] in explorer.inner_text()  # the numbers beside the figure name the pair
+            assert "followup: answer changed" in explorer.inner_text()   # the local tests' rates too
 
             def shown():
                 return figure.get_attribute("src"), figure.screenshot()
@@ -246,7 +247,7 @@ def test_analysis_notebook_and_explorer_in_jupyterlab(lab):
             explorer.locator(".widget-select select").select_option(index=0)
             page.wait_for_function("el => el.innerText.includes('p_yes per prompt and condition')",
                                    arg=explorer.element_handle(), timeout=60_000)
-            assert "text_only" in explorer.inner_text()
+            assert "text_only" in explorer.inner_text() and "local tests: occlude:" in explorer.inner_text()
             sample_image = explorer.locator("img.widget-image").nth(1)
             sample_image.wait_for(state="visible", timeout=60_000)
             explorer.screenshot(path=str(SHOTS / "explorer_sample.png"))
