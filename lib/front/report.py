@@ -237,8 +237,9 @@ def local_tests_section(summary: dict) -> list[str]:
     checked = [(test, t["n_covered"], cell(t["precision"]), cell(t["recall"])) for test, t in truth.items()]
     parts = ["<h2>Local tests: does the answer follow this image?</h2>",
              "<p class='note'>Each test changes the sample's own image and asks its original question "
-             "again; a change says the answer followed the image. Occlusion is not absence (the fill is "
-             "smoother than tissue, a large box removes anatomy), and another study differs in more than "
+             "again; a change says the answer followed the image. Occlusion is not absence (a box is filled "
+             "from the other side of the chest, another lung, or where that side is marked inpainted from "
+             "around it; a large box removes anatomy), and another study differs in more than "
              "the finding: the controls say how often the answer changes for no reason. Intervals: "
              "cluster bootstrap over patients.</p>",
              frame_html(table.reset_index())]

@@ -223,7 +223,7 @@ def interval_table(rows: dict) -> pd.DataFrame:
 
 # what each test changes, short enough for a notebook's table cell (pandas cuts at 50 characters)
 LOCAL_WORDS = {
-    "occlude": "its marked box filled from around it",
+    "occlude": "its box filled from the other side or around",
     "occlude_control": "a same-size box filled elsewhere (control)",
     "followup": "the patient's other study, opposite label",
     "followup_control": "the patient's other study, same label (control)",
