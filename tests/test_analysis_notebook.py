@@ -121,13 +121,15 @@ def test_explorer_chooses_a_finding_and_clicks_through_to_a_sample(runs):
 
 def test_explorer_shows_the_local_tests_rates_and_one_samples_verdicts():
     summary = {"local_tests": {"occlude": {"n_tested": 53, "n_dangerous_tested": 4, "change_rate": 0.9,
-                                           "image_blind_share": 0.25},
-                               "occlude_control": {"n_tested": 47, "change_rate": 0.0}},
+                                           "image_blind_share": 0.25, "not_tested": {"no_box": 3}},
+                               "occlude_control": {"n_tested": 47, "change_rate": 0.0, "not_tested": {}}},
                "ci95": {"local_tests": {"occlude": {"change_rate": [0.8, 0.95], "image_blind_share": [0.0, 0.75]}}}}
-    rows = dict(explorer.local_test_numbers(summary, ("occlude", "occlude_control", "followup")))
+    rows = dict(explorer.local_test_numbers(summary))
     assert rows == {"occlude: answer changed": "0.900 (95 % CI 0.800 to 0.950) (n 53)",
-                    "occlude: Dangerous, unchanged": "0.250 (95 % CI 0.000 to 0.750) (n 4)",
+                    "occlude: Dangerous, unchanged": "0.250 (95 % CI 0.000 to 0.750) (of 4)",
                     "occlude_control: answer changed": "0.000 (n 47)"}
-    assert explorer.local_test_numbers({}, ("occlude",)) == []
+    assert explorer.local_test_numbers(summary, dangerous_only=True) == [
+        ("occlude: Dangerous, unchanged", "0.250 (95 % CI 0.000 to 0.750) (of 4)")]
+    assert explorer.local_test_numbers({}) == []
     row = pd.Series({"occlusion_changes": True, "occlusion_control_changes": False, "followup_changes": pd.NA})
     assert explorer.local_verdicts(row) == "occlude: changed; occlude_control: unchanged; followup: not tested"

@@ -32,7 +32,7 @@ from ..protocol import breakdown, config, data, plots
 from ..protocol.breakdown import with_interval
 from ..protocol.stats import lookup
 from ..protocol.local_tests import CHANGES
-from ..protocol.vocabulary import FOLLOWUP, LOCAL_CHECKS, OCCLUDE, QUADRANTS
+from ..protocol.vocabulary import QUADRANTS
 
 ALL = "all quadrants"
 ALL_FINDINGS = "all findings"
@@ -53,7 +53,7 @@ def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: s
         rows += [row("screening AUROC (Dangerous)", "screening", "auroc_entropy_dangerous",
                      ci=lookup(summary, "screening", "ci95")),
                  row("yes/no mass, median", "yes_no_mass", "median", ci=())]
-        return rows + local_test_numbers(summary, LOCAL_CHECKS)
+        return rows + local_test_numbers(summary)
     rows = [("samples", str(lookup(summary, "quadrant_counts", quadrant))),
             row("fraction", "quadrant_fractions", quadrant),
             row("accuracy", "accuracy_by_quadrant", quadrant, ci=()),
@@ -64,26 +64,21 @@ def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: s
         rows.append(("median reliance", with_interval(reliance.median() if len(reliance) else None)))
     if quadrant == "Dangerous":
         rows += [row(k, "dangerous_breakdown", k) for k in (summary.get("dangerous_breakdown") or {})]
-        rows += [r for r in local_test_numbers(summary, (OCCLUDE, FOLLOWUP)) if "Dangerous" in r[0]]
+        rows += local_test_numbers(summary, dangerous_only=True)
     return rows
 
 
-def local_test_numbers(summary: dict, tests) -> list[tuple]:
-    """(measure, value with its interval and n) rows of the local tests a run has (summary
-    ``local_tests``, lib.protocol.local_tests): each test's change rate and, for occlude and
-    followup, the share of the Dangerous samples tested whose answer did not change."""
+def local_test_numbers(summary: dict, dangerous_only: bool = False) -> list[tuple]:
+    """(measure, value) rows of the run's local tests, read from the report's table
+    (``breakdown.local_tests_table``): each test's change rate with its interval and n and, for
+    occlude and followup, the share of the Dangerous samples tested whose answer did not change
+    (only those with ``dangerous_only``)."""
     rows = []
-    for test in tests:
-        block = lookup(summary, "local_tests", test)
-        if not block:
-            continue
-        ci = lookup(summary, "ci95", "local_tests", test) or {}
-        rows.append((f"{test}: answer changed", f"{with_interval(block.get('change_rate'), ci.get('change_rate'))}"
-                                                f" (n {block.get('n_tested', 0)})"))
-        if "n_dangerous_tested" in block:
-            rows.append((f"{test}: Dangerous, unchanged",
-                         f"{with_interval(block.get('image_blind_share'), ci.get('image_blind_share'))}"
-                         f" (n {block['n_dangerous_tested']})"))
+    for test, r in breakdown.local_tests_table(summary).iterrows():
+        if not dangerous_only:
+            rows.append((f"{test}: answer changed", f"{r['answer changed']} (n {r['samples tested']})"))
+        if r["unchanged among Dangerous tested"] != "–":
+            rows.append((f"{test}: Dangerous, unchanged", r["unchanged among Dangerous tested"]))
     return rows
 
 
