@@ -28,7 +28,7 @@ NOTEBOOK_SETUP := lib/front/notebook.py
 # params -> samples, labels, questions, prompts; loading a model (what fine-tuning uses)
 PROTOCOL_LOAD := $(addprefix lib/protocol/,config.py params_yaml.py data.py reading.py policy.py images.py mimic.py padchest.py vindr.py boxes.py labels.py questions.py prompts.py models.py provenance.py vocabulary.py)
 # ... -> the Engine -> records -> quadrants: one run
-PROTOCOL_SCORING := $(PROTOCOL_LOAD) $(addprefix lib/protocol/,engine.py identity.py records.py samples.py image_questions.py references.py local_tests.py planning.py taxonomy.py measures.py screening.py ground_truth.py intervals.py summary.py run.py)
+PROTOCOL_SCORING := $(PROTOCOL_LOAD) $(addprefix lib/protocol/,engine.py identity.py records.py samples.py image_questions.py references.py local_tests.py registration.py planning.py taxonomy.py measures.py screening.py ground_truth.py intervals.py summary.py run.py)
 # the default family: tiny checkpoints of the real classes and their chat templates, trained here
 # (stage 1 also sees synth.py's balanced pretraining images)
 DEFAULT_FAMILY := $(addprefix lib/offline/,default_models.py training.py synth.py) $(addprefix lib/families/,tiny.py templates.py)

@@ -3,7 +3,7 @@ the per-sample protocol that scores every sample's text-only, blank and null pas
 import pandas as pd
 import pytest
 
-from lib.protocol import config, data, engine, models, run
+from lib.protocol import config, data, engine, models, records, run
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,14 @@ def test_every_distinct_image_and_question_runs_once(evaluated):
     # images, every reference image and other study, each once, and each image derived from a
     # sample's own (twin, occlusion and its control)
     n_images = samples["image_id"].nunique()
-    followups = result.predictions.followup_image_id.dropna().nunique()
+    followups = len(result.predictions.dropna(subset=["followup_image_id"])[
+        ["followup_image_id", "followup_onto_image_id"]].drop_duplicates())   # one per (study, image onto)
     derived = int(result.predictions.condition.isin(["twin", "occlude", "occlude_control"]).sum())
     assert followups >= 1
     assert passes["image_prefixes"] == n_images + 1 + engine.NULL_IMAGES + references + followups + derived
     per_run = result.predictions[result.predictions.sample_id.isna()]
     assert passes["suffixes"] == int((result.predictions.condition == "image").sum()) + len(per_run)
-    assert per_run.groupby(["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"], dropna=False).size().max() == 1
+    assert per_run.groupby(records.PER_RUN_KEY, dropna=False).size().max() == 1
     dedup = result.summary["engine"]["dedup"]
     assert dedup["prompts_scored"] < dedup["prompts_per_sample_protocol"] and dedup["share_saved"] > 0
 

@@ -130,7 +130,7 @@ def test_killing_a_worker_mid_run_loses_nothing(world, cluster, reference):
     preds = result.predictions
     assert not preds[preds.sample_id.notna()].duplicated(KEY).any()
     per_run = preds[preds.sample_id.isna()]         # one row per (condition, image, question)
-    assert not per_run.duplicated(["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"]).any()
+    assert not per_run.duplicated(records.PER_RUN_KEY).any()
     assert p_yes(result).equals(p_yes(reference))  # no missing and no extra row, same values
     assert result.summary["n_samples"] == N_SAMPLES
 

@@ -136,12 +136,13 @@ def test_occlusion_plan_counts_samples_without_a_box_and_without_room():
 
 
 def test_changes_columns_compare_each_test_with_the_original_answer():
-    table = pd.DataFrame({"sample_id": ["a/n", "b/n", "c/n"], "pred": ["yes", "yes", "no"],
-                          "question": ["q", "q", "q"]})
+    table = pd.DataFrame({"sample_id": ["a/n", "b/n", "c/n"], "image_id": ["a", "b", "c"],
+                          "pred": ["yes", "yes", "no"], "question": ["q", "q", "q"]})
     predictions = pd.DataFrame({"sample_id": ["a/n", "b/n", "a/n"], "prompt_id": [0, 0, 0],
                                 "condition": ["occlude", "occlude", "occlude_control"], "pred": ["no", "yes", "yes"]})
-    per_run = pd.DataFrame({"condition": ["followup", "followup"], "followup_image_id": ["x", "y"],
-                            "prompt": ["q", "q"], "pred": ["no", "no"]})
+    per_run = pd.DataFrame({"condition": ["followup"] * 4, "followup_image_id": ["x", "x", "y", "x"],
+                            "followup_onto_image_id": ["z", "a", "c", "c"], "prompt": ["q"] * 4,
+                            "pred": ["yes", "no", "no", "no"]})   # x registered onto z answers another sample
     followups = pd.DataFrame({"sample_id": ["a/n", "c/n", "c/n"], "test": ["followup", "followup", "followup_control"],
                               "image_id": ["x", "y", "x"], "image_path": ["", "", ""], "differing_labels": [0, 2, 1]})
     out = lt.local_columns(table, predictions, per_run, followups).set_index("sample_id")

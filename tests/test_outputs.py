@@ -26,7 +26,7 @@ from lib.offline import default_models, layouts
 from lib.protocol import config, data, questions, records, run
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = ["sample_id", "prompt_id", "condition"]
+KEY, PER_RUN_KEY = records.KEY, records.PER_RUN_KEY
 
 # A child run; argv: params.json, mode ("pause-chunks" sleeps after every chunk; "pause-final"
 # announces every final rename in <output_dir>/renames.log and sleeps before doing it).
@@ -97,6 +97,12 @@ def wait_for(condition, child, what, timeout=120):
         time.sleep(0.02)
 
 
+def followup_units(result) -> dict:
+    """{(other study, the image it is registered onto): the questions asked of it} of a run."""
+    rows = result.predictions.dropna(subset=["followup_image_id"])
+    return {k: set(g["prompt"]) for k, g in rows.groupby(["followup_image_id", "followup_onto_image_id"])}
+
+
 def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(world, tmp_path):
     model_dir, original_root = world
     root = tmp_path / "mimic-cxr"
@@ -134,9 +140,11 @@ def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(wor
 
     second = run.evaluate(make_params(model_dir, root, out, questions=str(qfile)))
     touched = {s.sample_id for s in samples if s.finding == edited_finding or s.image_id == repaired.image_id}
-    # the per-run units ask prompt 0 only: untouched, except another study showing the repaired image
-    shown_again = int((first.predictions["followup_image_id"] == repaired.image_id).any())
-    assert second.summary["records"]["run_units_scored"] == shown_again
+    # the per-run units ask prompt 0 only: untouched, except the other studies showing the repaired
+    # image or registered onto it, and those the relabelled sample now chooses or no longer asks
+    before, after = followup_units(first), followup_units(second)
+    rescored = [k for k, prompts in after.items() if before.get(k) != prompts or repaired.image_id in k]
+    assert second.summary["records"]["run_units_scored"] == len(rescored) > 0
     assert second.summary["records"]["samples_scored"] == len(touched)
     assert second.summary["records"]["samples_reused"] == 12 - len(touched)
     assert second.summary["run_hash"] != first.summary["run_hash"]
@@ -147,8 +155,7 @@ def test_rerun_after_editing_questions_image_and_label_gives_the_new_results(wor
 
     fresh = run.evaluate(make_params(model_dir, root, tmp_path / "fresh", questions=str(qfile)))
     assert fresh.summary["run_hash"] == second.summary["run_hash"]
-    per_run = ["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"]
-    for a, b, key in ((second.predictions, fresh.predictions, KEY), (second.predictions, fresh.predictions, per_run)):
+    for a, b, key in ((second.predictions, fresh.predictions, KEY), (second.predictions, fresh.predictions, PER_RUN_KEY)):
         rows = [frame[frame.sample_id.notna() == (key == KEY)] for frame in (a, b)]
         merged = rows[0].merge(rows[1], on=key, suffixes=("", "_fresh"))
         assert len(merged) == len(rows[0]) == len(rows[1])

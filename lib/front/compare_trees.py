@@ -30,7 +30,7 @@ import pandas as pd
 from ..protocol import records
 
 PROVENANCE = ("params", "inputs", "packages", "git_commit", "machine", "engine", "records", "run_hash")
-TABLES = {"predictions.parquet": (*records.KEY, "swap_image_id", "reference_image_id"),
+TABLES = {"predictions.parquet": (*records.KEY, *records.PER_RUN_KEY),
           "samples.parquet": ("sample_id",)}
 SUMMARY = "summary.json"
 

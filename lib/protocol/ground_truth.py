@@ -70,11 +70,14 @@ def local_test_truth(table: pd.DataFrame, ignored: np.ndarray) -> dict | None:
         covered = table[column].notna().to_numpy()
         unchanged = ~table[column].fillna(True).to_numpy(dtype=bool)
         label = table["label"].to_numpy()
-        by_label = {value: {**precision_recall(unchanged[covered & (label == value)], ignored[covered & (label == value)]),
-                            "n_covered": int((covered & (label == value)).sum())} for value in ("yes", "no")}
-        out[test] = {**precision_recall(unchanged[covered], ignored[covered]),
-                     "n_covered": int(covered.sum()), "coverage": float(covered.mean()), "by_label": by_label}
+        by_label = {value: _scored(unchanged, ignored, covered & (label == value)) for value in ("yes", "no")}
+        out[test] = {**_scored(unchanged, ignored, covered), "coverage": float(covered.mean()), "by_label": by_label}
     return out or None
+
+
+def _scored(unchanged: np.ndarray, ignored: np.ndarray, covered: np.ndarray) -> dict:
+    """precision_recall of ``unchanged`` for ``ignored`` over the ``covered`` samples, and their number."""
+    return {**precision_recall(unchanged[covered], ignored[covered]), "n_covered": int(covered.sum())}
 
 
 def _reference_auroc(table: pd.DataFrame, ignored: np.ndarray) -> float | None:

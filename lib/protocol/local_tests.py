@@ -33,11 +33,13 @@ and the run counts why (``not_tested``), it never guesses.
   opposite (resp. the same) label for the finding, the closest to a natural twin: the fewest of
   the run's OTHER findings labelled differently in the two studies (``*_differing_labels``; a
   finding labelled in one study only counts as differing), then the closest in study date, then
-  the smaller image_id; scored as a per-run unit (condition ``followup``) with the sample's
-  original question. Needs a patient id and a study id (MIMIC-CXR, PadChest; not VinDr-CXR). A
-  follow-up differs in more than the finding (position, exposure, time, findings the run does not
-  ask about), so a change is not proof that the finding was read, and no change on the control is
-  what licenses the test.
+  the smaller image_id; registered onto the sample's image (its position and exposure:
+  lib.protocol.registration) and scored as a per-run unit (condition ``followup``, one per (other
+  study, sample image)) with the sample's original question. Needs a patient id and a study id
+  (MIMIC-CXR, PadChest; not VinDr-CXR). A registered follow-up still differs in more than the
+  finding (noise, sharpness, time, breathing and projection on real films, findings the run does
+  not ask about), so a change is not proof that the finding was read, and no change on the
+  control is what licenses the test.
 - image_blind_share (per test): among the Dangerous samples the test applies to, the share whose
   answer did not change: a locally tested counterpart of the image-blind rate of
   lib.protocol.references. The rates and their patient-clustered intervals are declared in
@@ -318,16 +320,16 @@ def local_columns(samples_table: pd.DataFrame, predictions: pd.DataFrame, per_ru
         rows = predictions[(predictions["condition"] == condition) & (predictions["prompt_id"] == 0)]
         other = rows.set_index("sample_id")["pred"].reindex(t.index)
         out[CHANGES[condition]] = _changes(t["pred"], other).to_numpy()
-    unit_rows = per_run[per_run["condition"] == FOLLOWUP] if len(per_run) else per_run
-    answers = unit_rows.set_index(["followup_image_id", "prompt"])["pred"] if len(unit_rows) else pd.Series(dtype=object)
+    key = ["followup_image_id", "followup_onto_image_id", "prompt"]
+    unit_rows = per_run[per_run["condition"] == FOLLOWUP] if len(per_run) else pd.DataFrame(columns=key + ["pred"])
+    answers = unit_rows.set_index(key)["pred"]
     for test in (FOLLOWUP, FOLLOWUP_CONTROL):
-        chosen = followups[followups["test"] == test].set_index("sample_id")["image_id"].reindex(t.index)
-        keys = list(zip(chosen, t["question"]))
+        chosen = followups[followups["test"] == test].set_index("sample_id").reindex(t.index)
+        keys = zip(chosen["image_id"], t["image_id"], t["question"])
         other = pd.Series([answers.get(k) if isinstance(k[0], str) else None for k in keys], index=t.index)
         out[CHANGES[test]] = _changes(t["pred"], other).to_numpy()
-        out[f"{test}_image_id"] = chosen.to_numpy()
-        out[f"{test}_differing_labels"] = pd.array(
-            followups[followups["test"] == test].set_index("sample_id")["differing_labels"].reindex(t.index), dtype="Int64")
+        out[f"{test}_image_id"] = chosen["image_id"].to_numpy()
+        out[f"{test}_differing_labels"] = pd.array(chosen["differing_labels"], dtype="Int64")
     return out
 
 

@@ -11,7 +11,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from . import data, engine, identity, image_questions, labels, local_tests, questions, records, references
+from . import data, engine, identity, image_questions, labels, local_tests, questions, records, references, registration
 from .engine import Item
 from .samples import prompt_specs, question_sets_for, stream_samples
 from .vocabulary import FOLLOWUP, OCCLUDE, OCCLUDE_CONTROL, TWIN
@@ -79,7 +79,8 @@ class Job:
 class RunUnit:
     """A per-run item, scored once however many samples read it (lib.protocol.engine): the
     text-only questions, the blank image, one null (noise) image, one reference image or one
-    other study of the samples' patients, each with the distinct original questions it answers.
+    other study of a patient registered onto one of the patient's sample images
+    (lib.protocol.registration), each with the distinct original questions it answers.
     ``unit_id`` keys its record."""
 
     unit_id: str
@@ -89,6 +90,8 @@ class RunUnit:
     image_id: str | None = None            # ... and its image_id
     null_image: int | None = None          # a null image's number (engine.null_image)
     seed: int = 0                          # ... and its seed
+    onto_path: str | None = None           # the sample image an other study is registered onto ...
+    onto_image_id: str | None = None       # ... and its image_id
 
     @property
     def sample_id(self) -> str:
@@ -96,9 +99,11 @@ class RunUnit:
 
     @cached_property
     def fingerprint(self) -> str:
-        return identity.digest([self.unit_id, self.condition, list(self.prompts),
-                                identity.file_stat(self.image_path), self.seed, engine.DERIVED_SIZE,
-                                engine.NULL_IMAGES])
+        parts = [self.unit_id, self.condition, list(self.prompts), identity.file_stat(self.image_path),
+                 self.seed, engine.DERIVED_SIZE, engine.NULL_IMAGES]
+        if self.onto_path is not None:
+            parts.append([identity.file_stat(self.onto_path), registration.METHOD])
+        return identity.digest(parts)
 
     def item(self, image_of):
         if self.condition == engine.CONDITION_TEXT_ONLY:
@@ -111,6 +116,11 @@ class RunUnit:
         image, reasons = image_of(self.image_path)
         if image is None:
             return None, unreadable(self, self.image_path, reasons)
+        if self.onto_path is not None:
+            fixed, reasons = image_of(self.onto_path)
+            if fixed is None:
+                return None, unreadable(self, self.onto_path, reasons)
+            image = registration.register(image, fixed)
         return Item(self.unit_id, image, self.prompts, self.condition), None
 
 
@@ -178,7 +188,8 @@ def plan_references(params: dict, samples: list) -> pd.DataFrame:
 def run_units(params: dict, jobs: list[Job], refs: pd.DataFrame, followups: pd.DataFrame) -> list[RunUnit]:
     """The per-run items: text-only over every distinct original question, the blank image and
     the null images with them, each reference image with the questions of its findings, and each
-    other study chosen by ``local_tests.choose_followups`` with the questions of its samples."""
+    other study chosen by ``local_tests.choose_followups``, registered onto the image of the
+    samples it serves, with their questions."""
     by_finding = original_questions(jobs)
     every = tuple(sorted({job.prompts[0] for job in jobs}))
     units = [RunUnit("text_only", engine.CONDITION_TEXT_ONLY, every)] if every else []
@@ -193,10 +204,14 @@ def run_units(params: dict, jobs: list[Job], refs: pd.DataFrame, followups: pd.D
         if prompts:
             units.append(RunUnit(f"reference:{image_id}", engine.CONDITION_REFERENCE,
                                  tuple(prompts), image_path=path, image_id=image_id))
-    question = {j.sample_id: j.prompts[0] for j in jobs}
-    for (image_id, path), group in followups.groupby(["image_id", "image_path"], sort=True):
-        prompts = tuple(sorted({question[s] for s in group["sample_id"]}))
-        units.append(RunUnit(f"followup:{image_id}", FOLLOWUP, prompts, image_path=path, image_id=image_id))
+    job_of = {j.sample_id: j for j in jobs}
+    onto = followups.assign(onto_image_id=[job_of[s].sample.image_id for s in followups["sample_id"]],
+                            onto_path=[job_of[s].sample.image_path for s in followups["sample_id"]])
+    for (image_id, path, onto_id, onto_path), group in onto.groupby(
+            ["image_id", "image_path", "onto_image_id", "onto_path"], sort=True):
+        prompts = tuple(sorted({job_of[s].prompts[0] for s in group["sample_id"]}))
+        units.append(RunUnit(f"followup:{image_id}:onto:{onto_id}", FOLLOWUP, prompts, image_path=path,
+                             image_id=image_id, onto_path=onto_path, onto_image_id=onto_id))
     return units
 
 

@@ -44,6 +44,8 @@ from pathlib import Path
 import pandas as pd
 
 KEY = ["sample_id", "prompt_id", "condition"]
+# a per-run row's key (sample_id null): its condition, its image and its question
+PER_RUN_KEY = ["condition", "reference_image_id", "followup_image_id", "followup_onto_image_id", "null_image", "prompt"]
 # The file that marks a folder as an output folder of this tool (written when a run claims it).
 OUTPUT_MARKER = ".cxr-output-folder"
 MARKER_TEXT = ("This folder holds the outputs of runs of lib.protocol.run (Consistent but Dangerous).\n"

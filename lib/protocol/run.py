@@ -164,7 +164,8 @@ def sample_row(sample: data.Sample) -> dict:
 def split_rows(raw: pd.DataFrame, jobs: list[Job], units: list[RunUnit]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the samples' prediction rows, text-only rows included; the per-run rows of blank, noise,
     references and other studies, with sample_id null and the image in reference_image_id /
-    followup_image_id / null_image).
+    followup_image_id (and the sample image it was registered onto, followup_onto_image_id) /
+    null_image).
 
     A sample's text-only row is the text-only unit's row of its original question: scored once per
     distinct question, it is the same forward pass for every sample that asks it.
@@ -185,6 +186,8 @@ def split_rows(raw: pd.DataFrame, jobs: list[Job], units: list[RunUnit]) -> tupl
     for column, condition in (("reference_image_id", engine.CONDITION_REFERENCE), ("followup_image_id", FOLLOWUP)):
         per_run[column] = pd.Series([u.image_id if u.condition == condition else None for u in units_of_rows],
                                     index=per_run.index, dtype=object)
+    per_run["followup_onto_image_id"] = pd.Series([u.onto_image_id for u in units_of_rows], index=per_run.index,
+                                                  dtype=object)
     per_run["null_image"] = pd.array([u.null_image for u in units_of_rows], dtype="Int64")
     per_run["sample_id"] = None
     return samples, per_run.reset_index(drop=True)

@@ -1,0 +1,84 @@
+"""Registration of one study onto another of the same patient: the follow-up test's image brought
+into the sample's position and exposure before it is asked the sample's question
+(lib.protocol.local_tests). Definition, written once, here.
+
+register(other, fixed):
+- position: the similarity transform (shift, scale, rotation, in fractions of the image) that
+  maximizes the normalized cross-correlation of ``fixed`` and the transformed ``other``, both
+  greyscale, resized to ``SIDE`` x ``SIDE`` px and smoothed (Gaussian, ``SMOOTH`` px), found by
+  Powell's method from the identity; applied to ``other`` at ``fixed``'s size (linear
+  interpolation, edges extended). Coordinates are fractions of each image's width and height, so
+  images of different sizes register.
+- exposure: the registered image's grey levels mapped onto ``fixed``'s by histogram matching
+  (each pixel's rank among the image's pixels -> ``fixed``'s grey level of the same rank).
+
+Why: two studies of one patient differ in position and exposure besides the finding, and a model
+can answer differently for those alone; the registered study differs from the sample's image in
+the finding, the noise, the detector's sharpness and what changed in the patient. A global
+similarity transform does not undo breathing, rotation out of the film's plane or a different
+projection (AP vs PA) on real films; histogram matching also maps the finding's own grey levels.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage, optimize
+
+SIDE = 64          # px: where the transform is searched
+SMOOTH = 1.0       # px at SIDE: the search compares shapes, not noise
+# the search's limits: shift (fractions of the image), log scale, angle (radians); beyond them two
+# films of one patient are not related by a similarity
+BOUNDS = ((-0.25, 0.25), (-0.25, 0.25), (-0.3, 0.3), (-0.35, 0.35))
+METHOD = "similarity-ncc-64/histogram"   # in each follow-up record's fingerprint
+
+
+def register(other: Image.Image, fixed: Image.Image) -> Image.Image:
+    """``other`` moved onto ``fixed``'s position and exposure, at ``fixed``'s size and mode."""
+    theta = similarity(_grey(other, (SIDE, SIDE)), _grey(fixed, (SIDE, SIDE)))
+    target = _grey(fixed)
+    moved = warp(_grey(other), theta, target.shape)
+    matched = match_histogram(moved, target)
+    out = Image.fromarray(np.clip(np.round(matched), 0, 255).astype(np.uint8), "L")
+    return out.convert(fixed.mode) if fixed.mode != "L" else out
+
+
+def similarity(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """(shift x, shift y, log scale, angle), within ``BOUNDS``, taking ``fixed``'s frame to
+    ``moving``'s that maximize their normalized cross-correlation after smoothing."""
+    moving, fixed = ndimage.gaussian_filter(moving, SMOOTH), ndimage.gaussian_filter(fixed, SMOOTH)
+    result = optimize.minimize(lambda t: -_ncc(warp(moving, t, fixed.shape), fixed), np.zeros(4),
+                               method="Powell", bounds=BOUNDS, options={"xtol": 1e-3, "ftol": 1e-5})
+    return result.x
+
+
+def warp(image: np.ndarray, theta, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` sampled on a ``shape`` grid through the similarity ``theta``: the output point at
+    fractional position q (pixel centres, (row, col)) reads ``image`` at s R (q - c) + c + shift,
+    c the centre, s = exp(log scale), R the rotation by the angle."""
+    shift_x, shift_y, log_scale, angle = theta
+    cos, sin = np.cos(angle), np.sin(angle)
+    turn = np.exp(log_scale) * np.array([[cos, -sin], [sin, cos]])
+    to_fraction, to_pixels = np.diag([1 / shape[0], 1 / shape[1]]), np.diag(image.shape).astype(float)
+    centre = np.full(2, 0.5)
+    matrix = to_pixels @ turn @ to_fraction
+    offset = matrix @ centre + to_pixels @ (centre + np.array([shift_y, shift_x]) - turn @ centre) - 0.5
+    return ndimage.affine_transform(image, matrix, offset=offset, output_shape=shape, order=1, mode="nearest")
+
+
+def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``image``'s grey levels replaced by ``reference``'s of the same rank (ties share a rank)."""
+    ranks = np.searchsorted(np.sort(image.ravel()), image.ravel(), side="left") / max(image.size - 1, 1)
+    return np.interp(ranks, np.linspace(0, 1, reference.size), np.sort(reference.ravel())).reshape(image.shape)
+
+
+def _grey(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+    grey = image.convert("L")
+    if size is not None:
+        grey = grey.resize(size, Image.BILINEAR)
+    return np.asarray(grey, dtype=np.float64)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    norm = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / norm) if norm > 0 else 0.0
