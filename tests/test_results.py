@@ -70,7 +70,8 @@ def test_local_tests_section_reads_summaries_samples_and_shortcut_findings(tmp_p
                                                "local_tests": {"occlude_control": {"n_tested": 3, "change_rate": 0.0}}}}
     text = results.local_tests_section(runs, tmp_path / "runs", tmp_path / "seeds")
     assert "| llava-lora-shortcut__mimic-cxr | occlude | 3 (0.75) | 1.00 / 0.50 | 0.000 (n 3) |" in text
-    assert "| occlude | yes | 0 | 0 | 0 | n/a | n/a |  |" in text        # no by_label block: nothing pooled
+    assert "| occlude | all | 0 | 0 | 0 | n/a | n/a |" in text         # the only pair is a shortcut
+    assert "| occlude | yes |" not in text        # no by_label block: no sample covered, no row
     assert "built-to-ignore recall" in text
 
 

@@ -239,8 +239,9 @@ def local_tests_section(summary: dict) -> list[str]:
              "<p class='note'>Each test changes the sample's own image and asks its original question "
              "again; a change says the answer followed the image. Occlusion is not absence (a box is filled "
              "from the other side of the chest, another lung, or where that side is marked inpainted from "
-             "around it; a large box removes anatomy), and another study differs in more than "
-             "the finding: the controls say how often the answer changes for no reason. Intervals: "
+             "around it; a large box removes anatomy), and another study, registered onto the sample's "
+             "image (position and grey levels), still differs in more than the finding (noise, sharpness, "
+             "breathing, time): the controls say how often the answer changes for no reason. Intervals: "
              "cluster bootstrap over patients.</p>",
              frame_html(table.reset_index())]
     if checked:

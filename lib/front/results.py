@@ -192,6 +192,8 @@ def local_tests_section(runs: dict, runs_dir: Path, seeds_dir: Path) -> str:
                                       for pair, s in runs.items() if "-base" in s["config"]])
         for label in LABELS:
             p = pool([e if label == "all" else (e.get("by_label") or {}).get(label) or {} for e in entries])
+            if label != "all" and not p["n_covered"]:    # occlusion covers positives only
+                continue
             pooled_rows.append([test, label, p["n_covered"], p["n_true"], p["n_predicted"], *pooled_cells(p),
                                 f"{number(rate)} (n {n})" if label == "all" else ""])
     text = ("Pooled over the non-shortcut pairs (targets: precision and recall >= 0.8; the base "
@@ -223,6 +225,8 @@ def local_seeds_text(seeds_dir: Path) -> str:
             prefix = test if label == "all" else f"{test}_{label}"
             p = pool([{k: r[f"{prefix}_{k[2:]}"] for k in ("n_hits", "n_predicted", "n_true", "n_covered")}
                       for r in plain])
+            if label != "all" and not p["n_covered"]:
+                continue
             rate, n = pooled_change_rate([{"change_rate": r[f"{CONTROLS[test]}_change_rate"],
                                            "n_tested": r[f"{CONTROLS[test]}_tested"]}
                                           for r in plain if "-base" in r["pair"].split("__")[0]])
@@ -410,7 +414,8 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results"
         "\n## Local tests against the twins\n",
         "Occlusion (the finding's box filled from the other side of the chest where that side is "
         "unmarked, else inpainted from its surroundings) and the same patient's other study (opposite "
-        "label, the fewest other findings labelled differently; the control: same label) test each "
+        "label, the fewest other findings labelled differently, registered onto the sample's image; "
+        "the control: same label) test each "
         "sample on its OWN image "
         "(`lib/protocol/local_tests.py`). Positive class: the answer does not change; truth: it does "
         "not change on the twin. The twins exist only here: on real data this offline check is the "
