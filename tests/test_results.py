@@ -94,3 +94,21 @@ def test_local_seeds_pool_each_seed_and_all_seeds_together(tmp_path):
     # by label: every count here is the positives'; the negatives have none
     assert "| all | followup | yes | 50 | 12 | 0.80 (95 % CI 0.49 to 0.94) | 0.67 (95 % CI 0.39 to 0.86) |  |  |" in text
     assert "| all | followup | no | 50 | 0 | n/a | n/a |  |  |" in text
+
+
+def test_twin_margins_say_how_far_the_twins_answer_was_from_a_tie(tmp_path):
+    run_dir = tmp_path / "runs" / "llava-base__mimic-cxr"
+    run_dir.mkdir(parents=True)
+    pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "label": ["no", "no", "yes", "no"],
+                  "truly_image_reliant": pd.array([True, False, True, None], dtype="boolean"),
+                  "followup_changes": pd.array([True, True, None, False], dtype="boolean"),
+                  "occlusion_changes": pd.array([None] * 4, dtype="boolean")}).to_parquet(run_dir / "samples.parquet")
+    pd.DataFrame({"sample_id": ["a", "b", "c", "a"], "prompt_id": [0, 0, 0, 1], "condition": ["twin"] * 4,
+                  "p_yes": [0.9, 0.45, 0.1, 0.5]}).to_parquet(run_dir / "predictions.parquet")
+    frame = results.twin_margins(run_dir, "followup")   # c: not covered; d: no twin truth
+    assert frame["agrees"].tolist() == [True, False]
+    assert frame["margin"].tolist() == pytest.approx([0.4, 0.05])
+    text = results.margins_text({"llava-base__mimic-cxr": {}}, tmp_path / "runs")
+    assert "| followup | no | agrees | 1 | 0.40 (0.40 to 0.40) |" in text
+    assert "| followup | no | disagrees | 1 | 0.05 (0.05 to 0.05) |" in text
+    assert "| occlude |" not in text                      # covers no sample here

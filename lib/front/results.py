@@ -30,6 +30,7 @@ PAIR_COLUMNS = ("pair", "n", "flip rate", "pairwise (held-out)", "balanced acc."
 SHORTCUT = "shortcut"   # the reliance dial's adapters, built to ignore the image (not "non-shortcut")
 CONTROLS = {OCCLUDE: OCCLUDE_CONTROL, FOLLOWUP: FOLLOWUP_CONTROL}
 LABELS = ("all", "yes", "no")    # the local tests pooled over all samples, then by the sample's label
+MARGIN_COLUMNS = ["label", "agrees", "margin"]   # twin_margins' table
 
 
 def table(header, rows) -> str:
@@ -144,6 +145,47 @@ def built_to_ignore_recall(run_dir: Path, test: str, findings: list[str]) -> tup
     return ((~s.loc[keep, column].astype(bool)).mean() if n else None), n
 
 
+def twin_margins(run_dir: Path, test: str) -> pd.DataFrame:
+    """Per sample the test covers that has a twin: its label, whether the test's "unchanged" agrees
+    with "unchanged on the twin", and the twin's margin |p_yes - 0.5| on the original question
+    (how far the twin's own answer was from a tie)."""
+    samples, predictions = (run_dir / f for f in ("samples.parquet", "predictions.parquet"))
+    if not samples.is_file() or not predictions.is_file():
+        return pd.DataFrame(columns=MARGIN_COLUMNS)
+    s = pd.read_parquet(samples)
+    if CHANGES[test] not in s:
+        return pd.DataFrame(columns=MARGIN_COLUMNS)
+    p = pd.read_parquet(predictions, columns=["sample_id", "prompt_id", "condition", "p_yes"])
+    twin = p[(p["condition"] == "twin") & (p["prompt_id"] == 0)].set_index("sample_id")["p_yes"]
+    s = s[s[CHANGES[test]].notna() & s["truly_image_reliant"].notna()]
+    margin = abs(twin.reindex(s["sample_id"]).to_numpy(dtype=float) - 0.5)
+    agrees = (s[CHANGES[test]].astype(bool) == s["truly_image_reliant"].astype(bool)).to_numpy()
+    frame = pd.DataFrame(dict(zip(MARGIN_COLUMNS, (s["label"].to_numpy(), agrees, margin))))
+    return frame[frame["margin"].notna()]
+
+
+def margins_text(runs: dict, runs_dir: Path) -> str:
+    """How decisive the twin's answer was where each local test agrees and disagrees with it,
+    pooled over the non-shortcut pairs (``twin_margins``)."""
+    rows = []
+    for test in LOCAL_TESTS:
+        frame = pd.concat([twin_margins(runs_dir / pair, test) for pair in runs if SHORTCUT not in pair]
+                          + [pd.DataFrame(columns=MARGIN_COLUMNS)])
+        for label, agrees in [(label, a) for label in sorted(set(frame["label"])) for a in (True, False)]:
+            group = frame[(frame["label"] == label) & (frame["agrees"] == agrees)]
+            if group.empty:
+                continue
+            q = group["margin"].quantile([0.25, 0.5, 0.75]).tolist()
+            rows.append([test, label, "agrees" if agrees else "disagrees", len(group),
+                         f"{q[1]:.2f} ({q[0]:.2f} to {q[2]:.2f})"])
+    if not rows:
+        return ""
+    return ("\nWhere each test agrees and disagrees with the twin (non-shortcut pairs): the twin's own "
+            "margin |p_yes - 0.5| on the original question, median (quartiles). A disagreement on a "
+            "twin near 0.5 is a near-tie on the twin, which a test on another image cannot reproduce:\n\n"
+            + table(["test", "samples' label", "with the twin", "samples", "twin's margin"], rows) + "\n")
+
+
 def pool(entries: list[dict]) -> dict:
     """Precision and recall pooled over runs from their counts (n_hits, n_predicted, n_true), each
     with its Wilson interval (``precision_ci``, ``recall_ci``). The interval treats the pooled
@@ -206,7 +248,7 @@ def local_tests_section(runs: dict, runs_dir: Path, seeds_dir: Path) -> str:
               "shortcut adapters the recall on the findings they were built to ignore (target >= 0.9).\n\n"
             + table(["pair", "test", "covered (coverage)", "precision / recall", "control change rate",
                      "built-to-ignore recall"], rows) + "\n")
-    return text + local_seeds_text(seeds_dir)
+    return text + margins_text(runs, runs_dir) + local_seeds_text(seeds_dir)
 
 
 def local_seeds_text(seeds_dir: Path) -> str:
