@@ -161,7 +161,9 @@ class Explorer(widgets.VBox):
         self.figure = widgets.Image(format="png", layout=widgets.Layout(width="auto", height="auto",
                                                                         object_fit="contain"))
         self.numbers = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", margin="0 0 0 12px"))
-        self.samples = widgets.Select(description="samples", rows=8, layout=widgets.Layout(width="520px"))
+        # wide enough for a MIMIC-CXR dicom_id, the finding, the answer and the quadrant
+        self.samples = widgets.Select(description="samples", rows=8,
+                                      layout=widgets.Layout(width="100%", max_width="820px"))
         self.detail = widgets.HTML(layout=widgets.Layout(margin="0 0 0 12px"))
         self.image = widgets.Image(format="png", layout=widgets.Layout(width="256px", height="auto",
                                                                        display="none"))
@@ -174,7 +176,7 @@ class Explorer(widgets.VBox):
                           widgets.HBox([self.figure, self.numbers],
                                        layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap")),
                           widgets.HBox([self.samples, self.detail, self.image],
-                                       layout=widgets.Layout(align_items="flex-start"))])
+                                       layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap"))])
         self.add_class("cxr-explorer")
         self.draw()
 
