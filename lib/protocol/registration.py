@@ -10,7 +10,7 @@ register(other, fixed):
   interpolation, edges extended). Coordinates are fractions of each image's width and height, so
   images of different sizes register.
 - exposure: the registered image's grey levels mapped onto ``fixed``'s by histogram matching
-  (each pixel's rank among the image's pixels -> ``fixed``'s grey level of the same rank).
+  (each grey level -> ``fixed``'s grey level at the same cumulative share of pixels).
 
 Why: two studies of one patient differ in position and exposure besides the finding, and a model
 can answer differently for those alone; the registered study differs from the sample's image in
@@ -26,10 +26,11 @@ from scipy import ndimage, optimize
 
 SIDE = 64          # px: where the transform is searched
 SMOOTH = 1.0       # px at SIDE: the search compares shapes, not noise
+LEVELS = 256       # grey levels of the images the engine reads
 # the search's limits: shift (fractions of the image), log scale, angle (radians); beyond them two
 # films of one patient are not related by a similarity
 BOUNDS = ((-0.25, 0.25), (-0.25, 0.25), (-0.3, 0.3), (-0.35, 0.35))
-METHOD = "similarity-ncc-64/histogram"   # in each follow-up record's fingerprint
+METHOD = "similarity-ncc-64/histogram-256"   # in each follow-up record's fingerprint
 
 
 def register(other: Image.Image, fixed: Image.Image) -> Image.Image:
@@ -66,9 +67,15 @@ def warp(image: np.ndarray, theta, shape: tuple[int, int]) -> np.ndarray:
 
 
 def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``image``'s grey levels replaced by ``reference``'s of the same rank (ties share a rank)."""
-    ranks = np.searchsorted(np.sort(image.ravel()), image.ravel(), side="left") / max(image.size - 1, 1)
-    return np.interp(ranks, np.linspace(0, 1, reference.size), np.sort(reference.ravel())).reshape(image.shape)
+    """``image``'s grey levels (0-255, rounded) replaced by ``reference``'s at the same cumulative
+    share of pixels: histogram matching through the two cumulative histograms (interpolated
+    between the reference's levels), one lookup per pixel."""
+    source, target = (np.clip(np.round(x), 0, LEVELS - 1).astype(np.intp) for x in (image, reference))
+    source_share = np.cumsum(np.bincount(source.ravel(), minlength=LEVELS)) / source.size
+    counts = np.bincount(target.ravel(), minlength=LEVELS)
+    present = np.flatnonzero(counts)
+    target_share = np.cumsum(counts)[present] / target.size
+    return np.interp(source_share, target_share, present.astype(np.float64))[source]
 
 
 def _grey(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
