@@ -112,3 +112,19 @@ def test_twin_margins_say_how_far_the_twins_answer_was_from_a_tie(tmp_path):
     assert "| followup | no | agrees | 1 | 0.40 (0.40 to 0.40) |" in text
     assert "| followup | no | disagrees | 1 | 0.05 (0.05 to 0.05) |" in text
     assert "| occlude |" not in text                      # covers no sample here
+
+
+def test_followup_is_scored_by_how_many_other_findings_the_studies_label_differently(tmp_path):
+    for seed, folder in ((0, tmp_path / "runs"), (1, tmp_path / "seeds" / "1" / "runs")):
+        for pair in ("llava-base__mimic-cxr", "llava-lora-shortcut__mimic-cxr"):
+            (folder / pair).mkdir(parents=True)
+            pd.DataFrame({"truly_image_reliant": pd.array([False, True, False, True, None], dtype="boolean"),
+                          "followup_changes": pd.array([False, False, True, True, False], dtype="boolean"),
+                          "followup_differing_labels": pd.array([0, 0, 1, 1, 0], dtype="Int64")}
+                         ).to_parquet(folder / pair / "samples.parquet")
+    assert results.followup_counts(tmp_path / "runs" / "llava-base__mimic-cxr") == {
+        "0": {"n_hits": 1, "n_predicted": 2, "n_true": 1, "n_covered": 2},
+        "1 or more": {"n_hits": 0, "n_predicted": 0, "n_true": 1, "n_covered": 2}}
+    text = results.differing_text({0: tmp_path / "runs", 1: tmp_path / "seeds" / "1" / "runs"})
+    assert "| 0 | 0 | 2 | 1 | 0.50 (95 % CI 0.09 to 0.91) | 1.00 (95 % CI 0.21 to 1.00) |" in text
+    assert "| all | 1 or more | 4 | 2 | n/a | 0.00 (95 % CI 0.00 to 0.66) |" in text   # the shortcut pairs left out

@@ -186,6 +186,47 @@ def margins_text(runs: dict, runs_dir: Path) -> str:
             + table(["test", "samples' label", "with the twin", "samples", "twin's margin"], rows) + "\n")
 
 
+def followup_counts(run_dir: Path) -> dict:
+    """{"0" / "1 or more": the counts ``pool`` reads} of the follow-up test against the twins, by
+    how many of the run's other findings the two studies label differently."""
+    path = run_dir / "samples.parquet"
+    s = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+    if CHANGES[FOLLOWUP] not in s:
+        return {}
+    s = s[s[CHANGES[FOLLOWUP]].notna() & s["truly_image_reliant"].notna()]
+    unchanged, ignored = ~s[CHANGES[FOLLOWUP]].astype(bool), ~s["truly_image_reliant"].astype(bool)
+    out = {}
+    for name, keep in (("0", s["followup_differing_labels"] == 0), ("1 or more", s["followup_differing_labels"] > 0)):
+        keep = keep.fillna(False).astype(bool)
+        out[name] = {"n_hits": int((unchanged & ignored & keep).sum()), "n_predicted": int((unchanged & keep).sum()),
+                     "n_true": int((ignored & keep).sum()), "n_covered": int(keep.sum())}
+    return out
+
+
+def differing_text(runs_by_seed: dict) -> str:
+    """The follow-up test against the twins, pooled over the non-shortcut pairs of each seed's runs
+    folder ({seed: folder}) and over all of them, by how many other findings the two studies label
+    differently (``followup_counts``)."""
+    counts = {seed: [followup_counts(pair) for pair in sorted(folder.iterdir())
+                     if pair.is_dir() and SHORTCUT not in pair.name]
+              for seed, folder in runs_by_seed.items() if folder.is_dir()}
+    if len(counts) > 1:
+        counts["all"] = [c for entries in counts.values() for c in entries]
+    rows = []
+    for seed, entries in counts.items():
+        for name in ("0", "1 or more"):
+            p = pool([e.get(name) or {} for e in entries])
+            if p["n_covered"]:
+                rows.append([seed, name, p["n_covered"], p["n_true"], *pooled_cells(p)])
+    if not rows:
+        return ""
+    return ("\nThe follow-up by how many of the run's other findings the two studies label differently "
+            "(`followup_differing_labels`; the test takes the fewest there are), pooled over the "
+            "non-shortcut pairs per seed (\"all\": the seeds pooled):\n\n"
+            + table(["seed", "other findings labelled differently", "samples covered", "unchanged on the twin",
+                     "precision", "recall"], rows) + "\n")
+
+
 def pool(entries: list[dict]) -> dict:
     """Precision and recall pooled over runs from their counts (n_hits, n_predicted, n_true), each
     with its Wilson interval (``precision_ci``, ``recall_ci``). The interval treats the pooled
@@ -248,7 +289,8 @@ def local_tests_section(runs: dict, runs_dir: Path, seeds_dir: Path) -> str:
               "shortcut adapters the recall on the findings they were built to ignore (target >= 0.9).\n\n"
             + table(["pair", "test", "covered (coverage)", "precision / recall", "control change rate",
                      "built-to-ignore recall"], rows) + "\n")
-    return text + margins_text(runs, runs_dir) + local_seeds_text(seeds_dir)
+    seeds = {0: runs_dir, **{int(d.name): d / "runs" for d in sorted(seeds_dir.glob("[1-9]*")) if d.name.isdigit()}}
+    return text + margins_text(runs, runs_dir) + differing_text(seeds) + local_seeds_text(seeds_dir)
 
 
 def local_seeds_text(seeds_dir: Path) -> str:
