@@ -122,14 +122,21 @@ bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per pr
 
 # -- seeds (issue 13): the whole offline world for several seeds, then the spread of the headline
 # numbers (r, Dangerous and image-blind fractions, ground-truth precision/recall) in outputs/seeds/.
-# Each seed is a full `make all` (build, adapters, every pair, analysis) under outputs/seeds/<seed>/;
-# steps whose outputs exist are skipped. `make all` itself stays one seed.
+# Each seed is a full `make all` (build, adapters, every pair, analysis) under outputs/seeds/<seed>/,
+# redone whole when any code or params file a step of it runs is newer than its analysis (one seed
+# never mixes two versions of the code). `make all` itself stays one seed.
 SEEDS ?= 0 1 2
+SEED_CODE := $(sort $(DEFAULT_CODE) $(ADAPTER_CODE) $(RUN_CODE) $(ANALYSIS_CODE) lib/offline/seeds.py $(LORA_PARAMS) $(wildcard params/*.yaml))
+SEED_WORLDS := $(foreach s,$(filter-out 0,$(SEEDS)),outputs/seeds/$(s)/analysis/correlation.json)
 # Seed 0 is `make all`'s own world (linked, not rebuilt); the other seeds' steps run JOBS at a time.
-seeds: all ## the whole offline world for each of SEEDS (default 0 1 2) -> outputs/seeds/<seed>/, spread -> outputs/seeds/
+seeds: all $(SEED_WORLDS) ## the whole offline world for each of SEEDS (default 0 1 2) -> outputs/seeds/<seed>/, spread -> outputs/seeds/
 	mkdir -p outputs/seeds/0
 	for d in default runs analysis; do ln -sfn ../../$$d outputs/seeds/0/$$d; done
 	$(PY) -m lib.offline.seeds --seeds $(SEEDS) --out outputs/seeds --jobs $(JOBS)
+
+outputs/seeds/%/analysis/correlation.json: $(SEED_CODE) | $(STAMP)
+	rm -rf outputs/seeds/$*
+	$(PY) -m lib.offline.seeds --seeds $* --out outputs/seeds --jobs $(JOBS)
 
 # -- Ray (issue 6): an optional extra; `make all` never needs it, `make test` installs it. -----
 $(RAY_STAMP): requirements-ray.txt | $(STAMP)

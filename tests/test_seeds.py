@@ -1,5 +1,7 @@
 """`make seeds` (lib.offline.seeds): params rewritten per seed, and the spread gathered from outputs."""
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -49,3 +51,25 @@ def test_gather_writes_the_spread_over_seeds(tmp_path):
     assert result["pairs"]["a__mimic-cxr"]["reference_auroc"]["n"] == 0
     assert result["ignored_rate_span"]["mean"] == pytest.approx(0.8)
     assert json.loads((tmp_path / "distribution.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_make_seeds_rebuilds_a_seed_whole_when_code_it_runs_changed():
+    """A seed's world that is newer than its code is kept; one older than a scoring module (make -W:
+    as if just edited) is deleted and built again; seed 0 is make all's own."""
+    world = REPO / "outputs" / "seeds" / "97"
+    marker = world / "analysis" / "correlation.json"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("{}")
+
+    def dry_run(*extra):
+        return subprocess.run(["make", "-n", "seeds", "SEEDS=0 97", *extra], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout
+    try:
+        kept, stale = dry_run(), dry_run("-W", "lib/protocol/registration.py")
+    finally:
+        shutil.rmtree(world)
+        if not any(world.parent.iterdir()):
+            world.parent.rmdir()
+    assert "rm -rf outputs/seeds/97" not in kept and "--seeds 0 97 " in kept
+    assert "rm -rf outputs/seeds/97" in stale and "--seeds 97 " in stale
+    assert "rm -rf outputs/seeds/0" not in stale
