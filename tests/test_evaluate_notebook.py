@@ -10,7 +10,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from lib.protocol import config, taxonomy
+from lib.protocol import config, records, taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "evaluate.ipynb"
@@ -56,7 +56,7 @@ def test_outputs_have_the_documented_columns(executed):
     # per-run rows: one per (condition, image, question)
     per_run = predictions[predictions.sample_id.isna()]
     assert set(per_run.condition) <= {"reference", "blank", "noise", "followup"}
-    assert not per_run.duplicated(["condition", "reference_image_id", "followup_image_id", "null_image", "prompt"]).any()
+    assert not per_run.duplicated(records.PER_RUN_KEY).any()
     for key in ("config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "quadrant_fractions",
                 "accuracy_by_quadrant", "entropy_by_quadrant", "n_skipped", "params", "seed", "packages",
                 "git_commit"):

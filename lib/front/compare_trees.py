@@ -30,7 +30,7 @@ import pandas as pd
 from ..protocol import records
 
 PROVENANCE = ("params", "inputs", "packages", "git_commit", "machine", "engine", "records", "run_hash")
-TABLES = {"predictions.parquet": (*records.KEY, *records.PER_RUN_KEY),
+TABLES = {"predictions.parquet": tuple(dict.fromkeys([*records.KEY, *records.PER_RUN_KEY])),
           "samples.parquet": ("sample_id",)}
 SUMMARY = "summary.json"
 
