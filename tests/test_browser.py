@@ -250,7 +250,8 @@ def test_analysis_notebook_and_explorer_in_jupyterlab(lab):
             assert "text_only" in explorer.inner_text() and "local tests: occlude:" in explorer.inner_text()
             sample_image = explorer.locator("img.widget-image").nth(1)
             sample_image.wait_for(state="visible", timeout=60_000)
-            explorer.screenshot(path=str(SHOTS / "explorer_sample.png"))
+            sample_image.evaluate("el => el.scrollIntoView({block: 'end'})")   # the sample, below the list
+            page.screenshot(path=str(SHOTS / "explorer_sample.png"))
             listed = explorer.locator(".widget-select select option").all_text_contents()
             assert listed and all(f"| {finding} |" in o.replace("\xa0", " ") for o in listed), listed   # that finding's samples only
             assert f"{finding} (Wilson intervals)" in explorer.inner_text()

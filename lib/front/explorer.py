@@ -161,10 +161,12 @@ class Explorer(widgets.VBox):
         self.figure = widgets.Image(format="png", layout=widgets.Layout(width="auto", height="auto",
                                                                         object_fit="contain"))
         self.numbers = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", margin="0 0 0 12px"))
-        # wide enough for a MIMIC-CXR dicom_id, the finding, the answer and the quadrant
+        # the list wide enough for a MIMIC-CXR dicom_id, the finding, the answer and the quadrant;
+        # the chosen sample's predictions and image below it, with the page's whole width
         self.samples = widgets.Select(description="samples", rows=8,
                                       layout=widgets.Layout(width="100%", max_width="820px"))
-        self.detail = widgets.HTML(layout=widgets.Layout(margin="0 0 0 12px"))
+        self.detail = widgets.HTML(layout=widgets.Layout(flex="0 1 auto", min_width="0", overflow="auto",
+                                                         margin="0 12px 0 0"))
         self.image = widgets.Image(format="png", layout=widgets.Layout(width="256px", height="auto",
                                                                        display="none"))
         self.set_findings()
@@ -175,8 +177,8 @@ class Explorer(widgets.VBox):
         super().__init__([widgets.HBox([self.pair, self.finding, self.quadrant]),
                           widgets.HBox([self.figure, self.numbers],
                                        layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap")),
-                          widgets.HBox([self.samples, self.detail, self.image],
-                                       layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap"))])
+                          self.samples,
+                          widgets.HBox([self.detail, self.image], layout=widgets.Layout(align_items="flex-start"))])
         self.add_class("cxr-explorer")
         self.draw()
 
