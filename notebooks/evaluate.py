@@ -58,6 +58,7 @@ reference_pool = 200
 reference_split = "auto"
 reference_root = None
 local_tests = ["occlude", "followup"]  # local counterfactuals where the data allow (occluded boxes, other studies)
+followup_max_differing_labels = None  # followup: at most this many other findings labelled differently, None for any
 answer_instruction = None
 bootstrap_resamples = 1000
 ci_level = 0.95

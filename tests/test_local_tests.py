@@ -126,6 +126,22 @@ def test_the_other_study_differs_in_the_fewest_other_findings_before_it_is_close
     assert alone.differing_labels.tolist() == [0] and alone.image_id.tolist() == ["near"]
 
 
+def test_a_limit_on_other_findings_labelled_differently_counts_the_samples_it_leaves_untested():
+    def study(image_id, date, nodule, effusion):
+        return [sample(image_id, "nodule", nodule, date=date), sample(image_id, "pleural effusion", effusion, date=date)]
+    pool = study("a", "21500101", "yes", "no") + study("near", "21500102", "no", "yes") \
+        + study("same", "21500103", "yes", "yes")
+    assert len(lt.choose_followups([pool[0]], pool)[0]) == 2             # default: any
+    loose, _ = lt.choose_followups([pool[0]], pool, max_differing=1)
+    assert set(loose.image_id) == {"near", "same"}
+    strict, not_tested = lt.choose_followups([pool[0]], pool, max_differing=0)
+    assert strict.empty and not_tested == {"other_study_differs": 1, "other_study_same_label_differs": 1}
+    counts = lt.summary_counts(pd.DataFrame({"sample_id": ["a/nodule"], "quadrant": ["Ideal"]}),
+                               {"followup": dict(not_tested)})
+    assert counts["followup"]["not_tested"] == {"other_study_differs": 1}
+    assert counts["followup_control"]["not_tested"] == {"other_study_same_label_differs": 1}
+
+
 def test_occlusion_plan_counts_samples_without_a_box_and_without_room():
     samples = [sample("a", boxes=((0.6, 0.4, 0.75, 0.55),)), sample("a", "cardiomegaly", boxes=()),
                sample("b", boxes=((0.0, 0.0, 0.95, 0.95),)), sample("c", label="no")]

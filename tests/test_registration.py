@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.offline.synth import generator, patient_state, render_radiograph
+from lib.offline.synth import finding_region, generator, patient_state, render_radiograph
 from lib.protocol import registration as reg
 
 NO_FINDING = {"cardiomegaly": False, "pleural effusion": False, "pneumothorax": False, "nodule": False}
@@ -45,6 +45,24 @@ def test_another_study_registered_onto_the_sample_looks_like_it(seed):
     moved = reg.register(other, sample)
     before, after = (np.abs(grey(x) - grey(sample)).mean() for x in (other, moved))
     assert after < before / 2, (before, after)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 4, 5])
+def test_the_other_studys_lung_lands_on_the_samples_lung(seed):
+    """Geometry against the phantom's known answer: one lung's footprint (the pneumothorax side's,
+    drawn from the same generator states as each study) of the other study, moved by the transform
+    ``register`` applies, overlaps the sample's (Dice; measured 0.984-0.990 over seeds 0-11, before
+    registration 0.75-0.97: 0.95, 0.86, 0.84 and 0.75 for the seeds here)."""
+    patient = patient_state(np.random.default_rng(seed))
+    def lung(study_seed):
+        return finding_region(np.random.default_rng(study_seed), NO_FINDING, "pneumothorax", margin=0,
+                              patient=generator(patient))
+    sample_lung, other_lung = lung(100 + seed), lung(200 + seed)
+    theta = reg.position(study(patient, 200 + seed), study(patient, 100 + seed))
+    moved = reg.warp(other_lung.astype(float), theta, sample_lung.shape) > 0.5
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())
+    before, after = dice(other_lung, sample_lung), dice(moved, sample_lung)
+    assert after > 0.97 and after > before, (before, after)
 
 
 def test_register_keeps_the_samples_size_and_mode_and_reads_another_size():

@@ -53,6 +53,7 @@ DEFAULTS = {
     "reference_split": "auto",  # auto (MIMIC: validate, PadChest: train) | a split | evaluated
     "reference_root": None,     # None = data_root; else another root in the dataset's layout
     "local_tests": ["occlude", "followup"],  # local counterfactuals where the data allow (lib.protocol.local_tests)
+    "followup_max_differing_labels": None,  # followup: at most this many other findings labelled differently (None = any)
     "answer_instruction": None,  # text appended to every question, e.g. "Answer yes or no."
     "bootstrap_resamples": 1000,  # cluster bootstrap over images for every ci95
     "ci_level": 0.95,
@@ -156,6 +157,7 @@ SCHEMA = {
     "reference_split": Check("str", choices=("auto", "evaluated", "all") + tuple(sorted({s for v in data.SPLITS.values() for s in v}))),
     "reference_root": Check("str", nullable=True),
     "local_tests": Check("list", choices=vocabulary.LOCAL_TESTS, empty=True),
+    "followup_max_differing_labels": Check("int", nullable=True, minimum=0),
     "answer_instruction": Check("str", nullable=True),
     "bootstrap_resamples": Check("int", minimum=1),
     "ci_level": Check("float", minimum=0, maximum=1),

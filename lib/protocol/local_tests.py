@@ -33,9 +33,10 @@ and the run counts why (``not_tested``), it never guesses.
   opposite (resp. the same) label for the finding, the closest to a natural twin: the fewest of
   the run's OTHER findings labelled differently in the two studies (``*_differing_labels``; a
   finding labelled in one study only counts as differing), then the closest in study date, then
-  the smaller image_id; registered onto the sample's image (its position and exposure:
-  lib.protocol.registration) and scored as a per-run unit (condition ``followup``, one per (other
-  study, sample image)) with the sample's original question. Needs a patient id and a study id
+  the smaller image_id (params ``followup_max_differing_labels``: only a study with at most that
+  many, else the sample is counted, not tested; default: any); registered onto the sample's image
+  (its position and exposure: lib.protocol.registration) and scored as a per-run unit (condition
+  ``followup``, one per (other study, sample image)) with the sample's original question. Needs a patient id and a study id
   (MIMIC-CXR, PadChest; not VinDr-CXR). A registered follow-up still differs in more than the
   finding (noise, sharpness, time, breathing and projection on real films, findings the run does
   not ask about), so a change is not proof that the finding was read, and no change on the
@@ -69,7 +70,8 @@ FILL = "contralateral-poisson/harmonic"   # the fill rule (module docstring), in
 CHANGES = {OCCLUDE: "occlusion_changes", OCCLUDE_CONTROL: "occlusion_control_changes",
            FOLLOWUP: "followup_changes", FOLLOWUP_CONTROL: "followup_control_changes"}
 NOT_TESTED = ("no_box", "no_control_room", "no_patient_study", "no_other_study",
-              "no_other_study_same_label", "image_unreadable")
+              "no_other_study_same_label", "other_study_differs", "other_study_same_label_differs",
+              "image_unreadable")
 
 
 # -- occlusion -----------------------------------------------------------------------------------
@@ -267,12 +269,16 @@ def _differing_labels(labels: pd.DataFrame, image_id: str, others: pd.Series, fi
     return (~same).sum(axis=1).to_numpy()
 
 
-def choose_followups(samples: list, candidates: list) -> tuple[pd.DataFrame, collections.Counter]:
+def choose_followups(samples: list, candidates: list, max_differing: int | None = None
+                     ) -> tuple[pd.DataFrame, collections.Counter]:
     """(one row per (sample, test) with the other study's image chosen and its ``differing_labels``,
     the count of samples without one by reason): among ``candidates`` (the split's samples, the
     evaluated ones included) of the sample's patient and finding from ANOTHER study, with the
     opposite label (``followup``) and with the same label (``followup_control``), the one with the
-    fewest other findings labelled differently, then the closest in study date."""
+    fewest other findings labelled differently, then the closest in study date. With
+    ``max_differing`` (params ``followup_max_differing_labels``) a study with more other findings
+    labelled differently is never taken, for either test: the sample is counted
+    (``other_study_differs``, ``other_study_same_label_differs``)."""
     pool = pd.DataFrame([{"patient_id": c.patient_id, "study_id": c.study_id, "finding": c.finding,
                           "label": c.label, "image_id": c.image_id, "image_path": c.image_path,
                           "days": _days(c.study_date)}
@@ -294,7 +300,13 @@ def choose_followups(samples: list, candidates: list) -> tuple[pd.DataFrame, col
                 continue
             gap = (match["days"] - _days(s.study_date)).abs().fillna(np.inf)
             differing = _differing_labels(labels, s.image_id, match["image_id"], s.finding)
-            best = match.assign(gap=gap, differing=differing).sort_values(["differing", "gap", "image_id"]).iloc[0]
+            match = match.assign(gap=gap, differing=differing)
+            if max_differing is not None:
+                match = match[match["differing"] <= max_differing]
+                if match.empty:
+                    not_tested["other_study_differs" if not same else "other_study_same_label_differs"] += 1
+                    continue
+            best = match.sort_values(["differing", "gap", "image_id"]).iloc[0]
             rows.append({"sample_id": s.sample_id, "test": test, "image_id": best["image_id"],
                          "image_path": best["image_path"], "differing_labels": int(best["differing"])})
     return pd.DataFrame(rows, columns=list(FOLLOWUP_COLUMNS)), not_tested
@@ -344,10 +356,9 @@ def summary_counts(samples_table: pd.DataFrame, not_tested: dict) -> dict:
     reasons = {
         OCCLUDE: {"no_box": occlusion.get("no_box", 0)},
         OCCLUDE_CONTROL: {"no_box": occlusion.get("no_box", 0), "no_control_room": occlusion.get("no_control_room", 0)},
-        FOLLOWUP: {"no_patient_study": followup.get("no_patient_study", 0),
-                   "no_other_study": followup.get("no_other_study", 0)},
-        FOLLOWUP_CONTROL: {"no_patient_study": followup.get("no_patient_study", 0),
-                           "no_other_study_same_label": followup.get("no_other_study_same_label", 0)},
+        FOLLOWUP: {k: followup.get(k, 0) for k in ("no_patient_study", "no_other_study", "other_study_differs")},
+        FOLLOWUP_CONTROL: {k: followup.get(k, 0) for k in ("no_patient_study", "no_other_study_same_label",
+                                                           "other_study_same_label_differs")},
     }
     for test in (FOLLOWUP, FOLLOWUP_CONTROL):
         chosen = samples_table.get(f"{test}_image_id")

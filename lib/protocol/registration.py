@@ -35,12 +35,16 @@ METHOD = "similarity-ncc-64/histogram-256"   # in each follow-up record's finger
 
 def register(other: Image.Image, fixed: Image.Image) -> Image.Image:
     """``other`` moved onto ``fixed``'s position and exposure, at ``fixed``'s size and mode."""
-    theta = similarity(_grey(other, (SIDE, SIDE)), _grey(fixed, (SIDE, SIDE)))
     target = _grey(fixed)
-    moved = warp(_grey(other), theta, target.shape)
+    moved = warp(_grey(other), position(other, fixed), target.shape)
     matched = match_histogram(moved, target)
     out = Image.fromarray(np.clip(np.round(matched), 0, 255).astype(np.uint8), "L")
     return out.convert(fixed.mode) if fixed.mode != "L" else out
+
+
+def position(other: Image.Image, fixed: Image.Image) -> np.ndarray:
+    """The similarity ``register`` applies to ``other`` (``similarity`` at ``SIDE`` px)."""
+    return similarity(_grey(other, (SIDE, SIDE)), _grey(fixed, (SIDE, SIDE)))
 
 
 def similarity(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
