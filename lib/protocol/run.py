@@ -14,7 +14,9 @@ pool of `lib.scale` implements the same interface. Either way the records land i
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -58,11 +60,25 @@ def load_items(work: list, max_pixels: int = data.MAX_IMAGE_PIXELS):
     return items, bad
 
 
+def prefetched(batches: list[list], load):
+    """(batch, ``load(batch)``) for each batch in order, the next batch loaded in a background
+    thread while the caller scores this one. Why: reading and preparing a batch's images happens
+    on the CPU (on a full-size film: ~0.03 s to decode a JPEG, ~0.07 s per occlusion, ~0.3 s per
+    registered follow-up) and would otherwise leave a GPU idle between batches. One batch ahead:
+    two batches of images in memory at most; the items are the same whatever the timing."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-images") as pool:
+        ahead = pool.submit(load, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            loaded = ahead.result()
+            ahead = pool.submit(load, batches[i + 1]) if i + 1 < len(batches) else None
+            yield batch, loaded
+
+
 def score_batch(engine_: Engine, store: records.RecordStore, work: list,
-                max_pixels: int = data.MAX_IMAGE_PIXELS) -> int:
+                max_pixels: int = data.MAX_IMAGE_PIXELS, loaded: tuple | None = None) -> int:
     """Score one batch of Jobs / RunUnits and write it to the store as one chunk; returns the
-    number of units scored."""
-    items, bad = load_items(work, max_pixels)
+    number of units scored. ``loaded``: the batch's ``load_items``, when already read."""
+    items, bad = loaded if loaded is not None else load_items(work, max_pixels)
     rows = engine_.score(items) if items else []
     negated = {w.sample_id: w.negated for w in work if isinstance(w, Job)}
     for row in rows:
@@ -105,8 +121,9 @@ class LocalScorer:
         start, n = time.perf_counter(), 0
         total = sum(len(b) for b in batches)
         with tqdm(total=total, desc=f"{params['config']}__{params['dataset']}", unit="sample") as bar:
-            for batch in batches:
-                n += score_batch(engine, store, batch, params["max_image_pixels"])
+            load = partial(load_items, max_pixels=params["max_image_pixels"])
+            for batch, loaded in prefetched(batches, load):
+                n += score_batch(engine, store, batch, params["max_image_pixels"], loaded)
                 bar.update(len(batch))
         elapsed = time.perf_counter() - start
         return {"mode": engine.mode, "fallback_reason": engine.fallback_reason,
