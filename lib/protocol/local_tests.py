@@ -36,8 +36,8 @@ and the run counts why (``not_tested``), it never guesses.
   the smaller image_id (params ``followup_max_differing_labels``: only a study with at most that
   many, else the sample is counted, not tested; default: any); registered onto the sample's image
   (its position and exposure: lib.protocol.registration) and scored as a per-run unit (condition
-  ``followup``, one per (other study, sample image)) with the sample's original question. Needs a patient id and a study id
-  (MIMIC-CXR, PadChest; not VinDr-CXR). A registered follow-up still differs in more than the
+  ``followup``, one per (other study, sample image)) with the sample's original question. Needs a
+  patient id and a study id (MIMIC-CXR, PadChest; not VinDr-CXR). A registered follow-up still differs in more than the
   finding (noise, sharpness, time, breathing and projection on real films, findings the run does
   not ask about), so a change is not proof that the finding was read, and no change on the
   control is what licenses the test.
@@ -69,9 +69,14 @@ CONTROL_TRIES = 200
 FILL = "contralateral-poisson/harmonic"   # the fill rule (module docstring), in each record's fingerprint
 CHANGES = {OCCLUDE: "occlusion_changes", OCCLUDE_CONTROL: "occlusion_control_changes",
            FOLLOWUP: "followup_changes", FOLLOWUP_CONTROL: "followup_control_changes"}
-NOT_TESTED = ("no_box", "no_control_room", "no_patient_study", "no_other_study",
-              "no_other_study_same_label", "other_study_differs", "other_study_same_label_differs",
-              "image_unreadable")
+PLANNED_BY = {OCCLUDE: OCCLUDE, OCCLUDE_CONTROL: OCCLUDE, FOLLOWUP: FOLLOWUP, FOLLOWUP_CONTROL: FOLLOWUP}
+NOT_TESTED = {   # per test, why a sample was not tested (counted by the plan of PLANNED_BY[test])
+    OCCLUDE: ("no_box",),
+    OCCLUDE_CONTROL: ("no_box", "no_control_room"),
+    FOLLOWUP: ("no_patient_study", "no_other_study", "other_study_differs", "image_unreadable"),
+    FOLLOWUP_CONTROL: ("no_patient_study", "no_other_study_same_label", "other_study_same_label_differs",
+                       "image_unreadable"),
+}
 
 
 # -- occlusion -----------------------------------------------------------------------------------
@@ -351,15 +356,8 @@ def summary_counts(samples_table: pd.DataFrame, not_tested: dict) -> dict:
     those it was not, by reason (``NOT_TESTED``; from the plan, and ``image_unreadable`` for
     another study whose image could not be read). The rates are added by lib.protocol.summary
     from their declarations."""
-    occlusion = not_tested.get(OCCLUDE, {})
-    followup = not_tested.get(FOLLOWUP, {})
-    reasons = {
-        OCCLUDE: {"no_box": occlusion.get("no_box", 0)},
-        OCCLUDE_CONTROL: {"no_box": occlusion.get("no_box", 0), "no_control_room": occlusion.get("no_control_room", 0)},
-        FOLLOWUP: {k: followup.get(k, 0) for k in ("no_patient_study", "no_other_study", "other_study_differs")},
-        FOLLOWUP_CONTROL: {k: followup.get(k, 0) for k in ("no_patient_study", "no_other_study_same_label",
-                                                           "other_study_same_label_differs")},
-    }
+    reasons = {test: {k: not_tested.get(PLANNED_BY[test], {}).get(k, 0) for k in names}
+               for test, names in NOT_TESTED.items()}
     for test in (FOLLOWUP, FOLLOWUP_CONTROL):
         chosen = samples_table.get(f"{test}_image_id")
         if chosen is not None:

@@ -259,13 +259,14 @@ def plan_followups(params: dict, samples: list) -> tuple[pd.DataFrame, collectio
     empty = pd.DataFrame(columns=list(local_tests.FOLLOWUP_COLUMNS))
     if FOLLOWUP not in params["local_tests"] or image_questions.is_per_image_file(params["questions"]):
         return empty, collections.Counter()
+    max_differing = params["followup_max_differing_labels"]
     if params["limit"] is None:   # the evaluated samples ARE the split's: no second pass of the reader
-        return local_tests.choose_followups(samples, samples, params["followup_max_differing_labels"])
+        return local_tests.choose_followups(samples, samples, max_differing)
     candidates = data.iter_samples(
         params["dataset"], params["data_root"], findings=tuple(sorted({s.finding for s in samples})),
         split=params["split"], label_policy=data.LabelPolicy.from_dict(params["label_policy"]),
         skipped=data.Skips())
-    return local_tests.choose_followups(samples, list(candidates), params["followup_max_differing_labels"])
+    return local_tests.choose_followups(samples, list(candidates), max_differing)
 
 
 def batches_to_score(params: dict, store: records.RecordStore, skipped: data.Skips) -> list[list]:

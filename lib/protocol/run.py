@@ -74,11 +74,10 @@ def prefetched(batches: list[list], load):
             yield batch, loaded
 
 
-def score_batch(engine_: Engine, store: records.RecordStore, work: list,
-                max_pixels: int = data.MAX_IMAGE_PIXELS, loaded: tuple | None = None) -> int:
+def score_batch(engine_: Engine, store: records.RecordStore, work: list, loaded: tuple) -> int:
     """Score one batch of Jobs / RunUnits and write it to the store as one chunk; returns the
-    number of units scored. ``loaded``: the batch's ``load_items``, when already read."""
-    items, bad = loaded if loaded is not None else load_items(work, max_pixels)
+    number of units scored. ``loaded``: the batch's ``load_items`` (items, skips)."""
+    items, bad = loaded
     rows = engine_.score(items) if items else []
     negated = {w.sample_id: w.negated for w in work if isinstance(w, Job)}
     for row in rows:
@@ -123,7 +122,7 @@ class LocalScorer:
         with tqdm(total=total, desc=f"{params['config']}__{params['dataset']}", unit="sample") as bar:
             load = partial(load_items, max_pixels=params["max_image_pixels"])
             for batch, loaded in prefetched(batches, load):
-                n += score_batch(engine, store, batch, params["max_image_pixels"], loaded)
+                n += score_batch(engine, store, batch, loaded)
                 bar.update(len(batch))
         elapsed = time.perf_counter() - start
         return {"mode": engine.mode, "fallback_reason": engine.fallback_reason,

@@ -5,8 +5,9 @@ when params `workers` > 1 or `ray_address` is set): the driver hands the pair's 
 record store does not hold yet, cut into exactly the batches of the single-process path,
 into a Ray Data pipeline; an actor pool (`workers` actors, one GPU each where the cluster has
 GPUs, else one CPU each) loads the model ONCE per actor and runs the per-batch logic of the
-single-process path (`lib.protocol.run.score_batch`: load images, `Engine.score`, one atomic chunk per
-batch in the run's `RecordStore`). So the records are the very rows of a single-process run, a
+single-process path (`lib.protocol.run.load_items`, then `score_batch`: `Engine.score`, one atomic
+chunk per batch in the run's `RecordStore`; an actor reads its batch's images itself, without the
+single-process path's background prefetch, since Ray Data hands it one batch per call). So the records are the very rows of a single-process run, a
 lost actor loses only the batches it had not written yet (Ray restarts it and retries its
 block; a batch written twice is deduplicated by key), and a rerun after a crash computes only
 what no chunk holds. `output_dir`, `data_root` and the model must be on a filesystem every Ray
@@ -196,7 +197,8 @@ class BatchScorer:
         for index, blob in zip(rows["batch_index"], rows["samples"]):
             batch = pickle.loads(blob)  # run.Job list
             start = time.time()
-            n = run.score_batch(self.engine, self.store, batch, self.params["max_image_pixels"])
+            loaded = run.load_items(batch, self.params["max_image_pixels"])
+            n = run.score_batch(self.engine, self.store, batch, loaded)
             values = (int(index), len(batch), n, start, time.time(), self.pid, self.node,
                       peak_rss_mb(), self.load_s, self.engine.mode,
                       self.engine.fallback_reason or "", str(self.lm.device), str(self.lm.dtype))
