@@ -3,6 +3,7 @@ exposure (known answers on the phantom)."""
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from lib.offline.synth import finding_region, generator, patient_state, render_radiograph
 from lib.protocol import registration as reg
@@ -74,11 +75,41 @@ def test_register_keeps_the_samples_size_and_mode_and_reads_another_size():
     assert np.abs(grey(moved) - grey(sample)).mean() < np.abs(grey(other.resize(sample.size)) - grey(sample)).mean()
 
 
-def test_histogram_matching_takes_the_references_grey_levels_in_rank_order():
+def test_exposure_curve_is_recovered_and_a_finding_keeps_its_contrast():
+    """A known monotone grey-level curve between two images, one of which shows a bright disc (a
+    tenth of the pixels) the other lacks: the fit ignores the disc, and maps it by the same curve."""
     rng = np.random.default_rng(0)
-    image, reference = rng.integers(0, 100, (200, 200)), rng.normal(150, 20, (200, 200)).clip(0, 255)
-    out = reg.match_histogram(image, reference)
-    shares = [0.1, 0.25, 0.5, 0.75, 0.9]
-    assert np.quantile(out, shares) == pytest.approx(np.quantile(reference, shares), abs=1.5)
-    order = np.argsort(image.ravel(), kind="stable")
-    assert (np.diff(out.ravel()[order]) >= 0).all()          # the image's grey-level order is kept
+    image = ndimage.gaussian_filter(rng.random((200, 200)), 8)
+    image = 40 + 140 * (image - image.min()) / np.ptp(image)
+    disc = np.hypot(*np.ogrid[-100:100, -100:100]) < 36
+    curve = lambda x: 20 + 0.6 * x + 0.0015 * x * x
+    reference = curve(image) + rng.normal(0, 1, image.shape)
+    image[disc] += 60
+    out = reg.match_exposure(image, reference)
+    assert np.abs(out - curve(image)).max() < 2
+
+
+def test_exposure_curve_keeps_the_grey_level_order():
+    """A curve the quadratic cannot follow monotonically (a clipped one): the affine fit instead."""
+    image = np.random.default_rng(1).uniform(0, 255, (100, 100))
+    out = reg.match_exposure(image, np.minimum(image, 60))
+    order = np.argsort(image.ravel())
+    assert (np.diff(out.ravel()[order]) >= 0).all()
+    assert np.array_equal(reg.match_exposure(np.full((5, 5), 7.0), np.zeros((5, 5))), np.full((5, 5), 7.0))
+
+
+@pytest.mark.parametrize("finding", ["pleural effusion", "cardiomegaly", "nodule", "pneumothorax"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_registered_other_study_shows_the_finding_as_the_twin_does(finding, seed):
+    """Known answer on the phantom: the patient's other study WITH the finding, registered onto a
+    study without it, against that study's twin (same study, finding drawn): the finding's mean
+    contrast in its region over the twin's is 0.65-1.09 over seeds 0-11 and the four findings (with
+    the histogram matching used before: 0.28-1.07, the pneumothorax's median 0.40, the
+    effusion's 0.78)."""
+    patient = patient_state(np.random.default_rng(seed))
+    shown = {**NO_FINDING, finding: True}
+    sample, twin = study(patient, 100 + seed), study(patient, 100 + seed, shown)
+    moved = reg.register(study(patient, 200 + seed, shown), sample)
+    region = finding_region(np.random.default_rng(100 + seed), shown, finding, patient=generator(patient))
+    contrast = (grey(moved) - grey(sample))[region].mean() / (grey(twin) - grey(sample))[region].mean()
+    assert 0.6 < contrast < 1.2, contrast
