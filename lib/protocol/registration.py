@@ -12,9 +12,10 @@ register(other, fixed):
 - exposure: the registered image's grey levels mapped onto ``fixed``'s by a monotone quadratic
   grey-level curve fit to the two images' corresponding pixels by least trimmed squares (refit
   on the ``EXPOSURE_KEEP`` share of pixels the last fit fits best, until that share stops
-  changing; an affine line where the quadratic would not rise over the image's grey levels). Where the two studies
-  differ (the finding, what changed in the patient) the pixels are outliers of that fit, so the
-  finding keeps its own contrast. Histogram matching, used before, forces the whole grey-level
+  changing; an affine line where the quadratic would not rise over the image's grey levels, and
+  the grey levels left as they are where neither rises). Where the two studies differ (the
+  finding, what changed in the patient) the pixels are outliers of that fit, so the finding keeps
+  its own contrast. Histogram matching, used before, forces the whole grey-level
   distribution onto the sample's and so dimmed the finding (its contrast against the phantom's
   twin: tests/test_registration.py).
 
@@ -83,8 +84,8 @@ def match_exposure(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``image``'s grey levels through the curve that best maps them onto ``reference``'s at the
     same pixels (two registered images of one shape): a quadratic fit by least trimmed squares
     (``_trimmed_fit``: the ``EXPOSURE_KEEP`` share of pixels it fits best); an affine line, fit the
-    same way, where the quadratic falls anywhere between the image's darkest and brightest level.
-    Fit on a regular grid of about ``EXPOSURE_FIT_PIXELS`` pixels (a full-size film has millions)."""
+    same way, where the quadratic falls anywhere between the image's darkest and brightest level;
+    ``image`` itself where that line falls too (or the image is flat). Fit on a regular grid of about ``EXPOSURE_FIT_PIXELS`` pixels (a full-size film has millions)."""
     lowest, highest = image.min(), image.max()
     if highest <= lowest:
         return image
