@@ -37,10 +37,10 @@ and the run counts why (``not_tested``), it never guesses.
   many, else the sample is counted, not tested; default: any); registered onto the sample's image
   (its position and exposure: lib.protocol.registration) and scored as a per-run unit (condition
   ``followup``, one per (other study, sample image)) with the sample's original question. Needs a
-  patient id and a study id (MIMIC-CXR, PadChest; not VinDr-CXR). A registered follow-up still differs in more than the
-  finding (noise, sharpness, time, breathing and projection on real films, findings the run does
-  not ask about), so a change is not proof that the finding was read, and no change on the
-  control is what licenses the test.
+  patient id and a study id (MIMIC-CXR, PadChest; not VinDr-CXR). A registered follow-up still
+  differs in more than the finding (noise, sharpness, time, breathing and projection on real
+  films, findings the run does not ask about), so a change is not proof that the finding was
+  read, and no change on the control is what licenses the test.
 - image_blind_share (per test): among the Dangerous samples the test applies to, the share whose
   answer did not change: a locally tested counterpart of the image-blind rate of
   lib.protocol.references. The rates and their patient-clustered intervals are declared in

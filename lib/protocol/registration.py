@@ -85,7 +85,8 @@ def match_exposure(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     same pixels (two registered images of one shape): a quadratic fit by least trimmed squares
     (``_trimmed_fit``: the ``EXPOSURE_KEEP`` share of pixels it fits best); an affine line, fit the
     same way, where the quadratic falls anywhere between the image's darkest and brightest level;
-    ``image`` itself where that line falls too (or the image is flat). Fit on a regular grid of about ``EXPOSURE_FIT_PIXELS`` pixels (a full-size film has millions)."""
+    ``image`` itself where that line falls too (or the image is flat). Fit on a regular grid of
+    about ``EXPOSURE_FIT_PIXELS`` pixels (a full-size film has millions)."""
     lowest, highest = image.min(), image.max()
     if highest <= lowest:
         return image

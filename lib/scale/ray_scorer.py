@@ -7,12 +7,12 @@ into a Ray Data pipeline; an actor pool (`workers` actors, one GPU each where th
 GPUs, else one CPU each) loads the model ONCE per actor and runs the per-batch logic of the
 single-process path (`lib.protocol.run.load_items`, then `score_batch`: `Engine.score`, one atomic
 chunk per batch in the run's `RecordStore`; an actor reads its batch's images itself, without the
-single-process path's background prefetch, since Ray Data hands it one batch per call). So the records are the very rows of a single-process run, a
-lost actor loses only the batches it had not written yet (Ray restarts it and retries its
-block; a batch written twice is deduplicated by key), and a rerun after a crash computes only
-what no chunk holds. `output_dir`, `data_root` and the model must be on a filesystem every Ray
-node sees (the usual shared filesystem of a cluster); a run whose chunks are not visible to the
-driver fails with a message saying so.
+single-process path's background prefetch, since Ray Data hands it one batch per call). So the
+records are the very rows of a single-process run, a lost actor loses only the batches it had
+not written yet (Ray restarts it and retries its block; a batch written twice is deduplicated by
+key), and a rerun after a crash computes only what no chunk holds. `output_dir`, `data_root` and
+the model must be on a filesystem every Ray node sees (the usual shared filesystem of a cluster);
+a run whose chunks are not visible to the driver fails with a message saying so.
 
 Many pairs at once (`sweep`, `make sweep`): every params file's `evaluate.ipynb` is run by
 papermill as one Ray task with the resources of its params, then `analysis.ipynb` on the driver.
