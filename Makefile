@@ -6,9 +6,13 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PAPERMILL := $(VENV)/bin/papermill --log-level WARNING
-# every executed notebook is also exported as HTML beside it, code cells hidden (read without Jupyter);
-# the export is prefixed with - in the recipes: a failed export never undoes (deletes) the step.
-NBCONVERT := $(VENV)/bin/jupyter nbconvert --log-level WARN --to html --no-input
+# every executed notebook is also exported as HTML beside it, code cells hidden (read without Jupyter),
+# each figure with its cell's alt text (the template in lib/front/templates, which
+# lib.front.notebook_run.export_html uses too; not a dependency of the steps: a template change shows
+# in a step's HTML the next time the step runs); the export is prefixed with - in the recipes: a
+# failed export never undoes (deletes) the step.
+NBCONVERT := $(VENV)/bin/jupyter nbconvert --log-level WARN --to html --no-input \
+	--TemplateExporter.extra_template_basedirs=lib/front/templates --template lab_alt
 JUPYTEXT := $(VENV)/bin/jupytext
 STAMP := $(VENV)/.installed
 RAY_STAMP := $(VENV)/.ray-installed
@@ -73,16 +77,25 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
+# The venv's kernels (papermill's, nbval's, the lab's) log errors only: not ipykernel's warning that
+# it runs "over TCP without encryption" in every step (papermill's kernels listen on localhost;
+# cxr-screen passes the same level on the kernel's command line). IPython reads it from the venv's
+# etc/ipython. An order-only prerequisite of every step that starts a kernel: it reruns nothing.
+KERNEL_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.json
+$(KERNEL_CONFIG): | $(STAMP)
+	mkdir -p $(@D)
+	echo '{"IPKernelApp": {"log_level": "ERROR"}}' > $@
+
 default: $(DEFAULT) ## synthetic datasets + trained default models (cached; rebuilt when inputs change)
 
-$(DEFAULT): $(DEFAULT_CODE) | $(STAMP)
+$(DEFAULT): $(DEFAULT_CODE) | $(STAMP) $(KERNEL_CONFIG)
 	mkdir -p outputs/default
 	$(PAPERMILL) notebooks/build_default.ipynb outputs/default/build_default.ipynb
 	-$(NBCONVERT) outputs/default/build_default.ipynb
 
 adapters: $(ADAPTERS) ## consistency LoRA adapters of the default models (params/lora/*.yaml)
 
-outputs/default/adapters/%/adapter_config.json: params/lora/%.yaml $(ADAPTER_CODE) $(DEFAULT)
+outputs/default/adapters/%/adapter_config.json: params/lora/%.yaml $(ADAPTER_CODE) $(DEFAULT) | $(KERNEL_CONFIG)
 	mkdir -p $(@D)
 	$(ONE_THREAD) $(PAPERMILL) notebooks/finetune_lora.ipynb $(@D)/finetune_lora.ipynb -p params_file $<
 	-$(NBCONVERT) $(@D)/finetune_lora.ipynb
@@ -98,7 +111,7 @@ runs: $(SUMMARIES) ## evaluate.ipynb once per params/*.yaml
 # (lib.protocol.records.claim_output_dir), and a failed run never replaces evaluate.ipynb.
 adapter_of = $(filter $(ADAPTERS),$(addsuffix /adapter_config.json,$(shell sed -n 's/^adapter:[[:space:]]*//p' $(1) | sed 's/[[:space:]]*\#.*//' | tr -d "\"'")))
 .SECONDEXPANSION:
-outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapter_of,params/$$*.yaml)
+outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapter_of,params/$$*.yaml) | $(KERNEL_CONFIG)
 	mkdir -p $(dir $(@D))
 	$(ONE_THREAD) $(PAPERMILL) notebooks/evaluate.ipynb $(@D).partial.ipynb -p params_file $<
 	mv -f $(@D).partial.ipynb $(@D)/evaluate.ipynb
@@ -106,14 +119,14 @@ outputs/runs/%/summary.json: params/%.yaml $(RUN_CODE) $(DEFAULT) $$(call adapte
 
 analysis: $(ANALYSIS) ## gather all runs: correlation, figures
 
-$(ANALYSIS): $(ANALYSIS_CODE) $(SUMMARIES)
+$(ANALYSIS): $(ANALYSIS_CODE) $(SUMMARIES) | $(KERNEL_CONFIG)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb
 	-$(NBCONVERT) $(@D)/analysis.ipynb
 
 test: ## run the test suite (unit, readers, notebooks via nbval, bad inputs, the default build's properties)
 	@# Ray installs while the default family trains (pip barely competes with the training).
-	$(MAKE) --no-print-directory -j2 $(RAY_STAMP) $(DEFAULT)
+	$(MAKE) --no-print-directory -j2 $(RAY_STAMP) $(DEFAULT) $(KERNEL_CONFIG)
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP) $(RAY_STAMP) $(DEFAULT) ## time generate() vs one forward per prompt vs the engine -> outputs/bench/bench.json (GPU=1: 7B/4B shapes on CUDA -> outputs/bench/gpu_bench.json)
@@ -134,7 +147,7 @@ seeds: all $(SEED_WORLDS) ## the whole offline world for each of SEEDS (default 
 	for d in default runs analysis; do ln -sfn ../../$$d outputs/seeds/0/$$d; done
 	$(PY) -m lib.offline.seeds --seeds $(SEEDS) --out outputs/seeds --jobs $(JOBS)
 
-outputs/seeds/%/analysis/correlation.json: $(SEED_CODE) | $(STAMP)
+outputs/seeds/%/analysis/correlation.json: $(SEED_CODE) | $(STAMP) $(KERNEL_CONFIG)
 	rm -rf outputs/seeds/$*
 	$(PY) -m lib.offline.seeds --seeds $* --out outputs/seeds --jobs $(JOBS)
 
@@ -161,13 +174,13 @@ paper-check: | $(STAMP) ## name whatever the paper runs lack (data, models, PSF-
 	@$(PY) -m lib.families.registry check params/paper
 	@for q in $(PSF_MED_MIMIC) $(PSF_MED_PADCHEST); do test -f "$$q" || { echo "NOT READY: PSF-Med question file not found: $$q" >&2; exit 1; }; done
 
-$(PAPER_OUT)/runs/%/summary.json: params/paper/%.yaml notebooks/evaluate.ipynb | paper-check
+$(PAPER_OUT)/runs/%/summary.json: params/paper/%.yaml notebooks/evaluate.ipynb | paper-check $(KERNEL_CONFIG)
 	mkdir -p $(dir $(@D))
 	$(PAPERMILL) notebooks/evaluate.ipynb $(@D).partial.ipynb -p params_file $< -p output_dir $(@D) $(if $(call paper_questions,$*),-p questions $(call paper_questions,$*))
 	mv -f $(@D).partial.ipynb $(@D)/evaluate.ipynb
 	-$(NBCONVERT) $(@D)/evaluate.ipynb
 
-$(PAPER_OUT)/analysis/correlation.json: $(ANALYSIS_CODE) $(PAPER_SUMMARIES)
+$(PAPER_OUT)/analysis/correlation.json: $(ANALYSIS_CODE) $(PAPER_SUMMARIES) | $(KERNEL_CONFIG)
 	mkdir -p $(@D)
 	$(PAPERMILL) notebooks/analysis.ipynb $(@D)/analysis.ipynb -p runs_dir $(PAPER_OUT)/runs -p analysis_dir $(@D)
 	-$(NBCONVERT) $(@D)/analysis.ipynb
@@ -198,7 +211,7 @@ LAB_PORT ?= 8888
 BROWSER_STAMP := $(VENV)/.browser-installed
 CHROMIUM ?= /usr/bin/chromium
 
-lab: $(STAMP) ## JupyterLab on this repository, offline, no browser opened: open the URL it prints (with its token)
+lab: $(STAMP) $(KERNEL_CONFIG) ## JupyterLab on this repository, offline, no browser opened: open the URL it prints (with its token)
 	@echo "JupyterLab: open the http://$(LAB_IP):$(LAB_PORT)/lab?token=... URL printed below; Ctrl-C stops it"
 	$(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=$(LAB_IP) --ServerApp.port=$(LAB_PORT) \
 	  --ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root) \

@@ -86,14 +86,14 @@ print(f"flip rate vs Dangerous: r = {rounded(corr['pearson_r'])} (independent ax
 if corr["n"] < lib.protocol.stats.MIN_PAIRS:
     print(f"too few to tell: {corr['n']} pairs (a correlation needs at least {lib.protocol.stats.MIN_PAIRS})")
 
-# %%
+# %% alt="Scatter plot, one point per model-dataset pair: flip rate across paraphrases against the Dangerous fraction, with each pair's intervals as error bars; the title gives the correlation."
 fig = lib.protocol.plots.flip_vs_dangerous(pairs, corr)
 fig.savefig(out / "flip_vs_dangerous.png", dpi=120)
 
 # %% [markdown]
 # ## Quadrants of each configuration, side by side
 
-# %%
+# %% alt="Stacked bars, one per pair: the fractions of Ideal, Fragile, Dangerous and Worst samples."
 fig = lib.protocol.plots.quadrant_fractions(pairs)
 fig.savefig(out / "quadrant_fractions.png", dpi=120)
 
@@ -104,7 +104,7 @@ fig.savefig(out / "quadrant_fractions.png", dpi=120)
 # finding; interval over images and references) and prior-coincident (the model reads the image; its
 # answer merely equals its prior).
 
-# %%
+# %% alt="Forest plot, one row per pair: the Dangerous fraction with its interval, and its image-blind and prior-coincident parts with theirs."
 fig = lib.protocol.plots.dangerous_forest(pairs)
 fig.savefig(out / "dangerous_forest.png", dpi=120)
 
@@ -113,7 +113,7 @@ fig.savefig(out / "dangerous_forest.png", dpi=120)
 # Dangerous samples can be accurate: accuracy does not reveal that the image was ignored. Within the
 # Dangerous quadrant the answer IS the text-only answer, so its accuracy is what the prior alone earns there.
 
-# %%
+# %% alt="Grouped bars per pair: accuracy of the original question within each quadrant, with Wilson intervals and the number of samples of each bar."
 fig = lib.protocol.plots.accuracy_by_quadrant(pairs)
 fig.savefig(out / "accuracy_by_quadrant.png", dpi=120)
 
@@ -122,7 +122,7 @@ fig.savefig(out / "accuracy_by_quadrant.png", dpi=120)
 # The AUROC of answer entropy for Dangerous samples against the rest, per pair: 0.5 means an entropy
 # screen is blind to them, below 0.5 that they are the more confident ones.
 
-# %%
+# %% alt="One row per pair: the screening AUROC (a Dangerous sample's answer entropy above another sample's) with its interval."
 fig = lib.protocol.plots.screening_auroc(pairs)
 fig.savefig(out / "screening_auroc.png", dpi=120)
 
@@ -140,10 +140,10 @@ explorer = lib.front.explorer.Explorer(samples_by_pair, lib.protocol.stats.read_
                                       lib.protocol.stats.gather_samples(runs_dir, "predictions.parquet"))
 explorer
 
-# %%
+# %% alt="Four panels, one per quadrant, one box per pair: the distribution of the original question's answer entropy, with each box's number of samples."
 fig = lib.protocol.plots.distributions_by_pair(samples_by_pair, "entropy", "answer entropy (bits)")
 fig.savefig(out / "entropy_by_pair.png", dpi=100)
 
-# %%
+# %% alt="Four panels, one per quadrant, one box per pair: the distribution of image reliance, with each box's number of samples."
 fig = lib.protocol.plots.distributions_by_pair(samples_by_pair, "reliance", "reliance |p_yes - p_yes text-only|")
 fig.savefig(out / "reliance_by_pair.png", dpi=100)

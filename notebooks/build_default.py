@@ -75,7 +75,7 @@ reference_roots = lib.offline.world.write_reference_sets(out / "data", n_images=
 # %% [markdown]
 # ## The synthetic radiographs (one row per finding: without, with)
 
-# %%
+# %% alt="A grid of synthetic radiographs from the offline MIMIC-CXR-like dataset, one row per finding, without and with it, each titled."
 fig = lib.protocol.plots.sample_grid(*lib.offline.world.montage(data_roots["mimic-cxr"]), columns=4)
 
 # %% [markdown]
@@ -116,7 +116,7 @@ pd.DataFrame({f: {"train": len(v["train"]), "held_out": len(v["held_out"])} for 
 # stages see jittered images (mirror, shift, zoom, contrast), see `lib.offline.default_models.train_base`.
 # The families train in parallel processes, one thread each, so the models do not depend on the number of cores.
 
-# %%
+# %% alt="Two line plots of training loss against step, one line per default model family: stage 1, the vision side's finding probes; stage 2, the whole model's answer cross-entropy on a log scale."
 training = dict(vision_steps=vision_steps, epochs=epochs, lr=lr, batch_size=batch_size,
                 text_dropout=text_dropout)
 built = pd.DataFrame(dm.build_families(data_roots, out / "models", seed, prompt_pool=prompt_pool,

@@ -136,7 +136,7 @@ by_quadrant = lib.protocol.breakdown.shown(pd.DataFrame({
 }))
 by_quadrant
 
-# %%
+# %% alt="Four histograms, one per quadrant (Ideal, Fragile, Dangerous, Worst): the binary entropy of p(yes) for this pair's original questions, 0 to 1 bit."
 fig = lib.protocol.plots.entropy_by_quadrant(result.samples, title=pair)
 
 # %% [markdown]
@@ -201,7 +201,7 @@ with_ci({
     "noise images change the answer": (summary["noise_change_rate"], None),
 })
 
-# %%
+# %% alt="Four histograms, one per quadrant: this pair's image reliance, the absolute difference between p(yes) with the image and text-only, 0 to 1."
 fig = lib.protocol.plots.reliance_by_quadrant(result.samples, title=f"{pair}: reliance per quadrant")
 
 # %% [markdown]
@@ -261,7 +261,7 @@ else:
 # ## A look at some samples
 # Only when `show_images` is set (the offline default's synthetic images). Runs on credentialed data embed no image and no report text.
 
-# %%
+# %% alt="A grid of synthetic radiographs of this pair, up to two per quadrant, each titled with its quadrant, finding, label, prediction and text-only prediction."
 if params["show_images"]:
     shown = result.samples.groupby("quadrant").head(2)
     images = [lib.protocol.run.data.read_xray(p) for p in lib.protocol.run.image_paths(params, shown.image_id)]

@@ -69,7 +69,7 @@ print(f"{result.n_examples} examples, {result.trainable} trainable parameters "
 # %% [markdown]
 # ## Loss curve (both terms)
 
-# %%
+# %% alt="Line plot on a log scale of the adapter's two training loss terms against step: the answer cross-entropy and the KL term."
 ax = result.log.plot(x="step", y=["ce", "kl"], logy=True, title=f"{spec['name']}: training loss terms")
 ax.figure.savefig(Path(spec["output_dir"]) / "loss.png", dpi=110)
 result.log.tail()

@@ -25,6 +25,10 @@ from .notebook import ROOT
 NOTEBOOK = ROOT / "notebooks" / "evaluate.ipynb"
 EXECUTED = "evaluate.ipynb"
 FAILED_NOTEBOOK = "evaluate.failed.ipynb"
+# nbconvert's lab template with each figure's alt text (its cell's metadata "alt"); the Makefile's
+# NBCONVERT names the same folder and template
+HTML_TEMPLATES = Path(__file__).parent / "templates"
+HTML_TEMPLATE = "lab_alt"
 # what a run writes beside its summary after the notebook's run (the report: screen only)
 COMPANIONS = (EXECUTED, "evaluate.html", "report.html")
 # errors of the notebook that mean the input cannot run (exit 2), not a failure of the run
@@ -121,13 +125,15 @@ class ProgressTail(threading.Thread):
 
 
 def export_html(notebook: Path) -> Path:
-    """`jupyter nbconvert --to html --no-input NOTEBOOK`: the HTML beside it, code cells hidden."""
+    """`jupyter nbconvert --to html --no-input NOTEBOOK` with HTML_TEMPLATE: the HTML beside it, code
+    cells hidden, each figure with its cell's alt text."""
     import nbformat
     from nbconvert import HTMLExporter
 
     from ..protocol import records
 
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter = HTMLExporter(template_name=HTML_TEMPLATE, extra_template_basedirs=[str(HTML_TEMPLATES)],
+                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     return records.write_new(notebook.with_suffix(".html"), body.encode("utf-8"))
 
