@@ -100,8 +100,7 @@ print(f"{params['config']} on {params['dataset']} ({params['split']}): parameter
 # %%
 result = lib.front.session.evaluate(params)
 summary = result.summary
-print(f"{summary['n_samples']} samples: {summary['records']['samples_reused']} reused from earlier "
-      f"records, {summary['records']['samples_scored']} scored; engine: {summary['engine']}")
+print(*lib.protocol.breakdown.scoring_lines(summary), sep="\n")
 
 # %% [markdown]
 # ## The pair at a glance
@@ -185,11 +184,13 @@ print(f"references: {blind.get('reference_source')}; {blind.get('n_reference_ima
 with_ci({**{kind: (breakdown[kind], ci["dangerous_breakdown"].get(kind)) for kind in breakdown},
          "image-blind among Dangerous": (blind.get("among_dangerous"), blind.get("ci95_among_dangerous"))})
 
+# %% [markdown]
+# Per finding: its samples, the reference images with and without it, and its image-blind rate
+# over the finding's samples ("too few references": fewer than `MIN_REFERENCES` of
+# `lib/protocol/references.py`).
+
 # %%
-pd.DataFrame({f: {"samples": v["n_samples"], "references with": v["n_references"]["yes"],
-                  "references without": v["n_references"]["no"],
-                  "image-blind rate": v["rate"] if v["estimable"] else "too few references"}
-              for f, v in (blind.get("by_finding") or {}).items()}).T
+lib.protocol.breakdown.image_blind_by_finding(summary)
 
 # %% [markdown]
 # How often a uniform grey image, or the run's few seeded noise images, move the answer to the
@@ -241,7 +242,9 @@ pd.DataFrame(summary["threshold_sensitivity"]).T.rename_axis("threshold").astype
 # (the `answer_instruction` param can tell it to).
 
 # %%
-print("yes/no mass:", summary["yes_no_mass"])
+mass = summary["yes_no_mass"]
+print(f"yes/no mass over the image prompts: median {lib.protocol.breakdown.cell(mass['median'])}, "
+      f"10th percentile {lib.protocol.breakdown.cell(mass['p10'])}")
 print(*(summary["warnings"] or ["no warning"]), sep="\n")
 
 # %% [markdown]
@@ -265,7 +268,7 @@ else:
 if params["show_images"]:
     shown = result.samples.groupby("quadrant").head(2)
     images = [lib.protocol.run.data.read_xray(p) for p in lib.protocol.run.image_paths(params, shown.image_id)]
-    titles = [f"{r.quadrant}: {r.finding}? label {r.label}, pred {r.pred}, text-only {r.pred_text_only}"
+    titles = [f"{r.quadrant}: {r.finding}?\nlabel {r.label}, pred {r.pred}, text-only {r.pred_text_only}"
               for r in shown.itertuples()]
     fig = lib.protocol.plots.sample_grid(images, titles)
 

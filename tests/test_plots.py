@@ -91,3 +91,12 @@ def test_flip_vs_dangerous_says_too_few_and_distributions_by_pair():
     fig = plots.distributions_by_pair(tables, "entropy", "entropy")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b"]
     assert [t.get_text() for t in fig.axes[2].texts] == ["n=0", "n=1"]   # Dangerous: a has none
+
+
+def test_sample_grid_wraps_each_title_line_so_neighbours_never_overlap():
+    long = "Dangerous: pleural effusion?\nlabel yes, pred yes, text-only no, and a longer note that must wrap"
+    fig = plots.sample_grid([np.zeros((8, 8))] * 2, [long, "Ideal: nodule?"], columns=2)
+    first, second = (ax.get_title() for ax in fig.axes)
+    assert first.startswith("Dangerous: pleural effusion?\nlabel yes, pred yes,")
+    assert max(len(line) for line in first.splitlines()) <= plots.TITLE_WIDTH
+    assert len(first.splitlines()) == 3 and second == "Ideal: nodule?"

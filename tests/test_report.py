@@ -117,6 +117,40 @@ def test_image_blind_reads_the_reference_block_and_warns_on_few_references():
     assert report.reference_warnings(blind)[0] == "image-blind: not estimable (no reference image)"
 
 
+def test_image_blind_by_finding_writes_each_rate_with_a_steady_interval_or_why_not():
+    summary = {"image_blind": {"min_references": 5, "by_finding": {
+        "nodule": {"n_samples": 40, "n_references": {"yes": 12, "no": 30}, "estimable": True,
+                   "rate": 0.0, "ci95": [0.0, 0.0]},
+        "cardiomegaly": {"n_samples": 20, "n_references": {"yes": 6, "no": 7}, "estimable": True,
+                         "rate": 0.25, "ci95": [0.1, 0.45]},
+        "pneumothorax": {"n_samples": 8, "n_references": {"yes": 2, "no": 9}, "estimable": False, "rate": None}}}}
+    table = breakdown.image_blind_by_finding(summary)
+    assert list(table.index) == ["cardiomegaly", "nodule", "pneumothorax"]
+    assert table.loc["cardiomegaly"].tolist() == ["20", "6", "7", "0.250 (95 % CI 0.100 to 0.450)"]
+    low, high = breakdown.proportion_ci(0, 40)   # the degenerate 0-0 bootstrap replaced by Wilson
+    assert table.loc["nodule", "image-blind rate (95 % CI)"] == f"0.000 (95 % CI {low:.3f} to {high:.3f})"
+    assert table.loc["pneumothorax"].tolist() == ["8", "2", "9", "too few references (fewer than 5)"]
+    assert breakdown.image_blind_by_finding({}).empty
+
+
+def test_scoring_lines_say_what_was_scored_and_how():
+    summary = {"n_samples": 344, "records": {"samples_reused": 4, "samples_scored": 340},
+               "engine": {"mode": "prefix_sharing", "fallback_reason": None, "samples_per_second": 98.57,
+                          "device": "cpu", "dtype": "torch.float32",
+                          "dedup": {"prompts_scored": 2346, "prompts_per_sample_protocol": 3698,
+                                    "share_saved": 0.3656, "reference_prompts": 1015, "followup_prompts": 288}}}
+    assert breakdown.scoring_lines(summary) == [
+        "344 samples: 4 reused from earlier records, 340 scored",
+        "engine: prefix_sharing on cpu (torch.float32), 98.6 samples per second",
+        "prompts scored: 2346 (the per-sample protocol: 3698; 36.6 % saved by deduplication), plus 1015 "
+        "reference and 288 follow-up prompts"]
+    summary["engine"].update(mode="full_forward", fallback_reason="a batch without a shared prefix")
+    assert breakdown.scoring_lines(summary)[1].endswith("; fell back: a batch without a shared prefix")
+    rerun = {"n_samples": 344, "records": {"samples_reused": 344, "samples_scored": 0},
+             "engine": {"mode": None, "fallback_reason": None, "samples_per_second": None}}
+    assert breakdown.scoring_lines(rerun) == ["344 samples: 344 reused from earlier records, 0 scored"]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tiny_world, tmp_path_factory):
     """A 16-sample run of the untrained tiny LLaVA (no papermill: lib.protocol.run directly)."""
@@ -137,7 +171,8 @@ def test_report_of_a_tiny_run(tiny_run):
     text = re.sub(r"<[^>]+>", " ", re.sub(r"<img [^>]*>|<style>.*?</style>", "", page, flags=re.S))
     for words in ("Dangerous:", "Image-blind:", "Gate:", "Per finding", "Per paraphrase",
                   "The four quadrants", "Warnings", "How to read this", "95 % CI",
-                  "Local tests: does the answer follow this image?", "not tested (why)"):
+                  "Local tests: does the answer follow this image?", "not tested (why)",
+                  "The image-blind rate per finding", "image-blind rate (95 % CI)"):
         assert words in text, words
     assert "too few to tell: the run has 16 samples (fewer than 30)" in text
     assert not re.search(r"\bnan\b", text, flags=re.I), "NaN in the report"

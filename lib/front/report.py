@@ -298,6 +298,10 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
         parts += ["<h2>Dangerous samples: image-blind or prior-coincident</h2>",
                   "<p class='note'>Fractions of ALL samples.</p>",
                   table_html(("kind", "meaning", "fraction of all samples"), kinds)]
+    by_finding = breakdown.image_blind_by_finding(summary)
+    if not by_finding.empty:
+        parts += ["<p class='note'>The image-blind rate per finding, over that finding's samples, with "
+                  "the opposite-label reference images it rests on.</p>", frame_html(by_finding.reset_index())]
     parts += local_tests_section(summary)
 
     def measure(label, key, k=None, of=None):

@@ -26,6 +26,9 @@ condition) and its ``summary.json``:
 - ``with_interval(value, ci)``: "0.742 (95 % CI 0.610 to 0.850)"; every page that shows a value
   with its interval writes it with this function, and ``shown(table)`` with it turns a table of
   these functions (a column X beside X_ci) into the table a page shows.
+- ``image_blind_by_finding(summary)`` and ``local_tests_table(summary)``: the summary's per-finding
+  image-blind rates and its local tests as the tables a page shows; ``scoring_lines(summary)``:
+  what the run scored and how, in words.
 """
 from __future__ import annotations
 
@@ -219,6 +222,48 @@ def cell(value) -> str:
 def interval_table(rows: dict) -> pd.DataFrame:
     """{measure: (value, [low, high] or None)} as a one-column table, "value (95 % CI)"."""
     return pd.DataFrame({"value (95 % CI)": {label: with_interval(value, ci) for label, (value, ci) in rows.items()}})
+
+
+def image_blind_by_finding(summary: dict) -> pd.DataFrame:
+    """Per finding (summary ``image_blind.by_finding``, lib.protocol.references): its samples, the
+    reference images with and without it, and its image-blind rate with the interval that
+    resamples images and references (``steady_ci``: Wilson where it degenerated), or why it is
+    not estimable; empty without a reference check."""
+    block = summary.get("image_blind") or {}
+    minimum = block.get("min_references")
+    rows = {}
+    for finding, entry in sorted((block.get("by_finding") or {}).items()):
+        refs = entry.get("n_references") or {}
+        n, value = entry.get("n_samples") or 0, entry.get("rate")
+        rate = (with_interval(value, steady_ci(entry.get("ci95"), round(value * n), n))
+                if entry.get("estimable") and value is not None
+                else "too few references" + (f" (fewer than {minimum})" if minimum is not None else ""))
+        rows[finding] = {"samples": cell(entry.get("n_samples")), "reference images with": cell(refs.get("yes", 0)),
+                         "reference images without": cell(refs.get("no", 0)), "image-blind rate (95 % CI)": rate}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("finding")
+
+
+def scoring_lines(summary: dict) -> list[str]:
+    """What the run scored and how: samples reused from earlier records and scored; the engine's
+    mode, device, dtype and speed, and why it fell back (only when something was scored); the
+    prompts scored after deduplication against the per-sample protocol, with the per-run
+    reference and follow-up prompts beside them (lib.protocol.planning.dedup_counts)."""
+    reuse = summary.get("records") or {}
+    engine = summary.get("engine") or {}
+    lines = [f"{summary['n_samples']} samples: {reuse.get('samples_reused', 0)} reused from earlier records, "
+             f"{reuse.get('samples_scored', 0)} scored"]
+    if engine.get("mode"):
+        speed = engine.get("samples_per_second")
+        lines.append(f"engine: {engine['mode']} on {engine.get('device')} ({engine.get('dtype')})"
+                     + (f", {speed:.1f} samples per second" if speed else "")
+                     + (f"; fell back: {engine['fallback_reason']}" if engine.get("fallback_reason") else ""))
+    dedup = engine.get("dedup")
+    if dedup and dedup.get("prompts_per_sample_protocol"):
+        lines.append(f"prompts scored: {dedup['prompts_scored']} (the per-sample protocol: "
+                     f"{dedup['prompts_per_sample_protocol']}; {with_interval(dedup['share_saved'], percent=True)} "
+                     f"saved by deduplication), plus {dedup['reference_prompts']} reference and "
+                     f"{dedup['followup_prompts']} follow-up prompts")
+    return lines
 
 
 # what each test changes, short enough for a notebook's table cell (pandas cuts at 50 characters)

@@ -1,6 +1,8 @@
 """Figures of one run and of the gathered pairs (matplotlib; every function returns its figure)."""
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -124,15 +126,19 @@ def distributions_by_pair(samples_by_pair: dict, column: str, label: str):
     return fig
 
 
+TITLE_WIDTH = 34   # characters of a sample_grid title per line: a 2.6-inch panel at 8 pt holds ~38
+
+
 def sample_grid(images, titles, columns: int = 4):
-    """A grid of images with titles (synthetic data only: never used on credentialed data)."""
+    """A grid of images with titles, each line wrapped at TITLE_WIDTH characters so that
+    neighbours' titles never overlap (synthetic data only: never used on credentialed data)."""
     rows = max(1, int(np.ceil(len(images) / columns)))
     fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
         ax.imshow(image, cmap="gray")
-        ax.set_title(title, fontsize=8)
+        ax.set_title("\n".join(textwrap.fill(line, TITLE_WIDTH) for line in title.splitlines()), fontsize=8)
     fig.tight_layout()
     return fig
 
