@@ -35,7 +35,7 @@ seed = 0
 import json
 from pathlib import Path
 import pandas as pd
-import lib.front.explorer, lib.protocol.plots, lib.protocol.stats
+import lib.front.explorer, lib.protocol.breakdown, lib.protocol.plots, lib.protocol.stats
 
 out = Path(analysis_dir)
 out.mkdir(parents=True, exist_ok=True)
@@ -58,16 +58,9 @@ lib.protocol.stats.readable_pairs(pairs)
 corr = lib.protocol.stats.flip_vs_dangerous(pairs, samples_by_pair, bootstrap_resamples=bootstrap_resamples,
                                             permutation_resamples=permutation_resamples, seed=seed)
 (out / "correlation.json").write_text(json.dumps(corr, indent=2))
-KEYS = ("pearson_r", "p_value", "ci95_low", "ci95_high", "spearman_rho", "spearman_p", "n",
-        "bootstrap_ci95", "permutation_p", "independence_r", "note")
-def rounded(x):
-    if isinstance(x, float):
-        return round(x, 3)
-    return [rounded(v) for v in x] if isinstance(x, list) else x
-def correlation_table(result, keys=KEYS):
-    return pd.Series({k: rounded(result.get(k)) for k in keys}, dtype=object)
-pd.DataFrame({"flip rate vs Dangerous fraction": correlation_table(corr),
-              "flip rate vs image-blind rate": correlation_table(corr["image_blind"])})
+pd.concat({"flip rate vs Dangerous fraction": lib.protocol.stats.readable_correlation(corr),
+           "flip rate vs image-blind rate": lib.protocol.stats.readable_correlation(corr["image_blind"])},
+          axis=1, sort=False).fillna("–")
 
 # %% [markdown]
 # **How much of r is arithmetic.** A Dangerous sample is consistent and not image-reliant, so if flip
@@ -81,8 +74,9 @@ pd.DataFrame({"flip rate vs Dangerous fraction": correlation_table(corr),
 # image: its r is the study's claim with the prior-coincident samples taken out.
 
 # %%
-print(f"flip rate vs Dangerous: r = {rounded(corr['pearson_r'])} (independent axes alone: r = "
-      f"{rounded(corr['independence_r'])}); flip rate vs image-blind: r = {rounded(corr['image_blind']['pearson_r'])}")
+number = lib.protocol.breakdown.cell
+print(f"flip rate vs Dangerous: r = {number(corr['pearson_r'])} (independent axes alone: r = "
+      f"{number(corr['independence_r'])}); flip rate vs image-blind: r = {number(corr['image_blind']['pearson_r'])}")
 if corr["n"] < lib.protocol.stats.MIN_PAIRS:
     print(f"too few to tell: {corr['n']} pairs (a correlation needs at least {lib.protocol.stats.MIN_PAIRS})")
 

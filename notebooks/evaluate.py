@@ -256,7 +256,7 @@ print(*(summary["warnings"] or ["no warning"]), sep="\n")
 skipped = pd.read_csv(Path(params["output_dir"]) / "skipped.csv")
 if len(skipped):
     display(pd.Series(summary["n_skipped"], name="samples skipped", dtype="int64").to_frame())
-    display(skipped.groupby("reason").head(5))
+    display(skipped.groupby("reason").head(5).fillna(""))
 else:
     print("No sample was left out.")
 

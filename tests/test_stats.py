@@ -312,3 +312,21 @@ def test_bootstrap_correlation_reads_taxonomy_tables():
     table = uniform_table("Dangerous", n=4, agreement=np.array([0.5, 0.25, np.nan, 1.0]))
     value, weight = stats.BOOTSTRAP_VARIABLES["frac_image_blind"](table)
     assert value.tolist() == [0.5, 0.25, 0.0, 1.0] and weight.tolist() == [1, 1, 0, 1]
+
+
+def test_readable_correlation_names_its_keys_and_never_rounds_a_p_value_to_zero():
+    result = {"pearson_r": -0.7661, "p_value": 8.31e-05, "ci95_low": -0.902, "ci95_high": -0.489,
+              "spearman_rho": -0.748, "spearman_p": 0.0041, "n": 20, "bootstrap_ci95": [-0.835, -0.691],
+              "permutation_p": 1 / 10000, "independence_r": None, "note": None}
+    table = stats.readable_correlation(result)
+    assert table.to_dict() == {
+        "Pearson r, Fisher-z 95 % CI (pearson_r, ci95_low, ci95_high)": "-0.766 (95 % CI -0.902 to -0.489)",
+        "Pearson r, bootstrap 95 % CI over images (bootstrap_ci95)": "-0.766 (95 % CI -0.835 to -0.691)",
+        "p-value (p_value)": "8.3e-05", "permutation p-value (permutation_p)": "1.0e-04",
+        "Spearman rho (spearman_rho)": "-0.748", "Spearman p-value (spearman_p)": "0.004", "pairs (n)": "20"}
+    few = stats.readable_correlation({"n": 2, "pearson_r": None, "bootstrap_ci95": None, "independence_r": 0.5,
+                                      "note": "too few pairs"})
+    assert few["Pearson r, Fisher-z 95 % CI (pearson_r, ci95_low, ci95_high)"] == "n/a"
+    assert few["p-value (p_value)"] == "n/a" and few["r of independent axes (independence_r)"] == "0.500"
+    assert few["note"] == "too few pairs"
+    assert stats.p_text(0.0123) == "0.012" and stats.p_text(float("nan")) == "n/a"

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .breakdown import shown
+from .breakdown import cell, shown, with_interval
 from .intervals import validate_bootstrap
 from .vocabulary import QUADRANTS
 
@@ -201,6 +201,37 @@ def readable_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
         table[f"{name}_ci"] = [None if pd.isna(low) or pd.isna(high) else [low, high]
                                for low, high in zip(pairs[f"{column}_low"], pairs[f"{column}_high"])]
     return shown(table).set_index("pair")
+
+
+def p_text(p) -> str:
+    """A p-value as a page writes it: 3 decimals, or 2 significant digits below 0.001 (a
+    permutation p's floor, 1 / (resamples + 1), is not 0); "n/a" when missing."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def readable_correlation(result: dict) -> pd.Series:
+    """One correlation of ``flip_vs`` as a page shows it, each row naming its keys in
+    correlation.json: r with its Fisher-z and its bootstrap interval, the p-values, Spearman's rho,
+    the pairs, the r of independent axes (where computed) and the note (where there is one)."""
+    boot = result.get("bootstrap_ci95")
+    rows = {
+        "Pearson r, Fisher-z 95 % CI (pearson_r, ci95_low, ci95_high)":
+            with_interval(result.get("pearson_r"), [result.get("ci95_low"), result.get("ci95_high")]),
+        "Pearson r, bootstrap 95 % CI over images (bootstrap_ci95)":
+            with_interval(result.get("pearson_r"), boot) if boot else "n/a",
+        "p-value (p_value)": p_text(result.get("p_value")),
+        "permutation p-value (permutation_p)": p_text(result.get("permutation_p")),
+        "Spearman rho (spearman_rho)": cell(result.get("spearman_rho")),
+        "Spearman p-value (spearman_p)": p_text(result.get("spearman_p")),
+        "pairs (n)": cell(result.get("n")),
+    }
+    if result.get("independence_r") is not None:
+        rows["r of independent axes (independence_r)"] = cell(result["independence_r"])
+    if result.get("note"):
+        rows["note"] = result["note"]
+    return pd.Series(rows, dtype=object)
 
 
 def read_summaries(runs_dir) -> dict[str, dict]:
