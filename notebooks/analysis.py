@@ -107,7 +107,7 @@ fig.savefig(out / "dangerous_forest.png", dpi=120)
 # Dangerous samples can be accurate: accuracy does not reveal that the image was ignored. Within the
 # Dangerous quadrant the answer IS the text-only answer, so its accuracy is what the prior alone earns there.
 
-# %% alt="Grouped bars per pair: accuracy of the original question within each quadrant, with Wilson intervals and the number of samples of each bar."
+# %% alt="Four panels, one per quadrant, one row per pair: the accuracy of the original question within the quadrant with its Wilson interval, and the number of samples at the right."
 fig = lib.protocol.plots.accuracy_by_quadrant(pairs)
 fig.savefig(out / "accuracy_by_quadrant.png", dpi=120)
 

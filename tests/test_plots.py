@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from lib.protocol import plots
+from lib.protocol.breakdown import proportion_ci
 
 
 @pytest.fixture
@@ -72,11 +73,16 @@ def test_accuracy_by_quadrant_has_wilson_bars_and_n():
                           **{f"acc_{q}": [1.0, 0.0] if q == "Ideal" else [0.5, 1 / 3 + 1e-12] if q == "Dangerous"
                              else [np.nan, np.nan] for q in ("Ideal", "Fragile", "Dangerous", "Worst")}})
     fig = plots.accuracy_by_quadrant(pairs)   # 1/3 + 1e-12 of 9: an interval just below the value
-    texts = [t.get_text() for t in fig.axes[0].texts]
-    assert texts[:2] == ["1", "1"] and texts[4:6] == ["2", "9"]   # samples per bar: Ideal, then Dangerous
-    ideal = [c for c in fig.axes[0].containers if hasattr(c, "lines")][0]   # the Ideal bars' error bars
-    low, high = ideal.lines[2][0].get_segments()[0][:, 1]
+    ideal, fragile, dangerous, _ = fig.axes
+    assert [t.get_text() for t in ideal.texts] == ["n=1", "n=1"]   # samples per pair, at the right
+    assert [t.get_text() for t in dangerous.texts] == ["n=2", "n=9"]
+    assert [t.get_text() for t in fragile.texts] == ["n=0", "n=0"]
+    assert [t.get_text() for t in ideal.get_yticklabels()] == ["a", "b"]
+    bars = ideal.containers[0].lines[2][0].get_segments()       # the Ideal panel's error bars
+    low, high = bars[0][:, 0]
     assert (low, high) == pytest.approx((0.2065, 1.0), abs=1e-3)   # Wilson for 1 of 1
+    low, high = dangerous.containers[0].lines[2][0].get_segments()[1][:, 0]
+    assert low == pytest.approx(proportion_ci(3, 9)[0]) and high == pytest.approx(proportion_ci(3, 9)[1])
 
 
 def test_flip_vs_dangerous_says_too_few_and_distributions_by_pair():

@@ -81,25 +81,26 @@ def flip_vs_dangerous(pairs: pd.DataFrame, corr: dict, min_pairs: int = 8):
 
 
 def accuracy_by_quadrant(pairs: pd.DataFrame):
-    """Grouped bars: accuracy of the original question within each quadrant, per pair, with
-    Wilson intervals and each bar's number of samples (a bar over 2 samples looks like one)."""
-    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(pairs)), 5.5))
-    width = 0.2
-    x = np.arange(len(pairs))
-    for k, quadrant in enumerate(QUADRANTS):
+    """One panel per quadrant, one row per pair: the accuracy of the original question within the
+    quadrant with its Wilson interval, and the number of samples at the right (an accuracy over 2
+    samples looks like one over 300 without it); a quadrant without samples draws no point."""
+    y = np.arange(len(pairs))
+    fig, axes = plt.subplots(1, 4, figsize=(13, max(2.5, 0.32 * len(pairs) + 1.2)), sharey=True)
+    for ax, quadrant in zip(axes, QUADRANTS):
         n = np.rint(pairs[f"frac_{quadrant}"].fillna(0) * pairs["n_samples"]).astype(int).to_numpy()
         accuracy = pairs[f"acc_{quadrant}"].astype(float).to_numpy()
-        intervals = [proportion_ci(round(a * m), m) if m else None for a, m in zip(np.nan_to_num(accuracy), n)]
+        intervals = [proportion_ci(round(a * m), m) if m and not np.isnan(a) else None for a, m in zip(accuracy, n)]
         errors = np.clip(np.array([[a - ci[0], ci[1] - a] if ci else [0, 0]
-                                   for a, ci in zip(np.nan_to_num(accuracy), intervals)]).T, 0, None)
-        ax.bar(x + (k - 1.5) * width, accuracy, width, yerr=errors, capsize=2, label=quadrant,
-               color=QUADRANT_COLORS[quadrant], error_kw={"elinewidth": 0.8})
-        for xi, m in zip(x + (k - 1.5) * width, n):
-            ax.text(xi, 1.02, str(m), ha="center", fontsize=6, rotation=90)
-    ax.set_xticks(x, pairs["pair"], rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (bars: Wilson 95 % intervals; top: samples)")
-    ax.set_ylim(0, 1.12)
-    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+                                   for a, ci in zip(accuracy, intervals)]).T, 0, None)
+        ax.errorbar(accuracy, y, xerr=errors, fmt="o", markersize=4, capsize=2, elinewidth=0.8,
+                    color=QUADRANT_COLORS[quadrant])
+        for yi, m in zip(y, n):
+            ax.text(1.02, yi, f"n={m}", va="center", fontsize=7, transform=ax.get_yaxis_transform())
+        ax.set_xlim(-0.02, 1.02)       # a point at 0 or 1 drawn whole, not cut by the frame
+        ax.set_title(quadrant)
+        ax.set_xlabel("accuracy (bars: Wilson 95 % intervals)", fontsize=8)
+    axes[0].set_yticks(y, pairs["pair"], fontsize=8)
+    axes[0].invert_yaxis()
     fig.tight_layout()
     return fig
 
