@@ -6,8 +6,10 @@ order: a headline box (the Dangerous fraction and the image-blind estimate with 
 the gate); the "too few to tell" warnings (`lib.protocol.breakdown.too_few`, thresholds stated);
 per finding (n, positives, quadrants, accuracy / sensitivity / specificity with Wilson
 intervals); per paraphrase (flip rate against the original question, negated ones marked); the
-ground-truth (twins) result when the run has one; then the quadrants, accuracy against the prior,
-confidence screening, the decision threshold, the yes/no mass, the distributions and the setup.
+ground-truth (twins) result when the run has one; then the quadrants, the image-blind and
+prior-coincident parts of Dangerous with the image-blind rate per finding
+(`breakdown.image_blind_by_finding`), the local tests, accuracy against the prior, confidence
+screening, the decision threshold, the yes/no mass, the distributions and the setup.
 The per-finding and per-paraphrase numbers are computed in `lib.protocol.breakdown`, and every
 value with an interval is written by `breakdown.with_interval`. A bootstrap interval that
 degenerated (zero width, e.g. 40 of 40 correct) is replaced by the Wilson interval
