@@ -107,19 +107,24 @@ print(*lib.protocol.breakdown.scoring_lines(summary), sep="\n")
 
 # %% [markdown]
 # Every rate has a 95 % interval from a cluster bootstrap over images (the samples of one image are
-# not independent): `summary["ci_method"]` says how it was made.
+# not independent): `summary["ci_method"]` says how it was made. Where the bootstrap degenerated to
+# a point (every sample agrees: 0 of 40 gives 0.000 to 0.000), a rate over samples shows its Wilson
+# interval instead (`lib.protocol.breakdown.steady`), as the report does.
 
 # %% tags=["nbval-check-output"]
 pair = f"{summary['config']}__{summary['dataset']}"
 ci = summary["ci95"]
 with_ci = lib.protocol.breakdown.interval_table
+n = summary["n_samples"]
+steady = lib.protocol.breakdown.steady   # a bootstrap interval, Wilson where it degenerated to a point
 
 overview = with_ci({
-    "flip rate": (summary["flip_rate"], ci["flip_rate"]),
+    "flip rate": (summary["flip_rate"], steady(summary["flip_rate"], ci["flip_rate"], n)),
     "pairwise flip rate": (summary["pairwise_flip_rate"], ci["pairwise_flip_rate"]),
-    "accuracy (original question, with image)": (summary["accuracy"], ci["accuracy"]),
-    "image reliance rate": (summary["image_reliance_rate"], ci["image_reliance_rate"]),
-    "samples": (summary["n_samples"], None),
+    "accuracy (original question, with image)": (summary["accuracy"], steady(summary["accuracy"], ci["accuracy"], n)),
+    "image reliance rate": (summary["image_reliance_rate"],
+                            steady(summary["image_reliance_rate"], ci["image_reliance_rate"], n)),
+    "samples": (n, None),
 })
 overview.columns.name = pair
 overview
@@ -128,7 +133,7 @@ overview
 by_quadrant = lib.protocol.breakdown.shown(pd.DataFrame({
     "samples": summary["quadrant_counts"],
     "fraction": summary["quadrant_fractions"],
-    "fraction_ci": ci["quadrant_fractions"],
+    "fraction_ci": {q: steady(f, ci["quadrant_fractions"][q], n) for q, f in summary["quadrant_fractions"].items()},
     "accuracy": summary["accuracy_by_quadrant"],
     "prior accuracy (text-only answer)": summary["prior_accuracy_by_quadrant"],
     "mean entropy (bits)": summary["entropy_by_quadrant"],
@@ -181,8 +186,10 @@ blind = summary["image_blind"] or {}
 breakdown = summary["dangerous_breakdown"]
 print(f"references: {blind.get('reference_source')}; {blind.get('n_reference_images')} images, "
       f"{blind.get('n_estimable')} of {blind.get('n_samples')} samples estimable")
-with_ci({**{kind: (breakdown[kind], ci["dangerous_breakdown"].get(kind)) for kind in breakdown},
-         "image-blind among Dangerous": (blind.get("among_dangerous"), blind.get("ci95_among_dangerous"))})
+with_ci({**{kind: (breakdown[kind], steady(breakdown[kind], ci["dangerous_breakdown"].get(kind), n)) for kind in breakdown},
+         "image-blind among Dangerous": (blind.get("among_dangerous"),
+                                         steady(blind.get("among_dangerous"), blind.get("ci95_among_dangerous"),
+                                                summary["quadrant_counts"]["Dangerous"]))})
 
 # %% [markdown]
 # Per finding: its samples, the reference images with and without it, and its image-blind rate

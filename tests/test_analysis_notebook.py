@@ -8,7 +8,7 @@ import papermill as pm
 import pytest
 
 from lib.front import explorer
-from lib.protocol import config, run, stats
+from lib.protocol import breakdown, config, run, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,9 +83,9 @@ def test_explorer_redraws_for_another_pair_and_quadrant(runs):
     assert f"{pairs[1]}: Dangerous" in box.numbers.value and "image-blind" in box.numbers.value
     summary = summaries[pairs[1]]
     rows = dict(explorer.pair_numbers(summary, samples_by_pair[pairs[1]], "Dangerous"))
-    low, high = summary["ci95"]["quadrant_fractions"]["Dangerous"]
-    assert rows["fraction"] == (f"{summary['quadrant_fractions']['Dangerous']:.3f} "
-                                f"(95 % CI {low:.3f} to {high:.3f})")
+    value = summary["quadrant_fractions"]["Dangerous"]
+    low, high = breakdown.steady(value, summary["ci95"]["quadrant_fractions"]["Dangerous"], summary["n_samples"])
+    assert rows["fraction"] == f"{value:.3f} (95 % CI {low:.3f} to {high:.3f})"
     with pytest.raises(ValueError, match="no pair to explore"):
         explorer.Explorer({}, {})
 
@@ -127,7 +127,7 @@ def test_explorer_shows_the_local_tests_rates_and_one_samples_verdicts():
     rows = dict(explorer.local_test_numbers(summary))
     assert rows == {"occlude: answer changed": "0.900 (95 % CI 0.800 to 0.950) (n 53)",
                     "occlude: Dangerous, unchanged": "0.250 (95 % CI 0.000 to 0.750) (of 4)",
-                    "occlude_control: answer changed": "0.000 (n 47)"}
+                    "occlude_control: answer changed": "0.000 (95 % CI 0.000 to 0.076) (n 47)"}   # Wilson: no bootstrap
     assert explorer.local_test_numbers(summary, dangerous_only=True) == [
         ("occlude: Dangerous, unchanged", "0.250 (95 % CI 0.000 to 0.750) (of 4)")]
     assert explorer.local_test_numbers({}) == []

@@ -133,6 +133,26 @@ def test_image_blind_by_finding_writes_each_rate_with_a_steady_interval_or_why_n
     assert breakdown.image_blind_by_finding({}).empty
 
 
+def test_steady_replaces_a_degenerate_bootstrap_by_wilson_on_every_page():
+    assert breakdown.steady(0.0, [0.0, 0.0], 8) == breakdown.proportion_ci(0, 8)
+    assert breakdown.steady(1.0, None, 6) == breakdown.proportion_ci(6, 6)
+    assert breakdown.steady(0.5, [0.3, 0.7], 10) == [0.3, 0.7]       # a real interval kept
+    assert breakdown.steady(None, [0.1, 0.2], 10) == [0.1, 0.2] and breakdown.steady(0.5, None, 0) is None
+    summary = {"local_tests": {
+        "followup": {"n_tested": 8, "not_tested": {"no_other_study": 3}, "change_rate": 0.0,
+                     "image_blind_share": 1.0, "n_dangerous_tested": 6},
+        "followup_control": {"n_tested": 6, "not_tested": {}, "change_rate": 0.5}},
+        "ci95": {"local_tests": {"followup": {"change_rate": [0.0, 0.0], "image_blind_share": [1.0, 1.0]},
+                                 "followup_control": {"change_rate": [0.2, 0.8]}}}}
+    table = breakdown.local_tests_table(summary)
+    low, high = breakdown.proportion_ci(0, 8)
+    assert table.loc["followup", "answer changed"] == f"0.000 (95 % CI {low:.3f} to {high:.3f})"
+    low, high = breakdown.proportion_ci(6, 6)
+    assert table.loc["followup", "unchanged among Dangerous tested"] == f"1.000 (95 % CI {low:.3f} to 1.000) (of 6)"
+    assert table.loc["followup_control", "answer changed"] == "0.500 (95 % CI 0.200 to 0.800)"
+    assert table.loc["followup", "not tested (why)"] == "no other study 3"
+
+
 def test_scoring_lines_say_what_was_scored_and_how():
     summary = {"n_samples": 344, "records": {"samples_reused": 4, "samples_scored": 340},
                "engine": {"mode": "prefix_sharing", "fallback_reason": None, "samples_per_second": 98.57,

@@ -294,7 +294,8 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
               table_html(("quadrant", "meaning", "samples", "fraction", "accuracy",
                           "prior accuracy (text-only answer)", "mean entropy (bits)"), rows)]
 
-    kinds = [(k, KIND_WORDS.get(k, ""), with_interval(value, lookup(summary, "ci95", "dangerous_breakdown", k)))
+    kinds = [(k, KIND_WORDS.get(k, ""),
+              with_interval(value, breakdown.steady(value, lookup(summary, "ci95", "dangerous_breakdown", k), n)))
              for k, value in (summary.get("dangerous_breakdown") or {}).items()]
     if kinds:
         parts += ["<h2>Dangerous samples: image-blind or prior-coincident</h2>",

@@ -9,7 +9,9 @@ condition) and its ``summary.json``:
   (statsmodels.stats.proportion.proportion_confint). Unlike a percentile bootstrap it does not
   collapse to a point when every sample agrees (40 of 40 correct: 0.912 to 1.000, not 1.000).
 - ``steady_ci(ci, k, n)``: a bootstrap interval, or the Wilson interval where the bootstrap
-  degenerated (missing, or of zero width).
+  degenerated (missing, or of zero width); ``steady(value, ci, n)`` the same for a rate over n
+  samples (k = value x n): the interval every page shows for such a rate (a cluster bootstrap of
+  8 samples that all agree gives 0.000 to 0.000, Wilson 0.000 to 0.324).
 - ``per_finding(samples)``: per finding, n, positives, negatives, the four quadrant counts,
   accuracy, sensitivity and specificity with Wilson intervals.
 - ``per_paraphrase(predictions, samples)``: per finding and paraphrase (prompt_id > 0), the
@@ -69,6 +71,14 @@ def steady_ci(ci, k: int, n: int, level: float = 0.95) -> list[float] | None:
     if ci is None or ci[0] is None or ci[1] is None or ci[1] - ci[0] <= 0:
         return proportion_ci(k, n, level)
     return [float(ci[0]), float(ci[1])]
+
+
+def steady(value, ci, n) -> list[float] | None:
+    """``steady_ci`` for a rate ``value`` over ``n`` samples (k = value x n, rounded); ``ci`` as
+    it is where the value or n is missing."""
+    if value is None or not n or (isinstance(value, float) and math.isnan(value)):
+        return ci
+    return steady_ci(ci, round(value * n), n)
 
 
 def _rate(hits: pd.Series) -> tuple[float | None, list[float] | None]:
@@ -278,18 +288,21 @@ LOCAL_WORDS = {
 def local_tests_table(summary: dict) -> pd.DataFrame:
     """The run's local tests (summary ``local_tests``, lib.protocol.local_tests), one row each:
     what changes, the samples tested, those not tested and why, the share whose answer changed and,
-    for the two tests, the share unchanged among the Dangerous samples tested (of how many);
-    empty when the run has none."""
+    for the two tests, the share unchanged among the Dangerous samples tested (of how many), each
+    with its ``steady`` interval; empty when the run has none."""
     rows = {}
     ci = (summary.get("ci95") or {}).get("local_tests") or {}
     for test, block in (summary.get("local_tests") or {}).items():
+        intervals = ci.get(test) or {}
         share = "–"
         if "image_blind_share" in block:
-            share = (f"{with_interval(block['image_blind_share'], (ci.get(test) or {}).get('image_blind_share'))} "
-                     f"(of {block.get('n_dangerous_tested', 0)})")
+            n_dangerous = block.get("n_dangerous_tested", 0)
+            share = (f"{with_interval(block['image_blind_share'], steady(block['image_blind_share'], intervals.get('image_blind_share'), n_dangerous))} "
+                     f"(of {n_dangerous})")
+        rate = block.get("change_rate")
         rows[test] = {
             "what changes": LOCAL_WORDS.get(test, ""), "samples tested": block["n_tested"],
             "not tested (why)": ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in block["not_tested"].items()) or "–",
-            "answer changed": with_interval(block.get("change_rate"), (ci.get(test) or {}).get("change_rate")),
+            "answer changed": with_interval(rate, steady(rate, intervals.get("change_rate"), block["n_tested"])),
             "unchanged among Dangerous tested": share}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("test")
