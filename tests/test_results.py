@@ -128,3 +128,14 @@ def test_followup_is_scored_by_how_many_other_findings_the_studies_label_differe
     text = results.differing_text({0: tmp_path / "runs", 1: tmp_path / "seeds" / "1" / "runs"})
     assert "| 0 | 0 | 2 | 1 | 0.50 (95 % CI 0.09 to 0.91) | 1.00 (95 % CI 0.21 to 1.00) |" in text
     assert "| all | 1 or more | 4 | 2 | n/a | 0.00 (95 % CI 0.00 to 0.66) |" in text   # the shortcut pairs left out
+
+
+def test_correlation_section_never_rounds_a_p_value_to_zero():
+    corr = {"n": 20, "pearson_r": -0.766, "ci95_low": -0.902, "ci95_high": -0.489, "bootstrap_ci95": [-0.84, -0.69],
+            "p_value": 8.31e-05, "permutation_p": 1e-04, "spearman_rho": -0.748, "independence_r": None,
+            "image_blind": {"n": 20, "pearson_r": -0.539, "ci95_low": -0.79, "ci95_high": -0.13,
+                            "bootstrap_ci95": [-0.60, -0.46], "p_value": 0.0142, "permutation_p": 0.002,
+                            "spearman_rho": -0.608}}
+    text = results.correlation_section(corr)
+    assert "| flip rate vs Dangerous fraction | 20 | -0.766 | [-0.90, -0.49] | [-0.84, -0.69] | 8.3e-05 | 1.0e-04 | -0.748 |" in text
+    assert "| 0.014 | 0.002 | -0.608 |" in text

@@ -76,7 +76,7 @@ def percent(x, digits: int = 1) -> str:
 def image_blind(summary: dict) -> dict:
     """The image-blind estimate of a run, from its ``image_blind`` block (lib.protocol.references):
     {"rate", "ci", "among_dangerous", "estimable", "reason", "by_finding", "min_references",
-    "source"}; ``ci`` never degenerates (`breakdown.steady_ci`). Not estimable, with a reason, when
+    "source"}; ``ci`` never degenerates (`breakdown.steady`). Not estimable, with a reason, when
     the run has no such block or its rate is None."""
     n = summary["n_samples"]
     block = summary.get("image_blind") or {}
@@ -84,7 +84,7 @@ def image_blind(summary: dict) -> dict:
     estimable = bool(block.get("estimable")) and rate is not None
     reason = block.get("reason") or (None if estimable else "the run has no reference check")
     return {"rate": rate if estimable else None,
-            "ci": breakdown.steady_ci(block.get("ci95"), round(rate * n), n) if estimable else None,
+            "ci": breakdown.steady(rate, block.get("ci95"), n) if estimable else None,
             "among_dangerous": block.get("among_dangerous"), "estimable": estimable, "reason": reason,
             "by_finding": block.get("by_finding") or {}, "min_references": block.get("min_references"),
             "source": block.get("reference_source")}

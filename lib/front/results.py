@@ -338,15 +338,15 @@ def correlation_section(corr: dict | None) -> str:
     rows = [
         ["flip rate vs Dangerous fraction", corr.get("n"), number(corr.get("pearson_r")),
          f"[{number(corr.get('ci95_low'), 2)}, {number(corr.get('ci95_high'), 2)}]",
-         f"[{number(boot[0], 2)}, {number(boot[1], 2)}]", number(corr.get("p_value")),
-         number(corr.get("permutation_p")), number(corr.get("spearman_rho"))],
+         f"[{number(boot[0], 2)}, {number(boot[1], 2)}]", stats.p_text(corr.get("p_value")),
+         stats.p_text(corr.get("permutation_p")), number(corr.get("spearman_rho"))],
     ]
     if blind:
         bb = blind.get("bootstrap_ci95") or [None, None]
         rows.append(["flip rate vs image-blind rate", blind.get("n"), number(blind.get("pearson_r")),
                      f"[{number(blind.get('ci95_low'), 2)}, {number(blind.get('ci95_high'), 2)}]",
-                     f"[{number(bb[0], 2)}, {number(bb[1], 2)}]", number(blind.get("p_value")),
-                     number(blind.get("permutation_p")), number(blind.get("spearman_rho"))])
+                     f"[{number(bb[0], 2)}, {number(bb[1], 2)}]", stats.p_text(blind.get("p_value")),
+                     stats.p_text(blind.get("permutation_p")), number(blind.get("spearman_rho"))])
     text = table(["correlation", "pairs", "Pearson r", "Fisher-z CI", "bootstrap CI", "p", "permutation p",
                   "Spearman rho"], rows)
     if corr.get("independence_r") is not None:

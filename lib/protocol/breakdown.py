@@ -237,15 +237,15 @@ def interval_table(rows: dict) -> pd.DataFrame:
 def image_blind_by_finding(summary: dict) -> pd.DataFrame:
     """Per finding (summary ``image_blind.by_finding``, lib.protocol.references): its samples, the
     reference images with and without it, and its image-blind rate with the interval that
-    resamples images and references (``steady_ci``: Wilson where it degenerated), or why it is
+    resamples images and references (``steady``: Wilson where it degenerated), or why it is
     not estimable; empty without a reference check."""
     block = summary.get("image_blind") or {}
     minimum = block.get("min_references")
     rows = {}
     for finding, entry in sorted((block.get("by_finding") or {}).items()):
         refs = entry.get("n_references") or {}
-        n, value = entry.get("n_samples") or 0, entry.get("rate")
-        rate = (with_interval(value, steady_ci(entry.get("ci95"), round(value * n), n))
+        value = entry.get("rate")
+        rate = (with_interval(value, steady(value, entry.get("ci95"), entry.get("n_samples")))
                 if entry.get("estimable") and value is not None
                 else "too few references" + (f" (fewer than {minimum})" if minimum is not None else ""))
         rows[finding] = {"samples": cell(entry.get("n_samples")), "reference images with": cell(refs.get("yes", 0)),
@@ -296,8 +296,8 @@ def local_tests_table(summary: dict) -> pd.DataFrame:
         intervals = ci.get(test) or {}
         share = "–"
         if "image_blind_share" in block:
-            n_dangerous = block.get("n_dangerous_tested", 0)
-            share = (f"{with_interval(block['image_blind_share'], steady(block['image_blind_share'], intervals.get('image_blind_share'), n_dangerous))} "
+            unchanged, n_dangerous = block["image_blind_share"], block.get("n_dangerous_tested", 0)
+            share = (f"{with_interval(unchanged, steady(unchanged, intervals.get('image_blind_share'), n_dangerous))} "
                      f"(of {n_dangerous})")
         rate = block.get("change_rate")
         rows[test] = {
