@@ -108,22 +108,22 @@ print(*lib.protocol.breakdown.scoring_lines(summary), sep="\n")
 # %% [markdown]
 # Every rate has a 95 % interval from a cluster bootstrap over images (the samples of one image are
 # not independent): `summary["ci_method"]` says how it was made. Where the bootstrap degenerated to
-# a point (every sample agrees: 0 of 40 gives 0.000 to 0.000), a rate over samples shows its Wilson
-# interval instead (`lib.protocol.breakdown.steady`), as the report does.
+# a point (every sample agrees: 0 of 40 gives 0.000 to 0.000), a rate shows the Wilson interval over
+# the samples it is over instead, and the balanced accuracy the mean of its two parts' bounds
+# (`lib.protocol.breakdown.declared`), as the report and the explorer do.
 
 # %% tags=["nbval-check-output"]
 pair = f"{summary['config']}__{summary['dataset']}"
-ci = summary["ci95"]
 with_ci = lib.protocol.breakdown.interval_table
 n = summary["n_samples"]
 steady = lib.protocol.breakdown.steady   # a bootstrap interval, Wilson where it degenerated to a point
+declared = lib.protocol.breakdown.declared   # a declared rate with its steady interval
 
 overview = with_ci({
-    "flip rate": (summary["flip_rate"], steady(summary["flip_rate"], ci["flip_rate"], n)),
-    "pairwise flip rate": (summary["pairwise_flip_rate"], ci["pairwise_flip_rate"]),
-    "accuracy (original question, with image)": (summary["accuracy"], steady(summary["accuracy"], ci["accuracy"], n)),
-    "image reliance rate": (summary["image_reliance_rate"],
-                            steady(summary["image_reliance_rate"], ci["image_reliance_rate"], n)),
+    "flip rate": declared(summary, "flip_rate"),
+    "pairwise flip rate": declared(summary, "pairwise_flip_rate"),
+    "accuracy (original question, with image)": declared(summary, "accuracy"),
+    "image reliance rate": declared(summary, "image_reliance_rate"),
     "samples": (n, None),
 })
 overview.columns.name = pair
@@ -133,7 +133,7 @@ overview
 by_quadrant = lib.protocol.breakdown.shown(pd.DataFrame({
     "samples": summary["quadrant_counts"],
     "fraction": summary["quadrant_fractions"],
-    "fraction_ci": {q: steady(f, ci["quadrant_fractions"][q], n) for q, f in summary["quadrant_fractions"].items()},
+    "fraction_ci": {q: declared(summary, "quadrant_fractions", q)[1] for q in summary["quadrant_fractions"]},
     "accuracy": summary["accuracy_by_quadrant"],
     "prior accuracy (text-only answer)": summary["prior_accuracy_by_quadrant"],
     "mean entropy (bits)": summary["entropy_by_quadrant"],
@@ -167,9 +167,9 @@ lib.protocol.breakdown.shown(lib.protocol.breakdown.per_paraphrase(result.predic
 
 # %% tags=["nbval-check-output"]
 with_ci({
-    "sensitivity (label yes, pred yes)": (summary["sensitivity"], ci["sensitivity"]),
-    "specificity (label no, pred no)": (summary["specificity"], ci["specificity"]),
-    "balanced accuracy": (summary["balanced_accuracy"], ci["balanced_accuracy"]),
+    "sensitivity (label yes, pred yes)": declared(summary, "sensitivity"),
+    "specificity (label no, pred no)": declared(summary, "specificity"),
+    "balanced accuracy": declared(summary, "balanced_accuracy"),
 })
 
 # %% [markdown]
@@ -186,7 +186,7 @@ blind = summary["image_blind"] or {}
 breakdown = summary["dangerous_breakdown"]
 print(f"references: {blind.get('reference_source')}; {blind.get('n_reference_images')} images, "
       f"{blind.get('n_estimable')} of {blind.get('n_samples')} samples estimable")
-with_ci({**{kind: (breakdown[kind], steady(breakdown[kind], ci["dangerous_breakdown"].get(kind), n)) for kind in breakdown},
+with_ci({**{kind: declared(summary, "dangerous_breakdown", kind) for kind in breakdown},
          "image-blind among Dangerous": (blind.get("among_dangerous"),
                                          steady(blind.get("among_dangerous"), blind.get("ci95_among_dangerous"),
                                                 summary["quadrant_counts"]["Dangerous"]))})
@@ -201,12 +201,13 @@ lib.protocol.breakdown.image_blind_by_finding(summary)
 
 # %% [markdown]
 # How often a uniform grey image, or the run's few seeded noise images, move the answer to the
-# original question (each scored once per question, not per sample).
+# original question (each scored once per question, not per sample; the interval resamples the
+# samples' images, the blank and noise images being fixed).
 
 # %%
 with_ci({
-    "blank image changes the answer": (summary["blank_change_rate"], None),
-    "noise images change the answer": (summary["noise_change_rate"], None),
+    "blank image changes the answer": declared(summary, "blank_change_rate"),
+    "noise images change the answer": declared(summary, "noise_change_rate"),
 })
 
 # %% alt="Four histograms, one per quadrant: this pair's image reliance, the absolute difference between p(yes) with the image and text-only, 0 to 1."

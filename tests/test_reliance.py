@@ -150,6 +150,11 @@ def test_blank_noise_rates_and_breakdown(summary):
     assert summary["reliance_checks"] == ["blank", "noise"]       # the conditions with rows
     assert summary["blank_change_rate"] == pytest.approx(4 / 8)   # a1, c1, e1, f1
     assert summary["noise_change_rate"] == pytest.approx(4 / 8)
+    for check in ("blank", "noise"):   # declared rates: an interval over the images, n = 8 samples
+        low, high = summary["ci95"][f"{check}_change_rate"]
+        assert low < 0.5 < high and summary["rate_n"][f"{check}_change_rate"] == 8
+    assert summary["rate_n"]["sensitivity"] == 5 and summary["rate_n"]["specificity"] == 3
+    assert summary["rate_n"]["pairwise_flip_rate"] == 6   # the samples with a paraphrase (not c1, e1)
     assert summary["dangerous_breakdown"] == {"image-blind": None, "prior-coincident": None}
     assert summary["image_blind"] is None
 

@@ -153,6 +153,33 @@ def test_steady_replaces_a_degenerate_bootstrap_by_wilson_on_every_page():
     assert table.loc["followup", "not tested (why)"] == "no other study 3"
 
 
+def test_declared_shows_each_rate_with_a_wilson_interval_over_the_samples_it_is_over():
+    # a shortcut run: every answer "yes", no flip; the bootstrap gives points
+    summary = {"n_samples": 40, "flip_rate": 0.0, "pairwise_flip_rate": 0.0, "sensitivity": 1.0,
+               "specificity": 0.0, "balanced_accuracy": 0.5, "screening": {"auroc_entropy_dangerous": 0.5},
+               "ci95": {"flip_rate": [0.0, 0.0], "pairwise_flip_rate": [0.0, 0.0], "sensitivity": [1.0, 1.0],
+                        "specificity": [0.0, 0.0], "balanced_accuracy": [0.5, 0.5],
+                        "auroc_entropy_dangerous": [0.5, 0.5]},
+               "rate_n": {"flip_rate": 40, "pairwise_flip_rate": 40, "sensitivity": 12, "specificity": 28}}
+    assert breakdown.declared(summary, "flip_rate") == (0.0, breakdown.proportion_ci(0, 40))
+    # over the 40 samples, not their 120 prompt pairs (a sample's pairs share its image)
+    assert breakdown.declared(summary, "pairwise_flip_rate")[1] == breakdown.proportion_ci(0, 40)
+    sensitivity, specificity = breakdown.proportion_ci(12, 12), breakdown.proportion_ci(0, 28)
+    assert breakdown.declared(summary, "sensitivity")[1] == sensitivity
+    value, ci = breakdown.declared(summary, "balanced_accuracy")   # the mean of its parts' bounds
+    assert value == 0.5 and ci == pytest.approx([(sensitivity[0] + specificity[0]) / 2, (1 + specificity[1]) / 2])
+    assert ci[0] < 0.5 < ci[1]
+    # the AUROC has no count: its interval as it is; the point read where it is declared
+    assert breakdown.declared(summary, "auroc_entropy_dangerous") == (0.5, [0.5, 0.5])
+    # a summary written before rate_n: a rate over all samples still gets its Wilson interval
+    older = {k: v for k, v in summary.items() if k != "rate_n"}
+    assert breakdown.declared(older, "flip_rate")[1] == breakdown.proportion_ci(0, 40)
+    assert breakdown.declared(older, "sensitivity")[1] == [1.0, 1.0]
+    summary["ci95"]["flip_rate"] = [0.0, 0.05]                          # a real interval is kept
+    assert breakdown.declared(summary, "flip_rate")[1] == [0.0, 0.05]
+    assert breakdown.declared({"n_samples": 3}, "blank_change_rate") == (None, None)
+
+
 def test_scoring_lines_say_what_was_scored_and_how():
     summary = {"n_samples": 344, "records": {"samples_reused": 4, "samples_scored": 340},
                "engine": {"mode": "prefix_sharing", "fallback_reason": None, "samples_per_second": 98.57,

@@ -46,10 +46,7 @@ def screen_rows(screens: list[dict]) -> list[tuple]:
     for screen in screens:
         summary, params = screen["summary"], screen["summary"].get("params") or {}
         blind = image_blind(summary)
-        dangerous = with_interval(
-            stats.lookup(summary, "quadrant_fractions", "Dangerous"),
-            breakdown.steady_ci(stats.lookup(summary, "ci95", "quadrant_fractions", "Dangerous"),
-                                stats.lookup(summary, "quadrant_counts", "Dangerous") or 0, summary["n_samples"]))
+        dangerous = with_interval(*breakdown.declared(summary, "quadrant_fractions", "Dangerous"))
         rows.append((screen["dir"].name, summary["config"], summary["dataset"], params.get("split") or "",
                      params.get("model") or "", params.get("adapter") or "", summary["n_samples"],
                      cell(params.get("limit")) if params.get("limit") else "all",

@@ -29,8 +29,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..protocol import breakdown, config, data, plots
-from ..protocol.breakdown import with_interval
-from ..protocol.stats import lookup
+from ..protocol.breakdown import lookup, with_interval
 from ..protocol.local_tests import CHANGES
 from ..protocol.vocabulary import QUADRANTS
 
@@ -41,26 +40,26 @@ MAX_LISTED = 200   # samples listed at once (the first ones, by sample id)
 
 def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: str | None = None) -> list[tuple]:
     """(measure, value with its 95 % interval) rows of one pair, for all quadrants or one of them;
-    a rate over the pair's samples with its ``breakdown.steady`` interval."""
+    a declared rate with its ``breakdown.declared`` interval (Wilson where the bootstrap degenerated)."""
     n = summary.get("n_samples")
 
-    def row(label, *keys, ci=None, of=None):
-        value = lookup(summary, *keys)
-        interval = lookup(summary, "ci95", *keys) if ci is None else ci
-        return (label, with_interval(value, breakdown.steady(value, interval, of) if of else interval))
+    def row(label, *keys, ci):
+        return (label, with_interval(lookup(summary, *keys), ci))
+
+    def rate(label, *key):
+        return (label, with_interval(*breakdown.declared(summary, *key)))
 
     if quadrant is None:
-        rows = [("samples", str(n)), row("flip rate", "flip_rate", of=n),
-                row("pairwise flip rate", "pairwise_flip_rate"), row("accuracy", "accuracy", of=n),
-                row("balanced accuracy", "balanced_accuracy"), row("image reliance rate", "image_reliance_rate", of=n)]
-        rows += [row(f"{q} fraction", "quadrant_fractions", q, of=n) for q in QUADRANTS]
-        rows += [row(f"Dangerous: {k}", "dangerous_breakdown", k, of=n) for k in (summary.get("dangerous_breakdown") or {})]
-        rows += [row("screening AUROC (Dangerous)", "screening", "auroc_entropy_dangerous",
-                     ci=lookup(summary, "screening", "ci95")),
+        rows = [("samples", str(n)), rate("flip rate", "flip_rate"), rate("pairwise flip rate", "pairwise_flip_rate"),
+                rate("accuracy", "accuracy"), rate("balanced accuracy", "balanced_accuracy"),
+                rate("image reliance rate", "image_reliance_rate")]
+        rows += [rate(f"{q} fraction", "quadrant_fractions", q) for q in QUADRANTS]
+        rows += [rate(f"Dangerous: {k}", "dangerous_breakdown", k) for k in (summary.get("dangerous_breakdown") or {})]
+        rows += [rate("screening AUROC (Dangerous)", "auroc_entropy_dangerous"),
                  row("yes/no mass, median", "yes_no_mass", "median", ci=())]
         return rows + local_test_numbers(summary)
     rows = [("samples", str(lookup(summary, "quadrant_counts", quadrant))),
-            row("fraction", "quadrant_fractions", quadrant, of=n),
+            rate("fraction", "quadrant_fractions", quadrant),
             row("accuracy", "accuracy_by_quadrant", quadrant, ci=()),
             row("prior accuracy (text-only)", "prior_accuracy_by_quadrant", quadrant, ci=()),
             row("mean entropy (bits)", "entropy_by_quadrant", quadrant, ci=())]
@@ -68,7 +67,7 @@ def pair_numbers(summary: dict, samples: pd.DataFrame | None = None, quadrant: s
         reliance = samples.loc[samples.quadrant == quadrant, "reliance"].dropna()
         rows.append(("median reliance", with_interval(reliance.median() if len(reliance) else None)))
     if quadrant == "Dangerous":
-        rows += [row(k, "dangerous_breakdown", k, of=n) for k in (summary.get("dangerous_breakdown") or {})]
+        rows += [rate(k, "dangerous_breakdown", k) for k in (summary.get("dangerous_breakdown") or {})]
         rows += local_test_numbers(summary, dangerous_only=True)
     return rows
 

@@ -13,7 +13,7 @@ screening, the decision threshold, the yes/no mass, the distributions and the se
 The per-finding and per-paraphrase numbers are computed in `lib.protocol.breakdown`, and every
 value with an interval is written by `breakdown.with_interval`. A bootstrap interval that
 degenerated (zero width, e.g. 40 of 40 correct) is replaced by the Wilson interval
-(`breakdown.steady_ci`). The definitions are those of `lib.protocol.taxonomy`.
+(`breakdown.declared`). The definitions are those of `lib.protocol.taxonomy`.
 
 The report is aggregate only, whatever the dataset: it embeds no sample image (its figure is a
 histogram of numbers), no report text, no sample or image id; it does show the question texts.
@@ -35,8 +35,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..protocol import breakdown, plots, records
-from ..protocol.breakdown import cell, with_interval
-from ..protocol.stats import lookup
+from ..protocol.breakdown import cell, lookup, with_interval
 from ..protocol.vocabulary import QUADRANTS
 
 KIND_WORDS = {
@@ -120,7 +119,7 @@ def quadrant_table(summary: dict) -> pd.DataFrame:
             "quadrant": q, "meaning": QUADRANT_WORDS[q],
             "samples": lookup(summary, "quadrant_counts", q),
             "fraction": lookup(summary, "quadrant_fractions", q),
-            "ci": lookup(summary, "ci95", "quadrant_fractions", q),
+            "ci": breakdown.declared(summary, "quadrant_fractions", q)[1],
             "accuracy": lookup(summary, "accuracy_by_quadrant", q),
             "prior accuracy": lookup(summary, "prior_accuracy_by_quadrant", q),
             "mean entropy (bits)": lookup(summary, "entropy_by_quadrant", q),
@@ -132,9 +131,7 @@ def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = 
     """The verdict: ``headline`` (the box's lines), ``passed`` (None without a limit), ``gate``
     (its words), ``line`` (one line for the terminal) and the numbers it rests on."""
     n = summary["n_samples"]
-    dangerous = lookup(summary, "quadrant_fractions", "Dangerous")
-    dangerous_ci = breakdown.steady_ci(lookup(summary, "ci95", "quadrant_fractions", "Dangerous"),
-                                       lookup(summary, "quadrant_counts", "Dangerous") or 0, n)
+    dangerous, dangerous_ci = breakdown.declared(summary, "quadrant_fractions", "Dangerous")
     blind = image_blind(summary)
     coincident = lookup(summary, "dangerous_breakdown", "prior-coincident")
     base = baselines(samples)
@@ -287,16 +284,15 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
     parts += ground_truth_section(summary.get("ground_truth"))
 
     rows = [(r["quadrant"], r["meaning"], r["samples"],
-             with_interval(r["fraction"], breakdown.steady_ci(r["ci"], r["samples"] or 0, n)),
+             with_interval(r["fraction"], r["ci"]),
              cell(r["accuracy"]), cell(r["prior accuracy"]), cell(r["mean entropy (bits)"]))
             for r in quadrant_table(summary).to_dict("records")]
     parts += ["<h2>The four quadrants</h2>",
               table_html(("quadrant", "meaning", "samples", "fraction", "accuracy",
                           "prior accuracy (text-only answer)", "mean entropy (bits)"), rows)]
 
-    kinds = [(k, KIND_WORDS.get(k, ""),
-              with_interval(value, breakdown.steady(value, lookup(summary, "ci95", "dangerous_breakdown", k), n)))
-             for k, value in (summary.get("dangerous_breakdown") or {}).items()]
+    kinds = [(k, KIND_WORDS.get(k, ""), with_interval(*breakdown.declared(summary, "dangerous_breakdown", k)))
+             for k in (summary.get("dangerous_breakdown") or {})]
     if kinds:
         parts += ["<h2>Dangerous samples: image-blind or prior-coincident</h2>",
                   "<p class='note'>Fractions of ALL samples.</p>",
@@ -307,23 +303,16 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
                   "the opposite-label reference images it rests on.</p>", frame_html(by_finding.reset_index())]
     parts += local_tests_section(summary)
 
-    def measure(label, key, k=None, of=None):
-        value = summary.get(key)
-        ci = lookup(summary, "ci95", key)
-        if k is not None and value is not None:
-            ci = breakdown.steady_ci(ci, k, of)
-        return (label, with_interval(value, ci))
+    def measure(label, key):
+        return (label, with_interval(*breakdown.declared(summary, key)))
 
-    correct = int(samples["correct"].sum()) if len(samples) else 0
-    perf = [measure("accuracy", "accuracy", correct, n),
-            measure("balanced accuracy", "balanced_accuracy"),
+    perf = [measure("accuracy", "accuracy"), measure("balanced accuracy", "balanced_accuracy"),
             measure("sensitivity", "sensitivity"), measure("specificity", "specificity"),
             ("text-only answer alone (the prior)", cell(v["prior_accuracy"])),
             (f"always \"{v['majority_label']}\" (the majority label)", cell(v["majority_accuracy"])),
-            measure("flip rate", "flip_rate", int((~samples["consistent"].astype(bool)).sum()), n),
-            measure("pairwise flip rate", "pairwise_flip_rate"),
-            measure("image reliance rate", "image_reliance_rate", int(samples["image_reliant"].astype(bool).sum()), n)]
-    perf += [(f"{check} image changes the answer", cell(summary.get(f"{check}_change_rate")))
+            measure("flip rate", "flip_rate"), measure("pairwise flip rate", "pairwise_flip_rate"),
+            measure("image reliance rate", "image_reliance_rate")]
+    perf += [measure(f"{check} image changes the answer", f"{check}_change_rate")
              for check in ("blank", "noise") if summary.get(f"{check}_change_rate") is not None]
     parts += ["<h2>Accuracy against what the prior alone earns</h2>",
               table_html(("measure", "value (95 % CI)"), perf)]

@@ -19,7 +19,7 @@ import yaml
 from ..protocol import stats
 from ..protocol.local_tests import CHANGES
 from ..protocol.vocabulary import FOLLOWUP, FOLLOWUP_CONTROL, LOCAL_TESTS, OCCLUDE, OCCLUDE_CONTROL
-from ..protocol.breakdown import proportion_ci, with_interval
+from ..protocol.breakdown import declared, proportion_ci, with_interval
 from ..protocol.measures import number
 from . import report
 
@@ -44,19 +44,14 @@ def read_json(path: Path):
 
 
 def pair_row(pair: str, s: dict) -> list:
-    ci = s.get("ci95", {})
-    q, qci = s["quadrant_fractions"], ci.get("quadrant_fractions", {})
-    breakdown, bci = s.get("dangerous_breakdown") or {}, ci.get("dangerous_breakdown") or {}
+    def rate(*key):
+        return with_interval(*declared(s, *key))
+
     held = s.get("pairwise_flip_rate_held_out")
-    return [pair, s["n_samples"], with_interval(s["flip_rate"], ci.get("flip_rate")),
-            f"{number(s['pairwise_flip_rate'])} ({number(held)})",
-            with_interval(s.get("balanced_accuracy"), ci.get("balanced_accuracy")),
-            *(with_interval(q[k], qci.get(k)) for k in ("Ideal", "Fragile", "Dangerous")),
-            with_interval(breakdown.get("image-blind"), bci.get("image-blind")),
-            with_interval(breakdown.get("prior-coincident"), bci.get("prior-coincident")),
-            number(s.get("blank_change_rate")),
-            with_interval((s.get("screening") or {}).get("auroc_entropy_dangerous"),
-                    (s.get("screening") or {}).get("ci95")),
+    return [pair, s["n_samples"], rate("flip_rate"), f"{number(s['pairwise_flip_rate'])} ({number(held)})",
+            rate("balanced_accuracy"), *(rate("quadrant_fractions", k) for k in ("Ideal", "Fragile", "Dangerous")),
+            *(rate("dangerous_breakdown", k) for k in ("image-blind", "prior-coincident")),
+            rate("blank_change_rate"), rate("auroc_entropy_dangerous"),
             number((s.get("yes_no_mass") or {}).get("median"))]
 
 
@@ -470,7 +465,10 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results"
         f"Written by `make results` on {time.strftime('%Y-%m-%d %H:%M %Z')} from `{outputs}/`. "
         f"{provenance_line(runs, report)} Do not edit by hand: rerun `make all` and `make results`.\n",
         "Intervals: [low, high] at 95 %, a cluster bootstrap over images; the image-blind rate's "
-        "a crossed bootstrap over images and references (`ci_method` in each summary.json); "
+        "a crossed bootstrap over images and references (`ci_method` in each summary.json); where "
+        "a bootstrap degenerated to a point (every sample agrees), the tables show the Wilson "
+        "interval over the samples the rate is over (`lib.protocol.breakdown.declared`; the "
+        "coverage check reads the bootstrap's own); "
         "definitions in `lib/protocol/measures.py`, `lib/protocol/intervals.py` and `lib/protocol/references.py`.\n",
         "## The default build\n", build_section(report),
         "## The pairs\n",
@@ -478,7 +476,8 @@ def write(outputs: Path, out: Path, gpu_results: Path = Path("lib/bench/results"
         "\nimage-blind / prior-coincident: fractions of ALL samples; the image-blind rate is the mean "
         "of [Dangerous] x reference agreement (how often an image showing the opposite finding would "
         "leave the answer unchanged; `lib/protocol/references.py`), prior-coincident the rest of "
-        "Dangerous. blank changes: share of samples whose answer differs with a grey image. "
+        "Dangerous. blank changes: share of samples whose answer differs with a grey image "
+        "(the one grey image fixed; the interval resamples the samples' images). "
         "AUROC entropy: the probability "
         "that a Dangerous sample has higher entropy than a sample of another quadrant (0.5: an "
         "entropy screen is blind to them).\n",

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..protocol import provenance, stats
+from ..protocol import breakdown, provenance
 from ..protocol.vocabulary import LOCAL_CHECKS, LOCAL_TESTS
 
 DEFAULT_ROOT = "outputs/default"
@@ -64,9 +64,9 @@ CORRELATIONS = {"r_dangerous": ("pearson_r",), "r_image_blind": ("image_blind", 
 
 
 def dig(tree, path):
-    """tree[path[0]][path[1]]... as a float (`stats.lookup`); None where a key is missing or the
+    """tree[path[0]][path[1]]... as a float (`breakdown.lookup`); None where a key is missing or the
     value is not a number."""
-    value = stats.lookup(tree, *path)
+    value = breakdown.lookup(tree, *path)
     return float(value) if isinstance(value, (int, float)) else None
 
 

@@ -12,6 +12,10 @@ condition) and its ``summary.json``:
   degenerated (missing, or of zero width); ``steady(value, ci, n)`` the same for a rate over n
   samples (k = value x n): the interval every page shows for such a rate (a cluster bootstrap of
   8 samples that all agree gives 0.000 to 0.000, Wilson 0.000 to 0.324).
+- ``lookup(summary, *keys)``: one value of a summary's tree, None where a level is missing.
+- ``declared(summary, *key)``: a declared rate of the summary (lib.protocol.measures) with that
+  interval, its n read from ``summary["rate_n"]``; a mean of two rates (the balanced accuracy)
+  with the mean of their bounds where its own interval degenerated.
 - ``per_finding(samples)``: per finding, n, positives, negatives, the four quadrant counts,
   accuracy, sensitivity and specificity with Wilson intervals.
 - ``per_paraphrase(predictions, samples)``: per finding and paraphrase (prompt_id > 0), the
@@ -41,6 +45,7 @@ import pandas as pd
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
+from .measures import RATES
 from .vocabulary import QUADRANTS
 
 # Below these a rate is shown but flagged "too few to tell": a Wilson interval over fewer than
@@ -79,6 +84,41 @@ def steady(value, ci, n) -> list[float] | None:
     if value is None or not n or (isinstance(value, float) and math.isnan(value)):
         return ci
     return steady_ci(ci, round(value * n), n)
+
+
+def declared(summary: dict, *key: str) -> tuple[float | None, list[float] | None]:
+    """(value, interval) of the declared rate at ``key`` (e.g. "quadrant_fractions", "Dangerous"),
+    as every page shows it: ``steady`` over the samples it is over (``summary["rate_n"]``; the
+    run's samples for a rate over all of them, in a summary written before ``rate_n``). A mean of
+    two rates whose bootstrap degenerated gets the mean of its parts' bounds (their Wilson
+    intervals where theirs degenerated too): wider than needed, never a point."""
+    rate = next(r for r in RATES if r.key == key)
+    value, ci = lookup(summary, *rate.point_at), lookup(summary, "ci95", *rate.key)
+    kind, *args = rate.how
+    if kind == "mean":
+        if ci is not None and ci[1] - ci[0] > 0:
+            return value, ci
+        parts = [declared(summary, name)[1] for name in args]
+        return value, (None if None in parts else [float(np.mean(bounds)) for bounds in zip(*parts)])
+    n = (summary.get("rate_n") or {}).get(rate.name)
+    if n is None and (kind == "crossed" or args[-1:] == ["one"]):
+        n = summary.get("n_samples")
+    return value, steady(value, ci, n)
+
+
+def lookup(summary: dict, *keys):
+    """summary[k1][k2]... (an int key indexes a list); None where any level is missing or None."""
+    value = summary
+    for key in keys:
+        if isinstance(key, int) and isinstance(value, list):
+            value = value[key] if -len(value) <= key < len(value) else None
+        elif isinstance(value, dict):
+            value = value.get(key)
+        else:
+            return None
+        if value is None:
+            return None
+    return value
 
 
 def _rate(hits: pd.Series) -> tuple[float | None, list[float] | None]:

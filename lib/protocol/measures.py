@@ -13,6 +13,10 @@ Definitions (the samples table is lib.protocol.taxonomy's; a rate over zero samp
 - sensitivity, specificity: among samples labelled "yes" (resp. "no"), the fraction with pred
   "yes" (resp. "no"); balanced_accuracy = their mean (None unless both are defined).
 - quadrant_fractions[q]: fraction of samples in quadrant q.
+- blank_change_rate, noise_change_rate: among the samples with a blank (resp. noise) answer
+  (``pred_blank``, ``pred_noise``: lib.protocol.taxonomy), the fraction whose prediction differs
+  from ``pred``. The blank image and the run's noise images are fixed by design (each scored once
+  per question); the interval resamples the samples' images.
 - auroc_entropy_dangerous [auroc]: P(entropy of a random Dangerous sample > entropy of a random
   sample of another quadrant), ties counting one half (the Mann-Whitney U of (Dangerous, other)
   over n_Dangerous x n_other). 0.5: an entropy screen is blind to Dangerous samples; below 0.5:
@@ -45,12 +49,16 @@ class Rate:
     (``columns``) summed over the samples, ("complement", ...) for 1 - that ratio, ("mean", a, b)
     of two declared rates, ("auroc",) of entropy for Dangerous, or ("crossed", value key,
     interval key) of the image-blind block (lib.protocol.references). ``unit``: what the cluster
-    bootstrap resamples ("image", or "patient": a sample's patient_id, its image where unknown)."""
+    bootstrap resamples ("image", or "patient": a sample's patient_id, its image where unknown).
+    ``over``: the per-sample column whose sum is the number of samples a ratio is over (its
+    denominator unless given), written to ``summary["rate_n"]`` for a Wilson interval where the
+    bootstrap degenerates (lib.protocol.breakdown.declared)."""
     key: tuple[str, ...]
     label: str
     how: tuple
     at: tuple[str, ...] | None = None
     unit: str = "image"
+    over: str | None = None
 
     @property
     def name(self) -> str:
@@ -66,12 +74,15 @@ class Rate:
 RATES = (
     # 1 - the consistent fraction: the float summary.json has always held (1 ulp from n_inconsistent / n)
     Rate(("flip_rate",), "flip rate", ("complement", "consistent", "one")),
-    Rate(("pairwise_flip_rate",), "pairwise flip rate", ("ratio", "disagree", "pairs")),
+    # over samples, not pairs: the pairs of one sample share its image and question
+    Rate(("pairwise_flip_rate",), "pairwise flip rate", ("ratio", "disagree", "pairs"), over="paired"),
     Rate(("accuracy",), "accuracy", ("ratio", "correct", "one")),
     Rate(("image_reliance_rate",), "image-reliance rate", ("ratio", "reliant", "one")),
     Rate(("sensitivity",), "sensitivity", ("ratio", "true_yes", "label_yes")),
     Rate(("specificity",), "specificity", ("ratio", "true_no", "label_no")),
     Rate(("balanced_accuracy",), "balanced accuracy", ("mean", "sensitivity", "specificity")),
+    Rate(("blank_change_rate",), "blank image change rate", ("ratio", "blank_changed", "blank_scored")),
+    Rate(("noise_change_rate",), "noise images change rate", ("ratio", "noise_changed", "noise_scored")),
     Rate(("auroc_entropy_dangerous",), "AUROC of entropy for Dangerous", ("auroc",),
          at=("screening", "auroc_entropy_dangerous")),
 ) + tuple(Rate(("quadrant_fractions", q), f"{q} fraction", ("ratio", f"q_{q}", "one")) for q in QUADRANTS) + (
@@ -104,6 +115,7 @@ def columns(samples_table: pd.DataFrame, predictions: pd.DataFrame) -> dict[str,
         "consistent": t["consistent"].to_numpy(bool),
         "disagree": pairs["disagree"].to_numpy(float),
         "pairs": pairs["pairs"].to_numpy(float),
+        "paired": pairs["pairs"].to_numpy(float) > 0,
         "correct": t["correct"].to_numpy(bool),
         "reliant": t["image_reliant"].to_numpy(bool),
         "true_yes": pred_yes & label_yes, "label_yes": label_yes,
@@ -111,6 +123,9 @@ def columns(samples_table: pd.DataFrame, predictions: pd.DataFrame) -> dict[str,
     }
     quadrant = t["quadrant"].to_numpy()
     out.update({f"q_{q}": quadrant == q for q in QUADRANTS})
+    for check in ("blank", "noise"):
+        null = t[f"pred_{check}"]
+        out.update({f"{check}_scored": null.notna(), f"{check}_changed": null.notna() & (null != t["pred"])})
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
@@ -197,6 +212,11 @@ class ByCluster:
         """Each rate of the run itself, by name (None where undefined)."""
         values = self.values(np.ones((1, self.n_images)))[0]
         return {r.name: plain(v) for r, v in zip(self.rates, values)}
+
+    def sizes(self) -> dict[str, int]:
+        """How many samples each ratio of ``rates`` is over (``Rate.over``), by name."""
+        totals = dict(zip(self.keys, self.per_image.sum(0)))
+        return {r.name: int(totals[r.over or r.how[2]]) for r in self.rates if r.how[0] in ("ratio", "complement")}
 
 
 def place(summary: dict, path: tuple, value) -> None:

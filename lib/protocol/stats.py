@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .breakdown import cell, shown, with_interval
+from .breakdown import cell, lookup, shown, with_interval
 from .intervals import validate_bootstrap
 from .vocabulary import QUADRANTS
 
@@ -405,21 +405,6 @@ def _table_of(row, samples_by_pair: dict) -> pd.DataFrame:
             return samples_by_pair[key]
     raise ValueError(f"no samples table for pair {row.pair} (run {run}); "
                      f"have {sorted(samples_by_pair)}")
-
-
-def lookup(summary: dict, *keys):
-    """summary[k1][k2]... (an int key indexes a list); None where any level is missing or None."""
-    value = summary
-    for key in keys:
-        if isinstance(key, int) and isinstance(value, list):
-            value = value[key] if -len(value) <= key < len(value) else None
-        elif isinstance(value, dict):
-            value = value.get(key)
-        else:
-            return None
-        if value is None:
-            return None
-    return value
 
 
 def _plain(x) -> float | None:

@@ -7,9 +7,7 @@ measures (definitions written once, here, for the keys defined nowhere else).
   of each quadrant; a mean over zero samples is None.
 - prior_accuracy_by_quadrant: in each quadrant, the fraction of samples whose text-only
   prediction equals the label (what the prior alone earns there).
-- reliance_checks: the checks the run asked for; blank_change_rate / noise_change_rate: fraction
-  of the samples with such a row whose prediction differs from pred (pred_blank != pred,
-  pred_noise != pred).
+- reliance_checks: the checks the run asked for (their change rates are declared rates).
 - dangerous_breakdown: ``"image-blind"`` and ``"prior-coincident"``, the pooled rates of
   lib.protocol.references (fractions of ALL estimable samples; they add up to their Dangerous
   fraction; None when not estimable); ``image_blind``: the whole block, with per-finding rates.
@@ -17,6 +15,9 @@ measures (definitions written once, here, for the keys defined nowhere else).
   ground_truth: lib.protocol.ground_truth; pairwise_flip_rate_held_out: lib.protocol.taxonomy.
 - local_tests: per local test (lib.protocol.local_tests), ``n_tested`` samples, ``not_tested``
   by reason and its rates (declared in lib.protocol.measures); None when the run has none.
+- rate_n: per declared ratio, by its name (lib.protocol.measures ``Rate.name``), the number of
+  samples it is over (``Rate.over``): the n of the Wilson interval that the pages show where the
+  bootstrap degenerated to a point (lib.protocol.breakdown.declared).
 - ci_method: the sentences saying how the intervals were made.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 
 from .ground_truth import ground_truth
 from .intervals import ci_method, rate_intervals, validate_bootstrap
-from .measures import LOCAL_RATES, RATES, place, plain
+from .measures import LOCAL_RATES, RATES, ByCluster, place, plain
 from .screening import screening, threshold_sensitivity, yes_no_mass
 from .taxonomy import held_out_pairwise_flip_rate
 from .vocabulary import QUADRANTS, RELIANCE_CHECKS
@@ -37,7 +38,7 @@ KEYS = (
     "entropy_by_quadrant", "sensitivity", "specificity", "balanced_accuracy", "prior_accuracy_by_quadrant",
     "reliance_checks", "blank_change_rate", "noise_change_rate", "dangerous_breakdown", "image_blind",
     "local_tests",
-    "screening", "threshold_sensitivity", "yes_no_mass", "warnings", "ci95", "ground_truth", "ci_method",
+    "screening", "threshold_sensitivity", "yes_no_mass", "warnings", "ci95", "rate_n", "ground_truth", "ci_method",
 )
 
 
@@ -70,10 +71,6 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, image_b
         means = values.groupby(samples_table["quadrant"]).mean()
         summary[key] = {q: plain(means.get(q, float("nan"))) for q in QUADRANTS}
     summary["reliance_checks"] = list(checks)
-    for check in ("blank", "noise"):
-        done = samples_table[f"pred_{check}"].notna()
-        changed = samples_table.loc[done, f"pred_{check}"] != samples_table.loc[done, "pred"]
-        summary[f"{check}_change_rate"] = plain(changed.mean() if done.any() else float("nan"))
     summary["image_blind"] = image_blind
     summary["screening"] = screening(samples_table)
     summary["threshold_sensitivity"] = threshold_sensitivity(samples_table, in_table)
@@ -82,11 +79,13 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, image_b
     summary["warnings"] = mass["warnings"]
     point, interval = rate_intervals(samples_table, in_table, resamples=bootstrap_resamples,
                                      ci_level=ci_level, seed=seed)
+    summary["rate_n"] = ByCluster(samples_table, in_table).sizes()
     summary["local_tests"] = local
     if local is not None:
         local_point, local_interval = rate_intervals(samples_table, in_table, resamples=bootstrap_resamples,
                                                      ci_level=ci_level, seed=seed, rates=LOCAL_RATES, unit="patient")
         point, interval = {**point, **local_point}, {**interval, **local_interval}
+        summary["rate_n"].update(ByCluster(samples_table, in_table, LOCAL_RATES, "patient").sizes())
     block = image_blind or {}
     summary["ci95"] = {}
     for rate in RATES if local is not None else (r for r in RATES if r not in LOCAL_RATES):
