@@ -112,6 +112,10 @@ def baselines(samples: pd.DataFrame) -> dict:
             "majority_accuracy": max(yes, 1 - yes), "majority_label": "yes" if yes >= 0.5 else "no"}
 
 
+# the blank and noise change rates, as every page words them
+NULL_IMAGE_WORDS = {"blank": "blank image changes the answer", "noise": "noise images change the answer"}
+
+
 def quadrant_table(summary: dict) -> pd.DataFrame:
     rows = []
     for q in QUADRANTS:
@@ -312,8 +316,8 @@ def render(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = N
             (f"always \"{v['majority_label']}\" (the majority label)", cell(v["majority_accuracy"])),
             measure("flip rate", "flip_rate"), measure("pairwise flip rate", "pairwise_flip_rate"),
             measure("image reliance rate", "image_reliance_rate")]
-    perf += [measure(f"{check} image changes the answer", f"{check}_change_rate")
-             for check in ("blank", "noise") if summary.get(f"{check}_change_rate") is not None]
+    perf += [measure(label, f"{check}_change_rate") for check, label in NULL_IMAGE_WORDS.items()
+             if summary.get(f"{check}_change_rate") is not None]
     parts += ["<h2>Accuracy against what the prior alone earns</h2>",
               table_html(("measure", "value (95 % CI)"), perf)]
 
