@@ -1,11 +1,12 @@
 """`cxr-screen compare`: two tiny runs of the same samples (untrained tiny LLaVA and Gemma 3) on
 one page, with the paired differences checked against hand-made tables."""
 import re
+import shutil
 
 import pandas as pd
 import pytest
 
-from lib.front import cli
+from lib.front import cli, compare
 from lib.protocol import breakdown
 
 
@@ -51,8 +52,21 @@ def test_compare_page(two_runs, capsys):
                   "too few to tell (a correlation needs at least 8", "95 % CI"):
         assert words in text, words
     assert page.count("<img ") == 1 and not re.search(r"\bnan\b", text, flags=re.I)
+    # the numbers first, one table; what each screen ran in a second, its paths free to wrap
+    first = re.search(r"<table>(.*?)</table>", page, flags=re.S).group(1)
+    assert re.findall(r"<th>(.*?)</th>", first) == list(compare.RESULT_COLUMNS)
+    assert "<table class='settings'>" in page and "table.settings td:nth-child(5)" in page
     rows = re.findall(r"<tr><td>llava</td><td>gemma3</td><td>(\w[\w-]*)</td><td>(\d+)</td>", page)
     assert rows == [("Dangerous", "16"), ("correct", "16")]
+
+
+def test_a_screen_is_labelled_by_its_folder_and_its_pair_once(two_runs, tmp_path):
+    screen = compare.read_screen(two_runs / "llava")
+    pair = f"{screen['summary']['config']}__{screen['summary']['dataset']}"
+    n = screen["summary"]["n_samples"]
+    assert screen["label"] == f"llava: {pair} (n={n})"
+    shutil.copytree(two_runs / "llava", tmp_path / pair, ignore=shutil.ignore_patterns("records"))
+    assert compare.read_screen(tmp_path / pair)["label"] == f"{pair} (n={n})"
 
 
 def test_compare_needs_two_screen_folders(two_runs, tmp_path, capsys):

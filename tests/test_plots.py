@@ -38,6 +38,16 @@ def test_dangerous_forest(pairs):
     assert segments[2][:, 0].tolist() == pytest.approx([0.8, 0.8])   # no interval: no bar
 
 
+def test_dangerous_forest_keeps_long_row_labels_inside_the_figure(pairs):
+    long = pairs.assign(pair=[f"screens/{p}: a-long-config-name__mimic-cxr (n=344)" for p in pairs.pair])
+    fig = plots.dangerous_forest(long)
+    assert fig.get_size_inches()[0] > plots.dangerous_forest(pairs).get_size_inches()[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    left = min(t.get_window_extent(renderer).x0 for t in fig.axes[0].get_yticklabels())
+    assert left >= 0                   # tight_layout found room: no label starts off the figure
+
+
 def test_screening_auroc_and_reliance(pairs):
     fig = plots.screening_auroc(pairs)
     x, _ = fig.axes[0].containers[0].lines[0].get_data()

@@ -3,9 +3,10 @@
 Each DIR is a screen's (or an evaluate run's) output folder: its summary.json and samples.parquet.
 The page holds, in this order:
 
-- the screens: their folder, configuration, dataset, model and adapter, n, limit, question file,
-  run hash and commit (two screens of one pair with different limits are told apart by folder
-  and n), with the Dangerous fraction and the image-blind estimate and their intervals;
+- the screens: their folder, n, the Dangerous fraction and the image-blind estimate with their
+  intervals; then what each ran: configuration, dataset, split, model and adapter, limit,
+  question file, run hash and commit (two screens of one pair with different limits are told
+  apart by folder and n);
 - a forest plot of those intervals, one row per screen (`plots.dangerous_forest`);
 - for every two screens that share samples (same dataset and split: two models, or a model with
   and without an adapter), the paired difference over the shared samples of the Dangerous and
@@ -28,6 +29,14 @@ from ..protocol import breakdown, plots, stats
 from ..protocol.breakdown import cell, with_interval
 from .report import STYLE, figure_png, image_blind, table_html
 
+# the screens: their numbers, then (a second table) what tells them apart
+RESULT_COLUMNS = ("folder", "samples", "Dangerous", "image-blind")
+SETTING_COLUMNS = ("folder", "config", "dataset", "split", "model", "adapter", "limit", "questions", "run hash",
+                   "commit")
+# the settings table's path columns may break anywhere (a path has no space to break at)
+PATH_CELLS = ", ".join(f"table.settings td:nth-child({SETTING_COLUMNS.index(c) + 1})" for c in ("model", "adapter"))
+
+
 def read_screen(directory) -> dict:
     """{"dir", "label", "summary", "samples"} of one screen's output folder; ValueError (one line)
     when it has no summary.json or samples.parquet."""
@@ -36,24 +45,28 @@ def read_screen(directory) -> dict:
         if not (directory / name).is_file():
             raise ValueError(f"{directory}: no {name} (give the output folder of a screen or run)")
     summary = json.loads((directory / "summary.json").read_text())
-    label = f"{directory.name}: {summary['config']}__{summary['dataset']} (n={summary['n_samples']})"
+    pair = f"{summary['config']}__{summary['dataset']}"
+    named = directory.name if directory.name == pair else f"{directory.name}: {pair}"
+    label = f"{named} (n={summary['n_samples']})"
     return {"dir": directory, "label": label, "summary": summary,
             "samples": pd.read_parquet(directory / "samples.parquet")}
 
 
-def screen_rows(screens: list[dict]) -> list[tuple]:
-    rows = []
+def screen_rows(screens: list[dict]) -> tuple[list[tuple], list[tuple]]:
+    """(rows of ``RESULT_COLUMNS``, rows of ``SETTING_COLUMNS``), one per screen."""
+    results, settings = [], []
     for screen in screens:
         summary, params = screen["summary"], screen["summary"].get("params") or {}
         blind = image_blind(summary)
-        dangerous = with_interval(*breakdown.declared(summary, "quadrant_fractions", "Dangerous"))
-        rows.append((screen["dir"].name, summary["config"], summary["dataset"], params.get("split") or "",
-                     params.get("model") or "", params.get("adapter") or "", summary["n_samples"],
-                     cell(params.get("limit")) if params.get("limit") else "all",
-                     params.get("questions") or "built-in", summary.get("run_hash") or "",
-                     (summary.get("git_commit") or "")[:12], dangerous,
-                     with_interval(blind["rate"], blind["ci"]) if blind["estimable"] else "not estimable"))
-    return rows
+        results.append((screen["dir"].name, summary["n_samples"],
+                        with_interval(*breakdown.declared(summary, "quadrant_fractions", "Dangerous")),
+                        with_interval(blind["rate"], blind["ci"]) if blind["estimable"] else "not estimable"))
+        settings.append((screen["dir"].name, summary["config"], summary["dataset"], params.get("split") or "",
+                         params.get("model") or "", params.get("adapter") or "",
+                         cell(params.get("limit")) if params.get("limit") else "all",
+                         params.get("questions") or "built-in", summary.get("run_hash") or "",
+                         (summary.get("git_commit") or "")[:12]))
+    return results, settings
 
 
 def forest_frame(screens: list[dict]) -> pd.DataFrame:
@@ -100,9 +113,10 @@ def correlation_section(frame: pd.DataFrame) -> str:
 def render(screens: list[dict]) -> str:
     frame = forest_frame(screens)
     pairs, notes = paired_rows(screens)
-    parts = ["<h1>Screens compared</h1>",
-             table_html(("folder", "config", "dataset", "split", "model", "adapter", "samples", "limit",
-                         "questions", "run hash", "commit", "Dangerous", "image-blind"), screen_rows(screens)),
+    results, settings = screen_rows(screens)
+    parts = ["<h1>Screens compared</h1>", table_html(RESULT_COLUMNS, results),
+             "<h2>What each screen ran</h2>",
+             table_html(SETTING_COLUMNS, settings).replace("<table>", "<table class='settings'>", 1),
              "<h2>Dangerous and image-blind, with intervals</h2>",
              f"<img alt='forest plot of the Dangerous fraction per screen' "
              f"src='data:image/png;base64,{figure_png(plots.dangerous_forest(frame))}'>",
@@ -116,7 +130,7 @@ def render(screens: list[dict]) -> str:
     parts += [f"<p>{html.escape(note)}</p>" for note in notes]
     parts += ["<h2>Across screens</h2>", correlation_section(frame)]
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Screens compared</title>"
-            f"<style>{STYLE} body {{ max-width: 90rem; }}</style></head><body>{''.join(parts)}</body></html>")
+            f"<style>{STYLE} body {{ max-width: 90rem; }} {PATH_CELLS} {{ overflow-wrap: anywhere; }}</style></head><body>{''.join(parts)}</body></html>")
 
 
 def write_compare(dirs, out) -> Path:

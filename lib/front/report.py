@@ -172,7 +172,7 @@ def verdict(summary: dict, samples: pd.DataFrame, max_dangerous: float | None = 
 
 def figure_png(fig) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")   # nothing outside the axes cut off
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 

@@ -166,15 +166,18 @@ def _interval_errors(pairs: pd.DataFrame, column: str):
 def dangerous_forest(pairs: pd.DataFrame):
     """Forest plot: each pair's Dangerous fraction with its interval, and the image-blind and
     prior-coincident parts of it with theirs (columns of ``stats.gather_runs``)."""
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * len(pairs) + 1.2)))
+    labels = pairs["pair"].astype(str)
+    # room for the longest row label (about 0.08 inch a character) beside a 5-inch plot and the legend
+    width = 5 + 0.08 * (labels.str.len().max() if len(labels) else 0) + 1.6
+    fig, ax = plt.subplots(figsize=(width, max(2.5, 0.45 * len(pairs) + 1.2)))
     y = np.arange(len(pairs))
     for column, label, colour, offset in FOREST_SERIES:
         values, errors = _interval_errors(pairs, column)
         ax.errorbar(values, y + offset, xerr=errors, fmt="o", ms=4, capsize=2, color=colour, label=label)
-    ax.set_yticks(y, pairs["pair"])
+    ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlim(-0.02, 1.02)       # a point at 0 or 1 drawn whole, not cut by the frame
-    ax.set_xlabel("fraction of all samples (bars: 95 % intervals; image-blind: samples x references)")
+    ax.set_xlabel("fraction of all samples\n(bars: 95 % intervals; image-blind: samples x references)")
     ax.set_title("Dangerous fraction, split by the reference images")
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
