@@ -178,6 +178,11 @@ def test_declared_shows_each_rate_with_a_wilson_interval_over_the_samples_it_is_
     summary["ci95"]["flip_rate"] = [0.0, 0.05]                          # a real interval is kept
     assert breakdown.declared(summary, "flip_rate")[1] == [0.0, 0.05]
     assert breakdown.declared({"n_samples": 3}, "blank_change_rate") == (None, None)
+    # the image-blind split: a degenerate crossed interval becomes Wilson, a missing one stays missing
+    split = {"n_samples": 40, "dangerous_breakdown": {"image-blind": 1.0, "prior-coincident": 0.0},
+             "ci95": {"dangerous_breakdown": {"image-blind": [1.0, 1.0], "prior-coincident": None}}}
+    assert breakdown.declared(split, "dangerous_breakdown", "image-blind")[1] == breakdown.proportion_ci(40, 40)
+    assert breakdown.declared(split, "dangerous_breakdown", "prior-coincident") == (0.0, None)
 
 
 def test_scoring_lines_say_what_was_scored_and_how():

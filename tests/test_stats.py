@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.protocol import stats
+from lib.protocol import breakdown, stats
 from lib.protocol.stats import PAIR_COLUMNS
 
 
@@ -250,8 +250,10 @@ def test_gather_runs_reads_the_new_keys_and_tolerates_old_summaries(tmp_path):
     assert new["frac_Dangerous_low"] == pytest.approx(0.75) and new["frac_Dangerous_high"] == pytest.approx(0.85)
     assert new["frac_image_blind_low"] == pytest.approx(0.1) and new["auroc_entropy_dangerous_high"] == pytest.approx(0.4)
     assert math.isnan(new["balanced_accuracy_low"]) and math.isnan(new["frac_prior_coincident_low"])
-    for column in ("frac_image_blind", "balanced_accuracy", "frac_Dangerous_low", "auroc_entropy_dangerous"):
+    for column in ("frac_image_blind", "balanced_accuracy", "frac_image_blind_low", "auroc_entropy_dangerous"):
         assert math.isnan(old[column]), column
+    # a rate over all samples without a recorded interval: Wilson over them, as the pages show it
+    assert [old["frac_Dangerous_low"], old["frac_Dangerous_high"]] == pytest.approx(breakdown.proportion_ci(60, 100))
 
 
 def test_flip_vs_dangerous_with_samples_tables(tmp_path):

@@ -89,7 +89,8 @@ def steady(value, ci, n) -> list[float] | None:
 def declared(summary: dict, *key: str) -> tuple[float | None, list[float] | None]:
     """(value, interval) of the declared rate at ``key`` (e.g. "quadrant_fractions", "Dangerous"),
     as every page shows it: ``steady`` over the samples it is over (``summary["rate_n"]``; the
-    run's samples for a rate over all of them, in a summary written before ``rate_n``). A mean of
+    run's samples for a rate over all of them, in a summary written before ``rate_n``); an
+    image-blind split without its crossed interval stays without one. A mean of
     two rates whose bootstrap degenerated gets the mean of its parts' bounds (their Wilson
     intervals where theirs degenerated too): wider than needed, never a point."""
     rate = next(r for r in RATES if r.key == key)
@@ -100,6 +101,8 @@ def declared(summary: dict, *key: str) -> tuple[float | None, list[float] | None
             return value, ci
         parts = [declared(summary, name)[1] for name in args]
         return value, (None if None in parts else [float(np.mean(bounds)) for bounds in zip(*parts)])
+    if kind == "crossed" and ci is None:      # not estimated: Wilson would leave out the references
+        return value, None
     n = (summary.get("rate_n") or {}).get(rate.name)
     if n is None and (kind == "crossed" or args[-1:] == ["one"]):
         n = summary.get("n_samples")

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .breakdown import cell, lookup, shown, with_interval
+from .breakdown import cell, declared, lookup, shown, with_interval
 from .intervals import validate_bootstrap
 from .vocabulary import QUADRANTS
 
@@ -66,15 +66,16 @@ OPTIONAL_COLUMNS = {
     "image_blind_among_dangerous": ("image_blind", "among_dangerous"),
     "auroc_entropy_dangerous": ("screening", "auroc_entropy_dangerous"),
 }
-# Interval columns <name>_low / <name>_high: name -> path of the [low, high] list in summary.json.
+# Interval columns <name>_low / <name>_high: name -> key of the declared rate (lib.protocol.measures)
+# whose interval they hold, as the pages show it (breakdown.declared: Wilson where it degenerated).
 CI_COLUMNS = {
-    "flip_rate": ("ci95", "flip_rate"),
-    "accuracy": ("ci95", "accuracy"),
-    "balanced_accuracy": ("ci95", "balanced_accuracy"),
-    "frac_Dangerous": ("ci95", "quadrant_fractions", "Dangerous"),
-    "frac_image_blind": ("ci95", "dangerous_breakdown", "image-blind"),
-    "frac_prior_coincident": ("ci95", "dangerous_breakdown", "prior-coincident"),
-    "auroc_entropy_dangerous": ("ci95", "auroc_entropy_dangerous"),
+    "flip_rate": ("flip_rate",),
+    "accuracy": ("accuracy",),
+    "balanced_accuracy": ("balanced_accuracy",),
+    "frac_Dangerous": ("quadrant_fractions", "Dangerous"),
+    "frac_image_blind": ("dangerous_breakdown", "image-blind"),
+    "frac_prior_coincident": ("dangerous_breakdown", "prior-coincident"),
+    "auroc_entropy_dangerous": ("auroc_entropy_dangerous",),
 }
 PAIR_COLUMNS = (
     ("pair", "config", "dataset", "n_samples", "flip_rate", "pairwise_flip_rate", "accuracy")
@@ -143,8 +144,9 @@ def gather_runs(runs_dir) -> pd.DataFrame:
     """One row per ``runs_dir/*/summary.json``, sorted by (config, dataset), columns ``PAIR_COLUMNS``.
 
     ``n_skipped`` is the total of the summary's reason -> count dict (0 when absent); rates that
-    a summary reports as None become NaN, and so do the ``OPTIONAL_COLUMNS`` and ``CI_COLUMNS``
-    (``<name>_low``, ``<name>_high``) that an older summary lacks; ``run`` is the run folder's
+    a summary reports as None become NaN, and so do the ``OPTIONAL_COLUMNS`` that an older summary
+    lacks; the ``CI_COLUMNS`` (``<name>_low``, ``<name>_high``) are ``breakdown.declared``'s
+    intervals (NaN where it has none); ``run`` is the run folder's
     name (the key of ``gather_samples``). Raises FileNotFoundError when there is no summary,
     ValueError for a summary missing a key or two summaries of the same pair.
     """
@@ -177,8 +179,8 @@ def summary_row(run: str, summary: dict, path) -> dict:
         row.update({f"{prefix}_{q}": summary[key].get(q) for q in QUADRANTS})
     row["n_skipped"] = int(sum((summary.get("n_skipped") or {}).values()))
     row.update({name: lookup(summary, *keys) for name, keys in OPTIONAL_COLUMNS.items()})
-    for name, keys in CI_COLUMNS.items():
-        interval = lookup(summary, *keys) or (None, None)
+    for name, key in CI_COLUMNS.items():
+        interval = declared(summary, *key)[1] or (None, None)
         row[f"{name}_low"], row[f"{name}_high"] = interval
     row["run"] = run
     return row
