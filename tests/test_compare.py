@@ -29,6 +29,19 @@ def test_paired_difference_counts_the_discordant_samples():
     assert breakdown.paired_difference(a, b.assign(sample_id=list("vwxyz"))) is None   # nothing shared
 
 
+def test_a_paired_difference_where_every_sample_moves_alike_keeps_an_interval():
+    n = 40
+    images = [f"i{i // 2}" for i in range(n)]
+    same = table(["Dangerous"] * n, [True] * n, images)
+    u = breakdown.proportion_ci(0, n)[1]                                # 0.088: Wilson, 0 of 40
+    result = breakdown.paired_difference(same, same, "Dangerous")      # one model screened twice
+    assert result["difference"] == 0 and result["ci95"] == pytest.approx([-u, u])
+    moved = breakdown.paired_difference(same, table(["Ideal"] * n, [True] * n, images), "Dangerous")
+    assert moved["difference"] == -1 and moved["ci95"] == pytest.approx([-1, -1 + 2 * u])
+    mixed = breakdown.paired_difference(same, table(["Ideal"] * 20 + ["Dangerous"] * 20, [True] * n, images))
+    assert mixed["ci95"][0] < -0.5 < mixed["ci95"][1] and mixed["ci95"][1] - mixed["ci95"][0] < 0.5   # the bootstrap's
+
+
 @pytest.fixture(scope="module")
 def two_runs(tiny_world, tmp_path_factory):
     from lib.protocol import config, run

@@ -28,7 +28,9 @@ condition) and its ``summary.json``:
   indicator (``PAIRED_MEASURES``), their difference b - a with a percentile bootstrap interval
   that resamples the shared images (all samples of a drawn image together, as
   ``intervals.bootstrap_ci`` does), and the exact McNemar p-value of the discordant samples
-  (statsmodels.stats.contingency_tables.mcnemar).
+  (statsmodels.stats.contingency_tables.mcnemar). Where every shared sample moves alike (e.g. no
+  discordant sample: the bootstrap gives 0.000 to 0.000), the interval is the one the Wilson
+  bound on the share of samples that could move otherwise allows (``steady_difference``).
 - ``with_interval(value, ci)``: "0.742 (95 % CI 0.610 to 0.850)"; every page that shows a value
   with its interval writes it with this function, and ``shown(table)`` with it turns a table of
   these functions (a column X beside X_ci) into the table a page shows.
@@ -221,12 +223,24 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, measure: str = "Dangerou
     totals = sums[draws].sum(axis=1)
     differences = totals[:, 1] / totals[:, 0]
     alpha = (1 - level) / 2
+    difference = float(hit_b.mean() - hit_a.mean())
     return {"measure": measure, "n_shared": int(len(shared)), "n_images": int(len(sums)),
-            "rate_a": float(hit_a.mean()), "rate_b": float(hit_b.mean()),
-            "difference": float(hit_b.mean() - hit_a.mean()),
-            "ci95": [float(x) for x in np.quantile(differences, [alpha, 1 - alpha])],
+            "rate_a": float(hit_a.mean()), "rate_b": float(hit_b.mean()), "difference": difference,
+            "ci95": steady_difference([float(x) for x in np.quantile(differences, [alpha, 1 - alpha])],
+                                      difference, len(shared), level),
             "only_a": only_a, "only_b": only_b,
             "mcnemar_p": float(mcnemar(table, exact=True).pvalue) if only_a + only_b else 1.0}
+
+
+def steady_difference(ci: list[float], difference: float, n: int, level: float = 0.95) -> list[float]:
+    """``ci`` (a paired difference's bootstrap interval) unless it is of zero width: then every one
+    of the ``n`` samples moved by the same d (-1, 0 or 1), and the share u that could move
+    otherwise is at most the Wilson upper bound of 0 of n; each such sample shifts the difference
+    by at most 1 + d downwards and 1 - d upwards: [d - u (1 + d), d + u (1 - d)]."""
+    if ci[1] - ci[0] > 0:
+        return ci
+    u = proportion_ci(0, n, level)[1]
+    return [difference - u * (1 + difference), difference + u * (1 - difference)]
 
 
 def with_interval(value, ci=None, *, percent: bool = False, digits: int | None = None) -> str:
