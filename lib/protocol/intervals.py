@@ -57,10 +57,12 @@ def percentiles(dist: np.ndarray, ci_level: float, axis: int):
 
 
 def rate_intervals(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resamples: int = 1000,
-                   ci_level: float = 0.95, seed: int = 0, rates=CLUSTER_RATES, unit: str = "image") -> tuple[dict, dict]:
-    """(point, interval) of every rate of ``rates`` (default ``CLUSTER_RATES``), by name: the point
-    value of the run and its ``[low, high]`` (None where the rate is undefined on the run), from
-    the cluster bootstrap over ``unit`` (lib.protocol.measures.ByCluster); module docstring.
+                   ci_level: float = 0.95, seed: int = 0, rates=CLUSTER_RATES,
+                   unit: str = "image") -> tuple[dict, dict, dict]:
+    """(point, interval, sizes) of every rate of ``rates`` (default ``CLUSTER_RATES``), by name: the
+    point value of the run, its ``[low, high]`` (None where the rate is undefined on the run), from
+    the cluster bootstrap over ``unit`` (lib.protocol.measures.ByCluster; module docstring), and for
+    a ratio how many samples it is over (``ByCluster.sizes``).
     ``resamples`` and ``ci_level`` as checked by ``validate_bootstrap`` (its callers' job: once)."""
     declared = tuple(rates)
     rates = ByCluster(samples_table, predictions, declared, unit)
@@ -88,7 +90,8 @@ def rate_intervals(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, re
     names = [r.name for r in declared]
     return ({name: plain(p) for name, p in zip(names, point)},
             {name: (None if math.isnan(p) or math.isnan(lo) else [float(lo), float(hi)])
-             for name, p, lo, hi in zip(names, point, low, high)})
+             for name, p, lo, hi in zip(names, point, low, high)},
+            rates.sizes())
 
 
 def bootstrap_ci(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resamples: int = 1000,
@@ -96,7 +99,7 @@ def bootstrap_ci(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, resa
     """The intervals of ``rate_intervals`` nested as under ``summary["ci95"]`` (e.g.
     ``["quadrant_fractions"]["Dangerous"]``); the image-blind rate has its own (``Crossed``)."""
     validate_bootstrap(resamples, ci_level)
-    _, intervals = rate_intervals(samples_table, predictions, resamples=resamples, ci_level=ci_level, seed=seed)
+    _, intervals, _ = rate_intervals(samples_table, predictions, resamples=resamples, ci_level=ci_level, seed=seed)
     out = {}
     for rate in CLUSTER_RATES:
         place(out, rate.key, intervals[rate.name])

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .ground_truth import ground_truth
 from .intervals import ci_method, rate_intervals, validate_bootstrap
-from .measures import LOCAL_RATES, RATES, ByCluster, place, plain
+from .measures import LOCAL_RATES, RATES, place, plain
 from .screening import screening, threshold_sensitivity, yes_no_mass
 from .taxonomy import held_out_pairwise_flip_rate
 from .vocabulary import QUADRANTS, RELIANCE_CHECKS
@@ -77,15 +77,15 @@ def summarize(samples_table: pd.DataFrame, predictions: pd.DataFrame, *, image_b
     mass = yes_no_mass(in_table)
     summary["yes_no_mass"] = {"median": mass["median"], "p10": mass["p10"]}
     summary["warnings"] = mass["warnings"]
-    point, interval = rate_intervals(samples_table, in_table, resamples=bootstrap_resamples,
-                                     ci_level=ci_level, seed=seed)
-    summary["rate_n"] = ByCluster(samples_table, in_table).sizes()
+    point, interval, summary["rate_n"] = rate_intervals(samples_table, in_table, resamples=bootstrap_resamples,
+                                                        ci_level=ci_level, seed=seed)
     summary["local_tests"] = local
     if local is not None:
-        local_point, local_interval = rate_intervals(samples_table, in_table, resamples=bootstrap_resamples,
-                                                     ci_level=ci_level, seed=seed, rates=LOCAL_RATES, unit="patient")
+        local_point, local_interval, local_n = rate_intervals(
+            samples_table, in_table, resamples=bootstrap_resamples, ci_level=ci_level, seed=seed,
+            rates=LOCAL_RATES, unit="patient")
         point, interval = {**point, **local_point}, {**interval, **local_interval}
-        summary["rate_n"].update(ByCluster(samples_table, in_table, LOCAL_RATES, "patient").sizes())
+        summary["rate_n"].update(local_n)
     block = image_blind or {}
     summary["ci95"] = {}
     for rate in RATES if local is not None else (r for r in RATES if r not in LOCAL_RATES):
