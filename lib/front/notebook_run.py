@@ -85,9 +85,11 @@ def execute(params_file: Path, parameters: dict, output_dir: Path, *, progress: 
     return executed
 
 
-# the kernel logs warnings only when they matter here: no "running over TCP without encryption"
-# (papermill's kernel listens on localhost only)
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# the kernel's own log stays quiet: no "running over TCP without encryption" (papermill's kernel
+# listens on localhost only), and no "KeyboardInterrupt caught in kernel", which ipykernel logs at
+# ERROR when jupyter_client interrupts it before shutdown and which broke the one-line error of a
+# failed run; a failing cell still reaches the user through papermill's PapermillExecutionError
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 class ProgressTail(threading.Thread):
