@@ -77,14 +77,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-# The venv's kernels (papermill's, nbval's, the lab's) log errors only: not ipykernel's warning that
-# it runs "over TCP without encryption" in every step (papermill's kernels listen on localhost;
-# cxr-screen passes the same level on the kernel's command line). IPython reads it from the venv's
-# etc/ipython. An order-only prerequisite of every step that starts a kernel: it reruns nothing.
+# The venv's kernels (papermill's, nbval's, the lab's) log only what is critical: not ipykernel's
+# warning that it runs "over TCP without encryption" in every step (papermill's kernels listen on
+# localhost), nor the "KeyboardInterrupt caught in kernel" it logs at ERROR when jupyter_client
+# interrupts it before shutdown (a failing cell still reaches make through papermill). cxr-screen
+# passes the same level on the kernel's command line (lib.front.notebook_run.KERNEL_ARGUMENTS).
+# IPython reads it from the venv's etc/ipython. An order-only prerequisite of every step that
+# starts a kernel: it reruns nothing; rewritten when this Makefile changes.
 KERNEL_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.json
-$(KERNEL_CONFIG): | $(STAMP)
+$(KERNEL_CONFIG): Makefile | $(STAMP)
 	mkdir -p $(@D)
-	echo '{"IPKernelApp": {"log_level": "ERROR"}}' > $@
+	echo '{"IPKernelApp": {"log_level": "CRITICAL"}}' > $@
 
 default: $(DEFAULT) ## synthetic datasets + trained default models (cached; rebuilt when inputs change)
 
