@@ -122,9 +122,10 @@ def test_followup_is_scored_by_how_many_other_findings_the_studies_label_differe
                           "followup_changes": pd.array([False, False, True, True, False], dtype="boolean"),
                           "followup_differing_labels": pd.array([0, 0, 1, 1, 0], dtype="Int64")}
                          ).to_parquet(folder / pair / "samples.parquet")
-    assert results.followup_counts(tmp_path / "runs" / "llava-base__mimic-cxr") == {
-        "0": {"n_hits": 1, "n_predicted": 2, "n_true": 1, "n_covered": 2},
-        "1 or more": {"n_hits": 0, "n_predicted": 0, "n_true": 1, "n_covered": 2}}
+    counts = results.followup_counts(tmp_path / "runs" / "llava-base__mimic-cxr")
+    assert counts == {"0": {"precision": 0.5, "recall": 1.0, "n_hits": 1, "n_predicted": 2, "n_true": 1, "n_covered": 2},
+                      "1 or more": {"precision": None, "recall": 0.0, "n_hits": 0, "n_predicted": 0, "n_true": 1,
+                                    "n_covered": 2}}
     text = results.differing_text({0: tmp_path / "runs", 1: tmp_path / "seeds" / "1" / "runs"})
     assert "| 0 | 0 | 2 | 1 | 0.50 (95 % CI 0.09 to 0.91) | 1.00 (95 % CI 0.21 to 1.00) |" in text
     assert "| all | 1 or more | 4 | 2 | n/a | 0.00 (95 % CI 0.00 to 0.66) |" in text   # the shortcut pairs left out

@@ -13,10 +13,11 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from ..protocol import stats
+from ..protocol import ground_truth, stats
 from ..protocol.local_tests import CHANGES
 from ..protocol.vocabulary import FOLLOWUP, FOLLOWUP_CONTROL, LOCAL_TESTS, OCCLUDE, OCCLUDE_CONTROL
 from ..protocol.breakdown import declared, proportion_ci, with_interval
@@ -152,10 +153,9 @@ def twin_margins(run_dir: Path, test: str) -> pd.DataFrame:
         return pd.DataFrame(columns=MARGIN_COLUMNS)
     p = pd.read_parquet(predictions, columns=["sample_id", "prompt_id", "condition", "p_yes"])
     twin = p[(p["condition"] == "twin") & (p["prompt_id"] == 0)].set_index("sample_id")["p_yes"]
-    s = s[s[CHANGES[test]].notna() & s["truly_image_reliant"].notna()]
+    s, unchanged, ignored = _against_twins(s, test)
     margin = abs(twin.reindex(s["sample_id"]).to_numpy(dtype=float) - 0.5)
-    agrees = (s[CHANGES[test]].astype(bool) == s["truly_image_reliant"].astype(bool)).to_numpy()
-    frame = pd.DataFrame(dict(zip(MARGIN_COLUMNS, (s["label"].to_numpy(), agrees, margin))))
+    frame = pd.DataFrame(dict(zip(MARGIN_COLUMNS, (s["label"].to_numpy(), unchanged == ignored, margin))))
     return frame[frame["margin"].notna()]
 
 
@@ -188,14 +188,18 @@ def followup_counts(run_dir: Path) -> dict:
     s = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
     if CHANGES[FOLLOWUP] not in s:
         return {}
-    s = s[s[CHANGES[FOLLOWUP]].notna() & s["truly_image_reliant"].notna()]
-    unchanged, ignored = ~s[CHANGES[FOLLOWUP]].astype(bool), ~s["truly_image_reliant"].astype(bool)
-    out = {}
-    for name, keep in (("0", s["followup_differing_labels"] == 0), ("1 or more", s["followup_differing_labels"] > 0)):
-        keep = keep.fillna(False).astype(bool)
-        out[name] = {"n_hits": int((unchanged & ignored & keep).sum()), "n_predicted": int((unchanged & keep).sum()),
-                     "n_true": int((ignored & keep).sum()), "n_covered": int(keep.sum())}
-    return out
+    s, unchanged, ignored = _against_twins(s, FOLLOWUP)
+    differing = s["followup_differing_labels"]
+    return {name: ground_truth.scored(unchanged, ignored, keep.fillna(False).to_numpy(dtype=bool))
+            for name, keep in (("0", differing == 0), ("1 or more", differing > 0))}
+
+
+def _against_twins(s: pd.DataFrame, test: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(the samples the local ``test`` covers that have a twin, whether the test left each answer
+    unchanged, whether the twin did: lib.protocol.ground_truth's "ignored")."""
+    s = s[s[CHANGES[test]].notna() & s["truly_image_reliant"].notna()]
+    unchanged, _ = ground_truth.local_outcome(s, test)
+    return s, unchanged, ~s["truly_image_reliant"].astype(bool).to_numpy()
 
 
 def differing_text(runs_by_seed: dict) -> str:

@@ -64,18 +64,23 @@ def local_test_truth(table: pd.DataFrame, ignored: np.ndarray) -> dict | None:
     """Each local test's "unchanged" scored against the twins' ``ignored`` (module docstring)."""
     out = {}
     for test in LOCAL_TESTS:             # a control tests nothing against the twins
-        column = CHANGES[test]
-        if column not in table:
+        if CHANGES[test] not in table:
             continue
-        covered = table[column].notna().to_numpy()
-        unchanged = ~table[column].fillna(True).to_numpy(dtype=bool)
+        unchanged, covered = local_outcome(table, test)
         label = table["label"].to_numpy()
-        by_label = {value: _scored(unchanged, ignored, covered & (label == value)) for value in ("yes", "no")}
-        out[test] = {**_scored(unchanged, ignored, covered), "coverage": float(covered.mean()), "by_label": by_label}
+        by_label = {value: scored(unchanged, ignored, covered & (label == value)) for value in ("yes", "no")}
+        out[test] = {**scored(unchanged, ignored, covered), "coverage": float(covered.mean()), "by_label": by_label}
     return out or None
 
 
-def _scored(unchanged: np.ndarray, ignored: np.ndarray, covered: np.ndarray) -> dict:
+def local_outcome(table: pd.DataFrame, test: str) -> tuple[np.ndarray, np.ndarray]:
+    """(unchanged, covered) per sample of ``table``: whether the local ``test`` left the answer
+    unchanged (False where it did not apply) and whether it applied."""
+    column = table[CHANGES[test]]
+    return ~column.fillna(True).to_numpy(dtype=bool), column.notna().to_numpy()
+
+
+def scored(unchanged: np.ndarray, ignored: np.ndarray, covered: np.ndarray) -> dict:
     """precision_recall of ``unchanged`` for ``ignored`` over the ``covered`` samples, and their number."""
     return {**precision_recall(unchanged[covered], ignored[covered]), "n_covered": int(covered.sum())}
 
