@@ -78,9 +78,20 @@ def test_question_file_without_a_finding_asked_for_exits_2_in_one_line(flags, tm
     assert status == 2, err
     assert err.strip().splitlines() == [
         f"cxr-screen: --questions: {questions} has no question for pneumothorax (it covers "
-        f"cardiomegaly, nodule); add them to the file or screen only the findings it covers "
+        f"cardiomegaly, nodule); add them to the file, or screen only the findings it covers "
         f"(findings, --findings)"]
     assert not (tmp_path / "out" / "evaluate.ipynb").exists()
+
+
+def test_a_finding_without_a_builtin_question_set_exits_2_in_one_line(flags, tmp_path, capsys):
+    """consolidation has labels but no question in the default set: was a KeyError's traceback."""
+    status, _, err = main(["screen", *flags, "--findings", "consolidation"], capsys)
+    assert status == 2, err
+    assert err.strip().splitlines() == [
+        "cxr-screen: --findings: builtin:default has no question for consolidation (it covers "
+        "cardiomegaly, nodule, pleural effusion, pneumothorax); use questions: builtin:chexpert (every "
+        "CheXpert finding) or a question file, or screen only the findings it covers (findings, --findings)"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_question_file_covering_some_findings_restricts_the_screen(tmp_path):

@@ -40,13 +40,12 @@ def check(params: dict, source: str = "<params>") -> None:
         fail("data_root", err)
     except ValueError as err:  # a finding without labels in this dataset
         fail("findings", err)
-    if params["questions"] is not None:
-        try:
-            problem = coverage_problem(image_questions.check_file(params["questions"]), params["findings"])
-        except (ValueError, FileNotFoundError) as err:
-            fail("questions", err)
-        if problem:
-            fail("questions", problem)
+    try:
+        problem = coverage_problem(image_questions.check_file(params["questions"]), params["findings"])
+    except (ValueError, FileNotFoundError) as err:
+        fail("questions", err)
+    if problem:   # a file lacking a finding is the file's problem; a built-in set's, the findings'
+        fail("findings" if is_builtin(params["questions"]) else "questions", problem)
     try:
         models.check_model_exists(params["model"])
     except FileNotFoundError as err:
@@ -87,15 +86,28 @@ def check(params: dict, source: str = "<params>") -> None:
         fail("output_dir", problem)
 
 
+def is_builtin(question_source) -> bool:
+    """Whether a ``questions`` value names a built-in collection (None: the default one)."""
+    return question_source is None or str(question_source).startswith(questions.BUILTIN_PREFIX)
+
+
 def coverage_problem(info: dict, findings) -> str | None:
-    """The findings a question file (``image_questions.check_file``'s ``info``) has no question set
-    for, in words; None when it covers them all (a per-image file is checked per image)."""
+    """The findings a question file or built-in collection (``image_questions.check_file``'s
+    ``info``) has no question set for, in words; None when it covers them all (a per-image file is
+    checked per image)."""
     missing = [f for f in findings if not info["per_image"] and f.strip().lower() not in info["findings"]]
     if not missing:
         return None
+    chexpert = questions.BUILTIN_PREFIX + "chexpert"
+    if not is_builtin(info["source"]):
+        remedy = "add them to the file"
+    elif info["source"] == chexpert:
+        remedy = "use a question file that covers them"
+    else:
+        remedy = f"use questions: {chexpert} (every CheXpert finding) or a question file"
     return (f"{info['source']} has no question for {', '.join(missing)} (it covers "
-            f"{', '.join(info['findings']) or 'no finding'}); add them to the file or screen only "
-            f"the findings it covers (findings, --findings)")
+            f"{', '.join(info['findings']) or 'no finding'}); {remedy}, or screen only the findings it "
+            f"covers (findings, --findings)")
 
 
 def output_dir_problem(params: dict) -> str | None:
