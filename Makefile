@@ -59,7 +59,7 @@ ANALYSIS := outputs/analysis/correlation.json
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-# Independent steps (the six adapters, the 18 pairs) run side by side, JOBS at a time (default:
+# Independent steps (the six adapters, the 20 pairs) run side by side, JOBS at a time (default:
 # the machine's cores). Every adapter and pair runs torch on ONE thread whatever JOBS is, so the
 # outputs of `make all JOBS=1` and `make all` are identical (the order of float sums changes with
 # the thread count); the default build trains each family on one thread already.

@@ -49,10 +49,9 @@ if [[ $# -eq 0 ]]; then
     make sweep RAY_ADDRESS="${RAY_ADDRESS}"
 else
     # One pair across every GPU of the allocation: `workers` actors, one GPU each.
+    # `python -m lib evaluate` claims the output folder before papermill writes into it.
     pair="$1"
-    mkdir -p "outputs/runs/${pair}"
-    papermill --log-level WARNING notebooks/evaluate.ipynb "outputs/runs/${pair}/evaluate.ipynb" \
-        -f "params/${pair}.yaml" -p params_file "params/${pair}.yaml" \
+    python -m lib evaluate "params/${pair}.yaml" \
         -p workers $(( ${#nodes[@]} * gpus_per_node )) -p ray_address "${RAY_ADDRESS}"
 fi
 

@@ -62,7 +62,8 @@ PATH_FLAGS = ("data_root", "questions", "out", "reference_root")   # always path
 MAYBE_PATH_FLAGS = ("model", "adapter")          # a directory if it exists here, else a hub id
 
 
-SCREEN_USAGE = __doc__.split("\n\n")[2]
+# cxr-screen --help: the docstring's usage paragraph, its `python -m lib evaluate` line left out
+SCREEN_USAGE = "\n".join(line for line in __doc__.split("\n\n")[2].splitlines() if "lib evaluate" not in line)
 
 
 def flag(key: str) -> str:
@@ -307,7 +308,7 @@ def add_screen_arguments(parser) -> None:
     parser.add_argument("--model", help="checkpoint directory or hub id")
     parser.add_argument("--adapter", help="LoRA adapter directory or hub id")
     parser.add_argument("--quantization", help="none (default) or 4bit")
-    parser.add_argument("--dataset", help="mimic-cxr or padchest")
+    parser.add_argument("--dataset", help="mimic-cxr, padchest or vindr-cxr")
     parser.add_argument("--data-root", dest="data_root", help="the dataset in its official layout")
     parser.add_argument("--split", help="official split (default: test)")
     parser.add_argument("--findings", type=comma_list, metavar="F1,F2",

@@ -38,7 +38,8 @@ class LabelPolicy:
     at least that many of its radiologists marked it (test images carry one consensus label).
 
     ``label_map`` ({finding: {"mimic-cxr": column, "padchest": [labels], "vindr-cxr":
-    [class names]}}) is laid over ``lib.protocol.labels.FINDING_LABELS`` and may add findings.
+    [class names]}}) is laid over ``lib.protocol.labels.FINDING_LABELS``: it may change a finding's labels or add a
+    finding the readers then read; params ``findings`` takes the built-in ones only (lib.protocol.config).
     """
 
     uncertain: str = "skip"
