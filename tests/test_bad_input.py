@@ -182,6 +182,19 @@ def test_show_images_false_by_default_and_in_the_default_params():
         assert not yaml.safe_load(path.read_text()).get("show_images"), path
 
 
+def test_a_finding_is_known_from_the_label_map_in_force(good):
+    """findings: the 13 built-in ones, or one label_policy.label_map adds (the readers read it)."""
+    added = {**good, "findings": ["interstitial disease", "nodule"],
+             "label_policy": {"label_map": {"Interstitial disease": {"mimic-cxr": "Lung Opacity"}}}}
+    assert config.validate(added, "pair.yaml")["findings"] == ["interstitial disease", "nodule"]
+    with pytest.raises(config.ParamsError) as err:
+        config.validate({**good, "findings": ["interstitial disease"]}, "pair.yaml", {"findings": "-p"})
+    message = str(err.value)
+    assert message.startswith("-p: key 'findings': got ['interstitial disease'] ('interstitial disease' is not "
+                              "known); allowed: a list of one of cardiomegaly, "), message
+    assert message.endswith(", or a finding label_policy.label_map adds"), message
+
+
 @pytest.mark.parametrize("key, value, allowed", [
     ("max_paraphrases", -1, "an integer >= 0 or null"),
     ("reference_pool", 0, "an integer >= 1"),

@@ -147,7 +147,7 @@ SCHEMA = {
     "dataset": Check("str", choices=data.DATASETS), "data_root": Check("str"),
     "split": Check("str", choices=tuple(sorted({s for v in data.SPLITS.values() for s in v}))),
     "box_file": Check("str", nullable=True),
-    "findings": Check("list", choices=tuple(labels.FINDING_LABELS)),
+    "findings": Check("list"),   # known findings: check_findings, once label_policy is read
     "questions": Check("str", nullable=True),
     "max_paraphrases": Check("int", nullable=True, minimum=0),
     "label_policy": Check("dict"),
@@ -247,6 +247,17 @@ def check_value(key: str, value, check: Check, where: str, required: bool = Fals
     if not isinstance(value, dict):
         fail()
     return value
+
+
+def check_findings(params: dict, where: str) -> None:
+    """`findings` are findings the labels know: lib.protocol.labels' built-in ones and those that
+    `label_policy.label_map` adds (the readers read both)."""
+    known = tuple(labels.merged_map(params["label_policy"].get("label_map")))
+    unknown = [f for f in params["findings"] if f not in known]
+    if unknown:
+        raise ParamsError(f"{where}: key 'findings': got {shorten(repr(params['findings']))} ({unknown[0]!r} is "
+                          f"not known); allowed: a list of one of {', '.join(known)}, or a finding "
+                          f"label_policy.label_map adds")
 
 
 def check_label_policy(policy: dict, where: str) -> dict:
@@ -352,6 +363,7 @@ def validate(raw: dict, source: str = "<params>", sources: dict | None = None) -
     sources = sources or {}
     params = RUN.check(raw, source, sources)
     params["label_policy"] = check_label_policy(params["label_policy"], sources.get("label_policy", source))
+    check_findings(params, sources.get("findings", source))
     if params["split"] not in data.SPLITS[params["dataset"]]:
         raise ParamsError(f"{sources.get('split', source)}: key 'split': got {params['split']!r}; "
                           f"allowed for {params['dataset']}: {', '.join(data.SPLITS[params['dataset']])}")

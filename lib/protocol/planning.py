@@ -11,7 +11,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from . import data, engine, identity, image_questions, labels, local_tests, questions, records, references, registration
+from . import data, engine, identity, image_questions, local_tests, questions, records, references, registration
 from .engine import Item
 from .samples import prompt_specs, question_sets_for, stream_samples
 from .vocabulary import FOLLOWUP, OCCLUDE, OCCLUDE_CONTROL, TWIN
@@ -158,7 +158,8 @@ def reference_candidates(params: dict, samples: list) -> pd.DataFrame:
     """Every image the references may come from (lib.protocol.references): the samples
     themselves for ``reference_split: evaluated``, else the reader's frontal images of
     ``reference_split`` ("all": every split) of ``reference_root`` (default: the data_root)."""
-    findings = sorted({s.finding for s in samples if s.finding in labels.FINDING_LABELS})
+    known = data.LabelPolicy.from_dict(params["label_policy"]).finding_labels()
+    findings = sorted({s.finding for s in samples if s.finding in known})
     if params["reference_split"] == "evaluated":
         rows = samples
     elif not findings:

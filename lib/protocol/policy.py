@@ -39,7 +39,7 @@ class LabelPolicy:
 
     ``label_map`` ({finding: {"mimic-cxr": column, "padchest": [labels], "vindr-cxr":
     [class names]}}) is laid over ``lib.protocol.labels.FINDING_LABELS``: it may change a finding's labels or add a
-    finding the readers then read; params ``findings`` takes the built-in ones only (lib.protocol.config).
+    finding (params ``findings`` accepts it: lib.protocol.config.check_findings).
     """
 
     uncertain: str = "skip"

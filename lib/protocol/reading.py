@@ -30,7 +30,7 @@ class Sample:
     sample_id: str    # f"{image_id}/{finding}"
     image_id: str     # MIMIC dicom_id / PadChest ImageID without ".png" / VinDr image_id
     image_path: str   # absolute path
-    finding: str      # canonical finding name (key of labels.FINDING_LABELS)
+    finding: str      # canonical finding name (a key of the label map in force: LabelPolicy.finding_labels)
     label: str        # "yes" or "no"
     patient_id: str | None = None  # MIMIC subject_id / PadChest PatientID (references never share it)
     study_id: str | None = None    # MIMIC study_id / PadChest StudyID (VinDr: None)
