@@ -197,7 +197,7 @@ def test_a_finding_is_known_from_the_label_map_in_force(good):
 
 @pytest.mark.parametrize("key, value, allowed", [
     ("max_paraphrases", -1, "an integer >= 0 or null"),
-    ("reference_pool", 0, "an integer >= 1"),
+    ("reference_pool", 0, "an integer >= 1 and <= 1000000000"),
     ("quantization", "8bit", "one of none, 4bit"),
     ("reliance_checks", ["reference", "flip"], "a list of one of reference, blank, noise"),
 ])

@@ -88,3 +88,36 @@ def test_compare_needs_two_screen_folders(two_runs, tmp_path, capsys):
     assert status == 2 and err.strip() == f"cxr-screen compare: {tmp_path}: no summary.json (give the output folder of a screen or run)"
     assert cli.screen_main(["compare", str(two_runs / "llava"), "--out", str(tmp_path / "o")]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def test_compare_writes_only_into_a_folder_of_its_own(two_runs, tmp_path, capsys):
+    """Never over the user's files, never through a link: one line, exit 2, everything untouched."""
+    screens = [str(two_runs / "llava"), str(two_runs / "gemma3")]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "compare.html").write_text("my page\n")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (tmp_path / "victim.txt").write_text("the user's\n")
+    (linked / "compare.html").symlink_to(tmp_path / "victim.txt")
+    for out, words in ((mine, "not an output folder"), (linked, "symbolic link"), (tmp_path / "victim.txt", "not a folder")):
+        status = cli.screen_main(["compare", *screens, "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(err) == 1 and err[0].startswith("cxr-screen compare: --out: ") and words in err[0], err
+    assert (mine / "compare.html").read_text() == "my page\n" and (tmp_path / "victim.txt").read_text() == "the user's\n"
+    again = tmp_path / "page"
+    assert cli.screen_main(["compare", *screens, "--out", str(again)]) == 0
+    assert cli.screen_main(["compare", *screens, "--out", str(again)]) == 0   # its own folder: rewritten
+
+
+@pytest.mark.parametrize("text, words", [("[1, 2]", "not a summary of a screen or run (no 'config')"),
+                                         ("{}", "not a summary of a screen or run (no 'config')"),
+                                         ("{bad", "not a readable JSON file")])
+def test_a_summary_that_is_not_one_is_named_in_one_line(two_runs, tmp_path, capsys, text, words):
+    broken = tmp_path / "broken"
+    shutil.copytree(two_runs / "llava", broken, ignore=shutil.ignore_patterns("records"))
+    (broken / "summary.json").write_text(text)
+    status = cli.screen_main(["compare", str(broken), str(two_runs / "gemma3"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert err[0].startswith(f"cxr-screen compare: {broken / 'summary.json'}: ") and words in err[0], err

@@ -127,6 +127,19 @@ def test_a_folder_of_the_users_files_is_refused_untouched(pair, tmp_path, capsys
     assert checksums(out) == before
 
 
+def test_a_lock_and_an_empty_records_folder_do_not_make_a_folder_the_tools(tmp_path):
+    """A folder from before output folders were marked has a lock and records with chunks in them."""
+    out = users_folder(tmp_path / "mine")
+    (out / ".lock").touch()
+    (out / "records").mkdir()
+    (out / "report.html").write_text("my report\n")
+    with pytest.raises(records.OutputDirError, match="not an output folder"):
+        records.claim_output_dir(out)
+    (out / "records" / "key").mkdir()
+    (out / "records" / "key" / "chunk-0001.json").write_text("{}")
+    assert records.claim_output_dir(out) == out
+
+
 @pytest.mark.parametrize("name", [".lock", ".write-test", "report.html", "records"])
 def test_a_link_in_an_output_folder_is_never_followed(pair, tmp_path, capsys, name):
     out = records.claim_output_dir(tmp_path / "run")
@@ -203,7 +216,9 @@ def test_an_oversized_or_deeply_nested_params_file_stops_naming_it(tmp_path):
     big.write_text("config: x\n" + "# padding\n" * 10_000)
     deep = tmp_path / "deep.yaml"
     deep.write_text("findings: " + "[" * 10_000 + "]" * 10_000 + "\n")
-    for path, words in ((big, "larger than"), (deep, "nested more than")):
+    twice = tmp_path / "twice.yaml"   # safe_load would keep the last and blame data_root later
+    twice.write_text("dataset: mimic-cxr\nlabel_policy: {uncertain: skip}\ndataset: padchest\n")
+    for path, words in ((big, "larger than"), (deep, "nested more than"), (twice, "the key 'dataset' is given twice")):
         with pytest.raises(config.ParamsError, match=words) as caught:
             config.read_file(path)
         assert str(path) in str(caught.value) and len(str(caught.value)) < 300

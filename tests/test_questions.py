@@ -78,6 +78,10 @@ def test_jsonl_round_trip(tmp_path):
     assert sets["mass"].prompts == ("Is there a mass?",)
 
 
+# a JSON line nested beyond the decoder's depth limit
+DEEP = b"[" * 100000 + b"]" * 100000 + b"\n"
+
+
 @pytest.mark.parametrize("name, content, match", [
     ("a.csv", "finding,prompt\nedema,Is there edema?\n", "prompt_id"),
     ("b.csv", "finding,prompt_id,prompt\nedema,1,Is there edema?\n", "'edema'.*prompt_id 0"),
@@ -249,11 +253,38 @@ def test_import_psf_med_keeps_negated_paraphrases(tmp_path):
      r"h\.jsonl: line 1: a paraphrase object needs a 'text'"),
     ("i.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nedema,0,Again?\n",
      r"i\.csv: line 3: finding 'edema' has duplicate prompt_id 0"),
+    ("xa.jsonl", DEEP, r"xa\.jsonl: line 1: JSON nested too deeply$"),
+    ("xb.jsonl", b'{"finding": "edema", "question": "Is there edema?", "paraphrases": []}\n' + DEEP,
+     r"xb\.jsonl: line 2: JSON nested too deeply$"),
+    ("xc.csv", b"finding,finding,prompt_id,prompt\nedema,mass,0,Is there edema?\n",
+     r"xc\.csv: line 1: column 'finding' appears more than once in the header$"),
+    ("xd.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nedema,-1,Is it there?\n",
+     r"xd\.csv: line 3: prompt_id must be an integer from 0 \(the original question\) to 9999, got '-1'$"),
+    ("xe.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nedema,99999999999999999999999,Is it?\n",
+     r"xe\.csv: line 3: prompt_id must be an integer .* got '99999999999999999999999'$"),
+    ("xf.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nedema,+1,Is it there?\n",
+     r"xf\.csv: line 3: prompt_id must be an integer .* got '\+1'$"),
+    ("xg.jsonl", b'{"finding": "edema", "question": null, "paraphrases": []}\n',
+     r"xg\.jsonl: line 1: 'question' must be a non-empty string, got null$"),
+    ("xh.jsonl", b'{"finding": "edema", "question": 3, "paraphrases": []}\n',
+     r"xh\.jsonl: line 1: 'question' must be a non-empty string, got 3$"),
+    ("xi.jsonl", b'{"finding": "edema", "question": ["Is there edema?"], "paraphrases": []}\n',
+     r"xi\.jsonl: line 1: 'question' must be a non-empty string, got a list$"),
+    ("xj.jsonl", b'{"finding": "edema", "question": " ", "paraphrases": []}\n',
+     r"xj\.jsonl: line 1: 'question' must be a non-empty string, got \" \"$"),
+    # the empty prompt's own line, not the finding's first line
+    ("xk.csv", b"finding,prompt_id,prompt\nedema,0,Is there edema?\nmass,0,Is there a mass?\nedema,1,  \n",
+     r"xk\.csv: line 4: prompt must be a non-empty string, got \"  \"$"),
+    ("xm.jsonl", b'{"finding": null, "question": "Is there edema?", "paraphrases": []}\n',
+     r"xm\.jsonl: line 1: 'finding' must be a non-empty string, got null$"),
+    ("xl.jsonl", b'{"image_id": "d1", "label": "yes", "question": null, "paraphrases": []}\n',
+     r"xl\.jsonl: line 1: 'question' must be a non-empty string, got null$"),
 ])
 def test_bad_question_files_give_one_line_errors(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_bytes(content)
-    for check in (image_questions.check_file, qs.load_question_sets):
+    reader = image_questions.load_per_image_questions if b"image_id" in content else qs.load_question_sets
+    for check in (image_questions.check_file, reader):
         with pytest.raises(qs.QuestionFileError, match=match) as err:
             check(path)
         assert "\n" not in str(err.value)
@@ -264,3 +295,19 @@ def test_check_file_sources(tmp_path):
     assert len(image_questions.check_file("builtin:chexpert")["findings"]) == 13
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):
         image_questions.check_file(tmp_path / "nowhere.csv")
+
+
+# --- deep JSON, repeated columns, prompt_id range ----------------------------------------------
+
+def test_deep_json_is_not_a_per_image_file(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(DEEP)
+    assert image_questions.is_per_image_file(path) is False  # never raises; the reader says why
+
+
+def test_prompt_id_range_and_unnamed_columns_accepted(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("finding,prompt_id,prompt,,\n"
+                    "edema,000,Is there edema?,,\n"
+                    "edema, 9999 ,Can edema be seen?,,\n")
+    assert qs.load_question_sets(path)["edema"].prompts == ("Is there edema?", "Can edema be seen?")

@@ -144,7 +144,14 @@ def from_params_file(params_file: Path, overrides: dict, out: str | None = None)
     if out is not None:
         sources["output_dir"] = "--out"
     values = {**file_values, **injected}
-    return validate(values, str(params_file), sources, names={"--out": {"output_dir": "--out"}}), values
+    params = validate(values, str(params_file), sources, names={"--out": {"output_dir": "--out"}})
+    return params, as_validated(params, values)
+
+
+def as_validated(params: dict, values: dict) -> dict:
+    """The keys given, with the values validation read (`-p batch_size 0x10` is 16): the notebook
+    and the written params.yaml get what was checked, not the string that was typed."""
+    return {key: params[key] for key in values}
 
 
 def output_dir_of(params: dict) -> Path:
@@ -185,7 +192,8 @@ def screen_params(args) -> dict:
         values[key] = value
     for key, value in overrides_from(args.p).items():   # -p for the keys without a flag
         if key in values:
-            raise InputError(f"-p {key}: given twice; give the flag {flag(key)} only")
+            name = next(name for name, flagged in SCREEN_FLAGS.items() if flagged == key)
+            raise InputError(f"-p {key}: given twice; give the flag {flag(name)} only")
         values[key] = value
     if "config" not in values:
         values["config"] = default_config_name(values)
@@ -252,8 +260,10 @@ def screen_command(args) -> int:
         values = screen_params(args)
         restricted = restrict_findings(values)
         source = "cxr-screen"
-        names = {source: {key: flag(name) for name, key in SCREEN_FLAGS.items()}}
+        names = {source: {**{key: f"-p {key}" for key, _ in args.p or ()},
+                          **{key: flag(name) for name, key in SCREEN_FLAGS.items()}}}
         params = validate(values, source, {k: "-p" for k, _ in args.p or ()}, names=names)
+        values = as_validated(params, values)
         if restricted:
             print(f"cxr-screen: {restricted}", file=sys.stderr)
         params_file = output_dir_of(params) / "params.yaml"
@@ -284,12 +294,17 @@ def screen_command(args) -> int:
 
 
 def compare_command(args) -> int:
+    from ..protocol import records
     from . import compare
 
     try:
         target = compare.write_compare(args.dirs, args.out)
     except ValueError as err:
         raise InputError(str(err)) from None
+    except records.OutputDirError as err:   # a folder it may not write into: the user's files
+        raise InputError(f"--out: {err}") from None
+    except OSError as err:                  # a full disk, a folder it cannot write
+        raise RunFailed(f"cannot write {Path(args.out) / 'compare.html'} ({err.strerror or err})") from None
     print(f"compare: {target}")
     return OK
 

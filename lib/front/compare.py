@@ -25,10 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..protocol import breakdown, plots, stats
+from ..protocol import breakdown, plots, records, stats
 from ..protocol.breakdown import cell, with_interval
 from .report import STYLE, figure_png, image_blind, table_html
 
+# what the page reads of every summary.json (the rest is shown where present)
+SUMMARY_KEYS = ("config", "dataset", "n_samples")
 # the screens: their numbers, then (a second table) what tells them apart
 RESULT_COLUMNS = ("folder", "samples", "Dangerous", "image-blind")
 SETTING_COLUMNS = ("folder", "config", "dataset", "split", "model", "adapter", "limit", "questions", "run hash",
@@ -44,12 +46,24 @@ def read_screen(directory) -> dict:
     for name in ("summary.json", "samples.parquet"):
         if not (directory / name).is_file():
             raise ValueError(f"{directory}: no {name} (give the output folder of a screen or run)")
-    summary = json.loads((directory / "summary.json").read_text())
+    summary = read_summary(directory / "summary.json")
     pair = f"{summary['config']}__{summary['dataset']}"
     named = directory.name if directory.name == pair else f"{directory.name}: {pair}"
     label = f"{named} (n={summary['n_samples']})"
     return {"dir": directory, "label": label, "summary": summary,
             "samples": pd.read_parquet(directory / "samples.parquet")}
+
+
+def read_summary(path: Path) -> dict:
+    """A screen's summary.json; ValueError (one line naming it) when it is not one."""
+    try:
+        summary = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({str(err).splitlines()[0] if str(err) else err!r})") from None
+    missing = [k for k in SUMMARY_KEYS if k not in summary] if isinstance(summary, dict) else list(SUMMARY_KEYS)
+    if missing:
+        raise ValueError(f"{path}: not a summary of a screen or run (no {missing[0]!r})")
+    return summary
 
 
 def screen_rows(screens: list[dict]) -> tuple[list[tuple], list[tuple]]:
@@ -138,8 +152,5 @@ def write_compare(dirs, out) -> Path:
     screens = [read_screen(d) for d in dirs]
     if len(screens) < 2:
         raise ValueError("compare needs at least two screen folders")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "compare.html"
-    target.write_text(render(screens), encoding="utf-8")
-    return target
+    out = records.claim_output_dir(out)   # the tool's own folder: never among the user's files
+    return records.write_new(out / "compare.html", render(screens).encode("utf-8"))

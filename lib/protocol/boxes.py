@@ -89,12 +89,13 @@ def vindr_image_boxes(rows: list, size: tuple[int, int], classes, skipped, name:
 
 
 def check_ms_cxr(path) -> Path:
-    """The absolute path of an MS-CXR box file that has the columns read; MissingFileError or
-    DataLayoutError naming it otherwise."""
+    """The absolute path of an MS-CXR box file that has the columns read and parses to its end;
+    MissingFileError or DataLayoutError naming it otherwise (before any model loads)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise MissingFileError(f"box_file {str(path)!r} does not exist")
     check_columns(path, MS_CXR_COLUMNS)
+    read_numbered(path, MS_CXR_COLUMNS, str)
     return path
 
 

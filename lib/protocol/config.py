@@ -81,6 +81,7 @@ DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 # `config` names the run's folder (outputs/runs/<config>__<dataset>): a plain name, no path.
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 MAX_PARAMS_BYTES = 64 * 1024
+MAX_COUNT = 10 ** 9   # samples, images: more than any dataset has (a larger int overflows numpy's)
 MAX_MESSAGE = 600
 BOOL_STRINGS = {"true": True, "false": False}
 # The folder holding data roots written by lib.offline.synth carries this file: their images are
@@ -153,7 +154,7 @@ SCHEMA = {
     "label_policy": Check("dict"),
     "image_removal": Check("str", choices=vocabulary.IMAGE_REMOVAL_MODES),
     "reliance_checks": Check("list", choices=vocabulary.RELIANCE_CHECKS, empty=True),
-    "reference_pool": Check("int", minimum=1),
+    "reference_pool": Check("int", minimum=1, maximum=MAX_COUNT),
     "reference_split": Check("str", choices=("auto", "evaluated", "all") + tuple(sorted({s for v in data.SPLITS.values() for s in v}))),
     "reference_root": Check("str", nullable=True),
     "local_tests": Check("list", choices=vocabulary.LOCAL_TESTS, empty=True),
@@ -162,8 +163,8 @@ SCHEMA = {
     "bootstrap_resamples": Check("int", minimum=1),
     "ci_level": Check("float", minimum=0, maximum=1),
     "twins": Check("str", nullable=True), "prompt_split": Check("str", nullable=True),
-    "limit": Check("int", nullable=True, minimum=1),
-    "batch_size": Check("int", minimum=1),
+    "limit": Check("int", nullable=True, minimum=1, maximum=MAX_COUNT),
+    "batch_size": Check("int", minimum=1, maximum=MAX_COUNT),
     "prefix_sharing": Check("bool"),
     "seed": Check("int", minimum=0, maximum=2**32 - 1),
     "max_image_pixels": Check("int", minimum=data.MIN_IMAGE_SIDE ** 2),

@@ -8,11 +8,10 @@ A row's paraphrase is a string or {"text", "kind", "negated"}, read as in a find
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .questions import (BUILTIN_PREFIX, ORIGINAL, Prompt, QuestionFileError, load_question_sets,
-                        paraphrase_prompt, read_jsonl)
+from .questions import (BUILTIN_PREFIX, ORIGINAL, Prompt, QuestionFileError, iter_jsonl,
+                        load_question_sets, paraphrase_prompt, prompt_text, read_jsonl)
 
 
 def is_per_image_file(path) -> bool:
@@ -23,12 +22,10 @@ def is_per_image_file(path) -> bool:
     path = Path(path)
     if path.suffix.lower() != ".jsonl" or not path.is_file():
         return False
-    try:
-        for line in path.read_bytes().decode("utf-8-sig").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                return isinstance(record, dict) and "image_id" in record
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+    try:  # a file that cannot be read is a finding-set file here; its reader names the problem
+        for _, record in iter_jsonl(path):
+            return "image_id" in record
+    except (QuestionFileError, OSError):
         return False
     return False
 
@@ -72,7 +69,7 @@ def load_per_image_questions(path) -> dict[str, list[dict]]:
             raise QuestionFileError(f"{where}: label must be yes or no, got {row['label']!r}")
         if not isinstance(row["paraphrases"], list):
             raise QuestionFileError(f"{where}: 'paraphrases' must be a list")
-        specs = [Prompt(str(row["question"]).strip(), ORIGINAL, False),
+        specs = [Prompt(prompt_text(row["question"], where, "'question'"), ORIGINAL, False),
                  *(paraphrase_prompt(p, path, f"line {line_no}") for p in row["paraphrases"])]
         if not all(s.text for s in specs):
             raise QuestionFileError(f"{where}: empty question or paraphrase")

@@ -86,6 +86,8 @@ def check_model_exists(model: str) -> None:
     looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") != 1
     if looks_local and not path.exists():
         raise FileNotFoundError(f"model directory not found: {model}")
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"{model} is a file; expected the model directory (its config and weights)")
 
 
 def load_model(

@@ -20,16 +20,29 @@ class LimitedYAML(yaml.YAMLError):
 
 def parse_yaml(text: str):
     """``yaml.safe_load`` of params text, after checking its events: no alias, nesting at most
-    MAX_YAML_DEPTH (LimitedYAML otherwise). Linear in the text's length."""
-    depth = 0
+    MAX_YAML_DEPTH, no key twice in one mapping (safe_load keeps the last silently; LimitedYAML
+    otherwise). Linear in the text's length."""
+    open_collections = []   # per open collection: None for a sequence, a mapping's {"seen", "key"}
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             raise LimitedYAML(f"an alias (*{shorten(str(event.anchor), 20)}): aliases are not "
                               f"allowed in params, write the value out")
+        if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)) and open_collections \
+                and open_collections[-1] is not None:
+            _check_key(open_collections[-1], event)
         if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
+            open_collections.append({"seen": set(), "key": True} if isinstance(event, yaml.MappingStartEvent) else None)
+            if len(open_collections) > MAX_YAML_DEPTH:
                 raise LimitedYAML(f"nested more than {MAX_YAML_DEPTH} deep")
         elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+            open_collections.pop()
     return yaml.safe_load(text)
+
+
+def _check_key(mapping: dict, event) -> None:
+    """A mapping's nodes alternate key, value: a scalar key seen before in it is refused."""
+    if mapping["key"] and isinstance(event, yaml.ScalarEvent):
+        if event.value in mapping["seen"]:
+            raise LimitedYAML(f"the key {shorten(event.value, 40)!r} is given twice")
+        mapping["seen"].add(event.value)
+    mapping["key"] = not mapping["key"]

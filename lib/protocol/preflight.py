@@ -40,6 +40,12 @@ def check(params: dict, source: str = "<params>") -> None:
         fail("data_root", err)
     except ValueError as err:  # a finding without labels in this dataset
         fail("findings", err)
+    if params["reference_root"]:
+        try:
+            data.check_layout(params["dataset"], params["reference_root"],
+                              data.LabelPolicy.from_dict(params["label_policy"]), tuple(params["findings"]))
+        except (data.DataLayoutError, FileNotFoundError) as err:
+            fail("reference_root", err)
     try:
         problem = coverage_problem(image_questions.check_file(params["questions"]), params["findings"])
     except (ValueError, FileNotFoundError) as err:
@@ -80,7 +86,7 @@ def check(params: dict, source: str = "<params>") -> None:
             fail("prompt_split", err)
     problem = prompt_problem(params)
     if problem:
-        fail("questions", problem)
+        fail(*problem)
     problem = output_dir_problem(params)  # last: it creates the folder
     if problem:
         fail("output_dir", problem)
@@ -140,9 +146,11 @@ def all_prompts(params: dict) -> list[str]:
     return list(dict.fromkeys(questions.with_instruction(t, params["answer_instruction"]) for t in texts))
 
 
-def prompt_problem(params: dict) -> str | None:
-    """A prompt holding an image token (`image_token_problem`), or the longest prompt (with its
-    image tokens) against the model's context; None when neither.
+def prompt_problem(params: dict) -> tuple[str, str] | None:
+    """(key, problem): the answer instruction or a prompt holding an image token
+    (`image_token_problem`; the instruction, appended to every question, is looked at alone
+    first so that the message names it), or the longest prompt (with its image tokens) against
+    the model's context; None when neither.
 
     Reads the model's config and processor only; for a hub model that is not cached offline only
     the literal `<image>` is looked for, the length is left to the loader.
@@ -153,11 +161,15 @@ def prompt_problem(params: dict) -> str | None:
         limit = models.context_length(params["model"], params["trust_remote_code"])
     except (OSError, ValueError) as err:
         if Path(params["model"]).is_dir():
-            return f"cannot read the processor of {params['model']}: {str(err).splitlines()[0]}"
-        return image_token_problem(texts, None)
-    problem = image_token_problem(texts, processor)
-    if problem or not limit:
-        return problem
+            return "questions", f"cannot read the processor of {params['model']}: {str(err).splitlines()[0]}"
+        processor, limit = None, None
+    instruction = params["answer_instruction"]
+    for key, checked in (("answer_instruction", [instruction] if instruction else []), ("questions", texts)):
+        problem = image_token_problem(checked, processor)
+        if problem:
+            return key, problem
+    if not limit:
+        return None
     tokenizer = processor.tokenizer
     probe = Image.new("RGB", (PROBE_SIDE, PROBE_SIDE), (128, 128, 128))
     first = prompts.chat_text(processor, texts[0], with_image=True)
@@ -167,8 +179,8 @@ def prompt_problem(params: dict) -> str | None:
         rendered = prompts.chat_text(processor, text, with_image=True)
         n = len(tokenizer(rendered)["input_ids"]) + max(image_tokens, 0)
         if n > limit:
-            return (f"the question {shown(text)!r} ({len(text)} characters) is {n} tokens with its "
-                    f"image; the model's context is {limit} tokens")
+            return "questions", (f"the question {shown(text)!r} ({len(text)} characters) is {n} tokens "
+                                 f"with its image; the model's context is {limit} tokens")
     return None
 
 

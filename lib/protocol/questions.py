@@ -175,6 +175,9 @@ AUXILIARY_VERBS = frozenset(
 )
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no", "")
+# A CSV prompt_id numbers a finding's paraphrases (PSF-Med has tens); a larger one is a typo or
+# another column pasted in, not a question set.
+MAX_PROMPT_ID = 9999
 
 
 class QuestionFileError(ValueError):
@@ -261,8 +264,10 @@ def load_question_sets(path=None) -> dict[str, QuestionSet]:
     """Question sets by (lower-case) finding: the built-in default ones for ``path=None``, a named
     built-in collection for ``"builtin:<name>"`` (``BUILTIN_SETS``), else from a ``.csv`` or
     ``.jsonl`` file (see the module docstring). Raises QuestionFileError (a ValueError) naming the
-    file for a non-UTF-8 file, a malformed row (with its line), a missing column/key, a finding
-    without prompt_id 0, duplicate prompt ids or findings, and an unknown extension.
+    file for a non-UTF-8 file, a malformed row (with its line: bad or too deeply nested JSON, a
+    prompt_id not in 0..MAX_PROMPT_ID, a question that is not a non-empty string), a missing or
+    repeated column, a missing key, a finding without prompt_id 0, duplicate prompt ids or
+    findings, and an unknown extension.
     """
     if path is None:
         return builtin_sets("default")
@@ -347,6 +352,43 @@ def paraphrase_prompt(entry, path: Path, where: str) -> Prompt:
     raise QuestionFileError(f"{at}: a paraphrase must be a string or an object, got {entry!r}")
 
 
+def _shown(value) -> str:
+    """A JSON value as the file spells it, short: null, 3, true, "", or a list / an object."""
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    return json.dumps(value)[:60]
+
+
+def prompt_text(value, where: str, field: str) -> str:
+    """A question's text, stripped; anything but a non-empty string (a JSON null or number is
+    not one: it would be asked as the text "None") fails naming ``where`` and ``field``."""
+    if not isinstance(value, str) or not value.strip():
+        raise QuestionFileError(f"{where}: {field} must be a non-empty string, got {_shown(value)}")
+    return value.strip()
+
+
+def _prompt_id(value: str, where: str) -> int:
+    """A CSV prompt_id: plain digits, 0 (the original question) to MAX_PROMPT_ID; a negative id
+    would sort first and silently become the original question."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PROMPT_ID:
+        raise QuestionFileError(f"{where}: prompt_id must be an integer from 0 (the original question) "
+                                f"to {MAX_PROMPT_ID}, got {value!r}")
+    return int(text)
+
+
+def _check_header(header: list[str], path: Path) -> None:
+    """The CSV header has the required columns, each once (csv rows as dicts keep the last of a
+    repeated column, silently); unnamed columns are never read, so they may repeat."""
+    missing = [c for c in ("finding", "prompt_id", "prompt") if c not in header]
+    if missing:
+        raise QuestionFileError(f"{path}: missing column(s) {missing} (columns: finding, prompt_id, "
+                                f"prompt; optional: kind, negated)")
+    repeated = [c for i, c in enumerate(header) if c and c in header[:i]]
+    if repeated:
+        raise QuestionFileError(f"{path}: line 1: column {repeated[0]!r} appears more than once in the header")
+
+
 def _question_set(where: str, finding: str, specs) -> QuestionSet:
     """QuestionSet from (text, kind, negated) prompts, its validation error naming ``where``."""
     specs = list(specs)
@@ -366,10 +408,7 @@ def _load_csv(path: Path) -> dict[str, QuestionSet]:
         raise QuestionFileError(f"{path}: empty file (expected columns finding, prompt_id, prompt)") from None
     except csv.Error as err:
         raise QuestionFileError(f"{path}: line 1: malformed CSV ({err})") from None
-    missing = [c for c in ("finding", "prompt_id", "prompt") if c not in header]
-    if missing:
-        raise QuestionFileError(f"{path}: missing column(s) {missing} (columns: finding, prompt_id, "
-                                f"prompt; optional: kind, negated)")
+    _check_header(header, path)
     rows: dict[str, dict[int, tuple]] = {}
     first_line: dict[str, int] = {}
     while True:
@@ -390,15 +429,12 @@ def _load_csv(path: Path) -> dict[str, QuestionSet]:
         finding = finding_key(row["finding"])
         if not finding:
             raise QuestionFileError(f"{where}: empty finding")
-        try:
-            prompt_id = int(row["prompt_id"].strip())
-        except ValueError:
-            raise QuestionFileError(f"{where}: prompt_id must be an integer, got {row['prompt_id']!r}") from None
+        prompt_id = _prompt_id(row["prompt_id"], where)
         group = rows.setdefault(finding, {})
         first_line.setdefault(finding, line)
         if prompt_id in group:
             raise QuestionFileError(f"{where}: finding {finding!r} has duplicate prompt_id {prompt_id}")
-        group[prompt_id] = (row["prompt"], _kind(row.get("kind"), where),
+        group[prompt_id] = (prompt_text(row["prompt"], where, "prompt"), _kind(row.get("kind"), where),
                             _truth(row.get("negated"), where))
     sets = {}
     for finding, group in rows.items():
@@ -416,19 +452,24 @@ def _load_jsonl(path: Path) -> dict[str, QuestionSet]:
         missing = [k for k in ("finding", "question", "paraphrases") if k not in record]
         if missing:
             raise QuestionFileError(f"{where} is missing key(s) {missing}")
-        finding = finding_key(record["finding"])
+        finding = finding_key(prompt_text(record["finding"], where, "'finding'"))   # null is not "none"
         if finding in sets:
             raise QuestionFileError(f"{where}: finding {finding!r} appears twice (duplicate prompt ids)")
         if not isinstance(record["paraphrases"], list):
             raise QuestionFileError(f"{where}: 'paraphrases' must be a list")
         paraphrases = [paraphrase_prompt(p, path, f"line {line_no}") for p in record["paraphrases"]]
-        sets[finding] = _question_set(where, finding, [(record["question"], ORIGINAL, False), *paraphrases])
+        question = prompt_text(record["question"], where, "'question'")
+        sets[finding] = _question_set(where, finding, [(question, ORIGINAL, False), *paraphrases])
     return sets
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line; bad JSON or bytes fail naming file and line."""
-    records = []
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: Path):
+    """``read_jsonl`` one line at a time (a caller that needs only the first record parses only it)."""
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -436,10 +477,11 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise QuestionFileError(f"{path}: line {line_no} is not valid JSON ({err})") from None
+        except RecursionError:  # e.g. '[' * 100000: the decoder's depth limit, not a bug here
+            raise QuestionFileError(f"{path}: line {line_no}: JSON nested too deeply") from None
         if not isinstance(record, dict):
             raise QuestionFileError(f"{path}: line {line_no} is not a JSON object")
-        records.append((line_no, record))
-    return records
+        yield line_no, record
 
 
 def with_instruction(text: str, instruction: str | None) -> str:
@@ -454,8 +496,8 @@ def read_prompt_split(path) -> dict[str, dict[str, list[str]]]:
     path = Path(path)
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise QuestionFileError(f"{path}: not a readable prompt split ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:   # RecursionError: JSON nested too deeply
+        raise QuestionFileError(f"{path}: not a readable prompt split ({err or type(err).__name__})") from None
     if not isinstance(split, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("train"), list) and isinstance(v.get("held_out"), list)
             for v in split.values()):

@@ -97,8 +97,14 @@ def check_columns(path: Path, required, why: dict | None = None) -> None:
 
 def header(path: Path) -> pd.Index:
     """The column names of a CSV; an unreadable file is a DataLayoutError naming it."""
+    return _read_csv(path, nrows=0).columns
+
+
+def _read_csv(path: Path, **options) -> pd.DataFrame:
+    """pandas.read_csv; a file it cannot parse (a broken quote, bytes that are not UTF-8, a
+    truncated archive) is a DataLayoutError naming it: the caller would blame another key."""
     try:
-        return pd.read_csv(path, nrows=0).columns
+        return pd.read_csv(path, **options)
     except (ValueError, UnicodeDecodeError, OSError, EOFError) as err:
         raise DataLayoutError(f"{path}: not a readable CSV file "
                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
@@ -108,7 +114,7 @@ def header(path: Path) -> pd.Index:
 def read_numbered(path: Path, columns, dtype, optional=()) -> pd.DataFrame:
     """Columns of an official CSV (and those of ``optional`` it has), indexed by 1-based data row."""
     wanted = set(columns) | set(optional)
-    table = pd.read_csv(path, usecols=lambda c: c in wanted, dtype=dtype)
+    table = _read_csv(path, usecols=lambda c: c in wanted, dtype=dtype)
     table.index = np.arange(1, len(table) + 1)
     return table
 

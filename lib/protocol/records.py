@@ -123,8 +123,10 @@ def output_dir_problem(output_dir) -> str | None:
 
 
 def made_before_markers(out: Path, entries: list[str]) -> bool:
-    """An output folder of a run made before folders were marked: its lock and records."""
-    return {".lock", "records"} <= set(entries) and (out / "records").is_dir()
+    """An output folder of a run made before folders were marked: its lock and a record store
+    holding at least one chunk (a lock and an empty records/ folder can be anybody's)."""
+    return ({".lock", "records"} <= set(entries) and (out / "records").is_dir()
+            and any((out / "records").glob("*/chunk-*.json")))
 
 
 def claim_output_dir(output_dir) -> Path:

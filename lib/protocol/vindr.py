@@ -60,8 +60,11 @@ def _labels(files: dict, split: str, findings, policy: LabelPolicy):
 
 
 def check_rows(files: dict, findings: tuple, policy: LabelPolicy) -> None:
+    """Read each split's labels and boxes as the reader will (a file that does not parse is a
+    DataLayoutError naming it, before any model loads)."""
     for split in SPLITS:
         _labels(files, split, findings, policy)
+        box_files.read_vindr_annotations(files[f"boxes_{split}"])
 
 
 def iter_samples(root: Path, files, findings, split, policy, skipped, check_images):
