@@ -4,6 +4,7 @@
 fraction of a second); a question file that covers only some findings either screens those (one
 line says so) or, when --findings asks for one it lacks, stops with exit 2 and one line.
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,14 @@ def test_the_samples_bar_reaches_the_terminal_through_a_file(tmp_path):
     frames = terminal.getvalue()
     assert "c__d: 100%" in frames and "3/3" in frames and "item/s" in frames and frames.endswith("\n")
     assert not tail.path.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine with a GPU runs cuda")
+def test_a_cuda_device_this_machine_lacks_is_bad_input(flags, tmp_path, capsys):
+    """Was exit 1 once the weights moved; now named before the model loads."""
+    status, _, err = main(["screen", *flags, "--device", "cuda:1"], capsys)
+    assert status == 2, err
+    assert err.strip().splitlines() == [
+        "cxr-screen: --device: got 'cuda:1', but this machine has 0 CUDA device(s) visible "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use cpu or auto"]
+    assert not (tmp_path / "out").exists()

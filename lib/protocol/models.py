@@ -8,6 +8,7 @@ default models and real checkpoints.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` (cuda, cuda:N) cannot run here, or None; checked before the model loads
+    (torch would fail only when the weights move)."""
+    if not device.startswith("cuda"):
+        return None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        return (f"got {device!r}, but this machine has {count} CUDA device(s) visible "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use cpu or auto")
+    return None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -52,6 +52,9 @@ def check(params: dict, source: str = "<params>") -> None:
         fail("questions", err)
     if problem:   # a file lacking a finding is the file's problem; a built-in set's, the findings'
         fail("findings" if is_builtin(params["questions"]) else "questions", problem)
+    problem = models.device_problem(params["device"]) if params["workers"] == 1 else None
+    if problem:   # with workers > 1 the Ray actors hold the devices, not this machine
+        fail("device", problem)
     try:
         models.check_model_exists(params["model"])
     except FileNotFoundError as err:
