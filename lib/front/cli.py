@@ -70,6 +70,9 @@ def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+FLAG_OF = {key: flag(name) for name, key in SCREEN_FLAGS.items()}   # params key -> its cxr-screen flag
+
+
 # -- validation: the notebook's own checks, before any model loads ------------------------------
 
 def validate(raw: dict, source: str, sources: dict | None = None, names: dict | None = None) -> dict:
@@ -192,8 +195,7 @@ def screen_params(args) -> dict:
         values[key] = value
     for key, value in overrides_from(args.p).items():   # -p for the keys without a flag
         if key in values:
-            name = next(name for name, flagged in SCREEN_FLAGS.items() if flagged == key)
-            raise InputError(f"-p {key}: given twice; give the flag {flag(name)} only")
+            raise InputError(f"-p {key}: given twice; give the flag {FLAG_OF[key]} only")
         values[key] = value
     if "config" not in values:
         values["config"] = default_config_name(values)
@@ -260,8 +262,7 @@ def screen_command(args) -> int:
         values = screen_params(args)
         restricted = restrict_findings(values)
         source = "cxr-screen"
-        names = {source: {**{key: f"-p {key}" for key, _ in args.p or ()},
-                          **{key: flag(name) for name, key in SCREEN_FLAGS.items()}}}
+        names = {source: {**{key: f"-p {key}" for key, _ in args.p or ()}, **FLAG_OF}}
         params = validate(values, source, {k: "-p" for k, _ in args.p or ()}, names=names)
         values = as_validated(params, values)
         if restricted:

@@ -32,18 +32,16 @@ def check(params: dict, source: str = "<params>") -> None:
     def fail(key, problem):
         raise config.ParamsError(f"{source}: key {key!r}: {problem}")
 
+    policy, findings = data.LabelPolicy.from_dict(params["label_policy"]), tuple(params["findings"])
     try:
-        data.check_rows(params["dataset"], params["data_root"],
-                        data.LabelPolicy.from_dict(params["label_policy"]),
-                        findings=tuple(params["findings"]))
+        data.check_rows(params["dataset"], params["data_root"], policy, findings=findings)
     except data.DataLayoutError as err:
         fail("data_root", err)
     except ValueError as err:  # a finding without labels in this dataset
         fail("findings", err)
     if params["reference_root"]:
         try:
-            data.check_layout(params["dataset"], params["reference_root"],
-                              data.LabelPolicy.from_dict(params["label_policy"]), tuple(params["findings"]))
+            data.check_layout(params["dataset"], params["reference_root"], policy, findings)
         except (data.DataLayoutError, FileNotFoundError) as err:
             fail("reference_root", err)
     try:
